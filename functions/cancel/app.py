@@ -1,0 +1,22 @@
+"""Cancel function: order-timeout messages from SQS -> QFPay reversal or close -> an outcome, or a
+hand-off to the enquiry loop. Partial batch failures go back to SQS."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from cancellation.observability import logger, metrics, tracer
+from cancellation.service import CancelDependencies, CancelService
+from cancellation.settings import cancel_settings
+
+SETTINGS = cancel_settings(os.environ)  # a bad configuration stops the function at start
+SERVICE = CancelService(SETTINGS, CancelDependencies.for_settings(SETTINGS))
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return SERVICE.handle(event, context)

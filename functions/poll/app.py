@@ -1,0 +1,20 @@
+"""Poll function: one turn of the wait-and-poll loop (a Step Functions task): asks QFPay's
+Transaction Enquiry and answers a final outcome or the next wait."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from cancellation.observability import logger, tracer
+from cancellation.poll import EnquiryStep
+from cancellation.settings import poll_settings
+
+STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuration stops it at start
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return STEP.run(event)

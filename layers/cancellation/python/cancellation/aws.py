@@ -1,0 +1,152 @@
+"""The thin data layer: the only module that talks to AWS.
+
+Clients are created on first use (a cold start pays only for what it touches) under a lock, because
+boto3's client creation is not thread-safe and orders of one batch run concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cancellation.outcomes import (
+    CALLER_ERRORS,
+    CALLER_SUCCESS_STATUSES,
+    OUTCOME_DETAIL_TYPE,
+    OUTCOME_SOURCE,
+    Status,
+)
+from cancellation.qfpay import Credentials
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+_client_lock = threading.Lock()
+
+
+class LazyClient:
+    """A boto3 client made on first use, shared by the threads of one container."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._client: Any = None
+
+    def __call__(self) -> Any:
+        if self._client is None:
+            with _client_lock:
+                if self._client is None:
+                    import boto3  # noqa: PLC0415 - imported by the first caller, not at cold start
+
+                    self._client = boto3.client(self._service)
+        return self._client
+
+
+class OutcomePublisher:
+    def __init__(self, bus_name: str, events: Callable[[], Any] | None = None) -> None:
+        self._bus_name = bus_name
+        self._events = events or LazyClient("events")
+
+    def publish(self, detail: dict[str, Any]) -> None:
+        answer = self._events().put_events(
+            Entries=[
+                {
+                    "EventBusName": self._bus_name,
+                    "Source": OUTCOME_SOURCE,
+                    "DetailType": OUTCOME_DETAIL_TYPE,
+                    "Detail": json.dumps(detail, separators=(",", ":")),
+                }
+            ]
+        )
+        if answer.get("FailedEntryCount"):
+            entry = answer["Entries"][0]
+            raise RuntimeError(
+                f"outcome not accepted by EventBridge: {entry.get('ErrorCode')} {entry.get('ErrorMessage')}"
+            )
+
+
+class EnquiryLoopStarter:
+    def __init__(self, state_machine_arn: str, stepfunctions: Callable[[], Any] | None = None) -> None:
+        self._arn = state_machine_arn
+        self._sfn = stepfunctions or LazyClient("stepfunctions")
+
+    def start(self, name: str, state: dict[str, Any]) -> bool:
+        """True if started; False if an execution of that name exists already (a repeated hand-off)."""
+        client = self._sfn()
+        try:
+            client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(state))
+        except client.exceptions.ExecutionAlreadyExists:
+            return False
+        return True
+
+
+class CallerNotifier:
+    """Answers a Step Functions caller that sent the order with a task token."""
+
+    def __init__(self, stepfunctions: Callable[[], Any] | None = None) -> None:
+        self._sfn = stepfunctions or LazyClient("stepfunctions")
+
+    def notify(self, task_token: str, detail: dict[str, Any]) -> bool:
+        """False if the caller is gone (token expired or invalid): the outcome is published anyway."""
+        client = self._sfn()
+        status = Status(detail["status"])
+        try:
+            if status in CALLER_SUCCESS_STATUSES:
+                client.send_task_success(taskToken=task_token, output=json.dumps(detail))
+            else:
+                client.send_task_failure(
+                    taskToken=task_token,
+                    error=CALLER_ERRORS[status],
+                    cause=detail["reason"][:32768],
+                )
+        except (
+            client.exceptions.TaskDoesNotExist,
+            client.exceptions.TaskTimedOut,
+            client.exceptions.InvalidToken,
+        ):
+            return False
+        return True
+
+
+class QFPayCredentials:
+    """QFPay credentials from Secrets Manager, cached for ``max_age`` seconds (Powertools parameters)."""
+
+    def __init__(self, secret_id: str, max_age: int, secrets: Callable[[], Any] | None = None) -> None:
+        self._secret_id = secret_id
+        self._max_age = max_age
+        self._secrets = secrets or LazyClient("secretsmanager")
+        self._provider: SecretsProvider | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, force: bool = False) -> Credentials:
+        with self._lock:  # one read per container, not one per concurrent order
+            if self._provider is None:
+                from aws_lambda_powertools.utilities.parameters import SecretsProvider  # noqa: PLC0415
+
+                self._provider = SecretsProvider(boto3_client=self._secrets())
+            value = self._provider.get(
+                self._secret_id, transform="json", max_age=self._max_age, force_fetch=force
+            )
+        if not isinstance(value, dict):
+            raise ValueError("QFPay secret is not a JSON object")
+        return Credentials.from_secret(value)
+
+
+class RedeliveryDelay:
+    """Backs off one SQS record by extending its visibility (the message reappears later)."""
+
+    def __init__(self, sqs: Callable[[], Any] | None = None) -> None:
+        self._sqs = sqs or LazyClient("sqs")
+        self._queue_urls: dict[str, str] = {}
+
+    def delay(self, queue_arn: str, receipt_handle: str, seconds: int) -> None:
+        client = self._sqs()
+        url = self._queue_urls.get(queue_arn)
+        if url is None:
+            _, _, _, _, account, name = queue_arn.split(":", 5)
+            url = client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+            self._queue_urls[queue_arn] = url
+        client.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+        )

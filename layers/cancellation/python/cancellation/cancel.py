@@ -1,0 +1,171 @@
+"""Deciding one order: send the reversal (or close) and read QFPay's answer.
+
+The result is either a final outcome or a hand-off to the wait-and-poll loop. Nothing here touches
+AWS; the caller publishes the decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.orders import Order
+from cancellation.outcomes import Endpoint, Status, build_outcome, outcome_id
+from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
+from cancellation.respcd import Disposition, meaning_of_cancel_answer
+from cancellation.routing import Routing
+from cancellation.schedule import PollSchedule
+
+
+class RetryLater(Exception):
+    """Nothing took effect at QFPay; the message is retried (with backoff) by SQS."""
+
+    def __init__(self, reason: str, *, throttled: bool = False) -> None:
+        super().__init__(reason)
+        self.throttled = throttled
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    schedule: PollSchedule
+    deadline_seconds: int
+
+
+def execution_name(order: Order) -> str:
+    """Deterministic per order: a repeated hand-off finds the execution already there."""
+    return f"order-{outcome_id(order.identity)}"
+
+
+def cancel_params(order: Order) -> dict[str, str | None]:
+    return {
+        "mchid": order.mchid,
+        "syssn": order.syssn,
+        "out_trade_no": order.out_trade_no,
+        "txamt": str(order.txamt),
+        "txdtm": order.txdtm,
+        "udid": order.udid,
+    }
+
+
+def send_cancel(qfpay: QFPayClient, routing: Routing, endpoint: Endpoint, order: Order) -> dict[str, Any]:
+    params = cancel_params(order)
+    if endpoint == "close":
+        return qfpay.close(params, routing.close_method)
+    return qfpay.reversal(params)
+
+
+@dataclass
+class CancelAttempt:
+    """Deciding one order. ``redelivered``: an earlier attempt may already have reached QFPay."""
+
+    order: Order
+    qfpay: QFPayClient
+    routing: Routing
+    loop: LoopPolicy
+    clock: Callable[[], float]
+    redelivered: bool = False
+
+    def decide(self) -> dict[str, Any]:
+        """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``."""
+        endpoint = self.routing.endpoint_for(self.order.pay_type)
+        if self.redelivered:
+            # A crashed or timed-out earlier run may have cancelled already: ask before sending.
+            finding = self._enquire(None)
+            if finding is None:
+                raise RetryLater("QFPay Enquiry unavailable before a redelivered cancel")
+            if finding.status is not None:
+                return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
+        try:
+            answer = send_cancel(self.qfpay, self.routing, endpoint, self.order)
+        except QFPayUnavailable as exc:
+            raise RetryLater(str(exc), throttled=exc.http_status == 429) from None
+        except QFPayAmbiguous as exc:
+            return self._handoff(endpoint, None, respcd=None, resperr=str(exc), pending=False)
+        respcd = str(answer.get("respcd") or "")
+        resperr = _text(answer.get("resperr")) or _text(answer.get("respmsg"))
+        own_syssn = _text(answer.get("syssn"))
+        meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
+        facts = {"respcd": respcd, "resperr": resperr, "reversal_syssn": own_syssn}
+        if meaning.disposition is Disposition.DONE:
+            return self._confirm(endpoint, facts)
+        if meaning.disposition is Disposition.IN_PROGRESS:
+            return self._handoff(endpoint, own_syssn, respcd=respcd, resperr=resperr, pending=True)
+        if meaning.disposition is Disposition.RETRY_LATER:
+            raise RetryLater(f"QFPay answered {respcd} ({meaning.text})")
+        status = meaning.status or Status.UNKNOWN
+        return self._outcome(
+            status, f"{endpoint} answered {respcd}: {meaning.text}", endpoint, attempts=1, **facts
+        )
+
+    def _confirm(self, endpoint: Endpoint, facts: dict[str, Any]) -> dict[str, Any]:
+        """0000 is not proof: one Enquiry confirms before CANCELLED; anything else goes to the loop."""
+        finding = self._enquire(facts["reversal_syssn"])
+        if finding is not None and finding.status in (Status.CANCELLED, Status.NOT_CHARGED):
+            return self._outcome(finding.status, finding.reason, endpoint, attempts=1, **facts)
+        return self._handoff(
+            endpoint,
+            facts["reversal_syssn"],
+            respcd=facts["respcd"],
+            resperr=facts["resperr"],
+            pending=True,
+        )
+
+    def _enquire(self, reversal_syssn: str | None) -> Finding | None:
+        try:
+            return read_enquiry(self.qfpay.enquiry(enquiry_params(self.order, reversal_syssn)), self.order)
+        except (QFPayUnavailable, ValueError):
+            return None
+
+    def _outcome(
+        self, status: Status, reason: str, endpoint: Endpoint, *, attempts: int = 0, **facts: Any
+    ) -> dict[str, Any]:
+        order = self.order
+        detail = build_outcome(
+            order.to_dict(),
+            order.identity,
+            status,
+            reason,
+            now=self.clock(),
+            decided_by="cancel-function",
+            endpoint=endpoint,
+            attempts=attempts,
+            **facts,
+        )
+        return {"outcome": detail}
+
+    def _handoff(
+        self,
+        endpoint: Endpoint,
+        reversal_syssn: str | None,
+        *,
+        respcd: str | None,
+        resperr: str | None,
+        pending: bool,
+    ) -> dict[str, Any]:
+        now = self.clock()
+        schedule = self.loop.schedule
+        state = {
+            "order": self.order.to_dict(),
+            "endpoint": endpoint,
+            "reversal_syssn": reversal_syssn,
+            "respcd": respcd,
+            "resperr": resperr,
+            # False when we do not know whether QFPay received our cancel (no answer): the loop may
+            # then resend it once, and only if the Enquiry shows the payment still live.
+            "reversal_pending": pending,
+            "attempts": 1,
+            "polls": 0,
+            "resent": False,
+            "started_at": now,
+            "deadline_at": now + self.loop.deadline_seconds,
+            "wait_seconds": schedule.wait_after(0),
+            "schedule": schedule.to_dict(),
+            "status": "IN_PROGRESS",
+        }
+        return {"handoff": {"name": execution_name(self.order), "input": state}}
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None

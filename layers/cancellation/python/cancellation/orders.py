@@ -1,0 +1,179 @@
+"""Order-timeout messages: unwrapping, validation and the order's identity.
+
+Validation is strict because every value ends up in QFPay's signing string: a value holding ``&``
+or ``=`` would otherwise smuggle extra parameters into what is signed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+CURRENCIES = frozenset(
+    {"AED", "AUD", "CAD", "CNY", "EUR", "HKD", "IDR", "JPY", "MMK", "MYR", "SGD", "THB", "USD"}
+)
+MAX_TXAMT = 10**12  # cents; far above any real payment, below anything that overflows downstream
+MAX_BODY_BYTES = 256 * 1024  # the SQS message size limit
+MAX_ENVELOPE_DEPTH = 3  # e.g. EventBridge -> SNS -> SQS
+
+# QFPay's own numbering is alphanumeric; merchants' out_trade_no also uses a few separators.
+_TEXT_FIELDS: dict[str, tuple[re.Pattern[str], str]] = {
+    "out_trade_no": (re.compile(r"[A-Za-z0-9_\-.:|/]{1,128}"), "1-128 letters, digits or _-.:|/"),
+    "syssn": (re.compile(r"[A-Za-z0-9]{1,64}"), "1-64 letters or digits"),
+    "mchid": (re.compile(r"[A-Za-z0-9_\-]{1,64}"), "1-64 letters, digits, _ or -"),
+    "udid": (re.compile(r"[A-Za-z0-9_\-.:]{1,64}"), "1-64 letters, digits or _-.:"),
+    "pay_type": (re.compile(r"[0-9]{6}"), "a six-digit QFPay PayType"),
+}
+_TASK_TOKEN = re.compile(r"[\x21-\x7e]{1,2048}")  # Step Functions tokens: printable ASCII
+_TXAMT_DIGITS = re.compile(r"[0-9]{1,13}")
+_TXDTM_FORMAT = "%Y-%m-%d %H:%M:%S"
+_TXDTM_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+class InvalidOrder(ValueError):
+    """A message that is not a valid order. ``reason`` says what is wrong; never retried."""
+
+    def __init__(self, reason: str, identifiers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        # Identifiers that did validate, so the REJECTED outcome can still be matched to an order.
+        self.identifiers = identifiers or {}
+
+
+@dataclass(frozen=True)
+class Order:
+    txamt: int
+    txdtm: str
+    out_trade_no: str | None = None
+    syssn: str | None = None
+    pay_type: str | None = None
+    mchid: str | None = None
+    udid: str | None = None
+    txcurrcd: str | None = None
+    task_token: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """mchid + (out_trade_no, or syssn when there is none): what makes two messages one order."""
+        return f"{self.mchid or ''}|{self.out_trade_no or 'syssn:' + (self.syssn or '')}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Order:
+        """Rebuild an order this service validated earlier (the loop's state)."""
+        fields: dict[str, Any] = {name: data.get(name) for name in cls.__dataclass_fields__}
+        return cls(**fields)
+
+
+def unwrap(message: Any) -> Any:
+    """The order inside an EventBridge event (``detail``) or an SNS notification (``Message``)."""
+    for _ in range(MAX_ENVELOPE_DEPTH):
+        if not isinstance(message, dict):
+            return message
+        if "detail" in message and "detail-type" in message and "source" in message:
+            message = message["detail"]
+        elif message.get("Type") == "Notification" and "TopicArn" in message and "Message" in message:
+            inner = message["Message"]
+            if not isinstance(inner, str):
+                raise InvalidOrder("SNS envelope: Message must be a string")
+            message = _loads(inner, "SNS envelope Message")
+        else:
+            return message
+    return message
+
+
+def parse_order_message(body: str) -> Order:
+    """Validate an SQS body (raw, or wrapped by EventBridge or SNS) into an order."""
+    if len(body.encode("utf-8", errors="surrogatepass")) > MAX_BODY_BYTES:
+        raise InvalidOrder("message body is larger than 256 KiB")
+    return validate_order(unwrap(_loads(body, "message body")))
+
+
+def validate_order(data: Any) -> Order:
+    if not isinstance(data, dict):
+        raise InvalidOrder(f"order must be a JSON object, got {_kind(data)}")
+    identifiers: dict[str, str] = {}
+    texts: dict[str, str | None] = {}
+    problems: list[str] = []
+    for name, (pattern, description) in _TEXT_FIELDS.items():
+        value = data.get(name)
+        if value is None:
+            texts[name] = None
+        elif not isinstance(value, str):
+            problems.append(f"{name} must be a string, got {_kind(value)}")
+        elif not pattern.fullmatch(value):
+            problems.append(f"{name} must be {description}")
+        else:
+            texts[name] = value
+            identifiers[name] = value
+    if not problems and texts["out_trade_no"] is None and texts["syssn"] is None:
+        problems.append("out_trade_no or syssn is required")
+    txamt = _txamt(data.get("txamt"), problems)
+    txdtm = _txdtm(data.get("txdtm"), problems)
+    txcurrcd = data.get("txcurrcd")
+    if txcurrcd is not None and (not isinstance(txcurrcd, str) or txcurrcd not in CURRENCIES):
+        problems.append("txcurrcd must be one of " + ", ".join(sorted(CURRENCIES)))
+    task_token = data.get("task_token")
+    if task_token is not None and (not isinstance(task_token, str) or not _TASK_TOKEN.fullmatch(task_token)):
+        problems.append("task_token must be 1-2048 printable ASCII characters")
+    elif task_token is not None:
+        identifiers["task_token"] = task_token  # so even a rejected order answers its caller
+    if problems or txamt is None or txdtm is None:
+        raise InvalidOrder("; ".join(problems), identifiers)
+    return Order(txamt=txamt, txdtm=txdtm, txcurrcd=txcurrcd, task_token=task_token, **texts)
+
+
+def _txamt(value: Any, problems: list[str]) -> int | None:
+    if value is None:
+        problems.append("txamt is required")
+        return None
+    if isinstance(value, str) and _TXAMT_DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"txamt must be an integer number of cents, got {_kind(value)}")
+        return None
+    if not 0 < value <= MAX_TXAMT:
+        problems.append(f"txamt must be between 1 and {MAX_TXAMT} cents")
+        return None
+    return value
+
+
+def _txdtm(value: Any, problems: list[str]) -> str | None:
+    if value is None:
+        problems.append("txdtm is required")
+        return None
+    if not isinstance(value, str) or not _TXDTM_SHAPE.fullmatch(value):
+        problems.append("txdtm must be 'YYYY-MM-DD hh:mm:ss'")
+        return None
+    try:
+        datetime.strptime(value, _TXDTM_FORMAT)
+    except ValueError:
+        problems.append("txdtm is not a real date and time")
+        return None
+    return value
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidOrder(f"{what} is not valid JSON") from None
+
+
+def _kind(value: Any) -> str:
+    """A value's JSON type, never the value itself (it could be anything, of any size)."""
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,89 @@
+"""The one explained outcome every order ends in, and the event that carries it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+OUTCOME_SOURCE = "qfpay.cancellation"
+OUTCOME_DETAIL_TYPE = "Payment Cancellation Outcome"
+
+Endpoint = Literal["reversal", "close"]
+DecidedBy = Literal["cancel-function", "poll-loop"]
+
+
+class Status(StrEnum):
+    CANCELLED = "CANCELLED"  # reversal/close confirmed: the customer is not charged
+    NOT_CHARGED = "NOT_CHARGED"  # the payment had already failed, closed or expired
+    REFUND_REQUIRED = "REFUND_REQUIRED"  # the payment completed; a reversal cannot undo it
+    REJECTED = "REJECTED"  # the request itself is invalid or unsupported
+    UNKNOWN = "UNKNOWN"  # not confirmed by the deadline: a person must look
+
+
+# A task-token caller hears SendTaskSuccess for these, SendTaskFailure for the others.
+CALLER_SUCCESS_STATUSES = frozenset({Status.CANCELLED, Status.NOT_CHARGED, Status.REFUND_REQUIRED})
+CALLER_ERRORS = {Status.REJECTED: "Cancellation.Rejected", Status.UNKNOWN: "Cancellation.Unknown"}
+
+
+def outcome_id(identity: str) -> str:
+    """The same for every outcome of one order, so consumers can drop repeats."""
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+
+
+def utc_now_iso(now: float) -> str:
+    return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+SUBJECT_FIELDS = ("out_trade_no", "syssn", "mchid", "pay_type", "txamt", "txcurrcd")
+
+
+def build_outcome(
+    subject: Mapping[str, Any],
+    identity: str,
+    status: Status,
+    reason: str,
+    *,
+    now: float,
+    decided_by: DecidedBy,
+    endpoint: Endpoint | None = None,
+    respcd: str | None = None,
+    resperr: str | None = None,
+    reversal_syssn: str | None = None,
+    attempts: int = 0,
+    polls: int = 0,
+    resent: bool = False,
+) -> dict[str, Any]:
+    """The outcome detail; ``subject`` gives the order's fields (only those that validated)."""
+    return {
+        "outcome_id": outcome_id(identity),
+        **{field: subject.get(field) for field in SUBJECT_FIELDS},
+        "status": status.value,
+        "reason": reason,
+        "endpoint": endpoint,
+        "respcd": respcd,
+        "resperr": resperr,
+        "reversal_syssn": reversal_syssn or None,
+        "attempts": attempts,
+        "polls": polls,
+        "resent": resent,
+        "decided_by": decided_by,
+        "decided_at": utc_now_iso(now),
+    }
+
+
+def rejected_outcome(
+    reason: str,
+    *,
+    now: float,
+    out_trade_no: str | None = None,
+    syssn: str | None = None,
+    mchid: str | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """The outcome of a message that is not a valid order: only identifiers that validated are kept."""
+    identity = f"{mchid or ''}|{out_trade_no or ('syssn:' + syssn if syssn else f'message:{message_id}')}"
+    subject = {"out_trade_no": out_trade_no, "syssn": syssn, "mchid": mchid}
+    return build_outcome(subject, identity, Status.REJECTED, reason, now=now, decided_by="cancel-function")

@@ -1,0 +1,146 @@
+"""One turn of the wait-and-poll loop: ask the Transaction Enquiry and say what comes next.
+
+The state machine carries the state (see docs/contracts.md); this step returns it updated with
+``status`` (``IN_PROGRESS`` or final), the next ``wait_seconds`` and, when final, ``outcome``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cancellation.cancel import send_cancel
+from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.orders import Order
+from cancellation.outcomes import Status, build_outcome
+from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable, new_session
+from cancellation.respcd import Disposition, meaning_of_cancel_answer
+from cancellation.routing import Routing
+from cancellation.schedule import PollSchedule
+from cancellation.settings import QFPaySettings
+
+IN_PROGRESS = "IN_PROGRESS"
+
+
+@dataclass
+class EnquiryStep:
+    qfpay: QFPayClient
+    routing: Routing
+    clock: Callable[[], float]
+
+    @classmethod
+    def for_settings(cls, settings: QFPaySettings, clock: Callable[[], float] = time.time) -> EnquiryStep:
+        from cancellation.aws import QFPayCredentials  # noqa: PLC0415 - keeps AWS out of the logic
+
+        qfpay = QFPayClient(
+            settings.base_url,
+            QFPayCredentials(settings.secret_id, settings.secret_max_age),
+            session=new_session(pool_size=2),
+            timeouts=settings.timeouts,
+            verify_response_signature=settings.verify_response_signature,
+        )
+        return cls(qfpay, settings.routing, clock)
+
+    def run(self, state: dict[str, Any]) -> dict[str, Any]:
+        state = dict(state)
+        order = Order.from_dict(state["order"])
+        if state.get("task_error"):
+            error = (
+                state["task_error"].get("Error", "error")
+                if isinstance(state["task_error"], dict)
+                else "error"
+            )
+            return self._final(
+                state,
+                order,
+                Status.UNKNOWN,
+                f"the enquiry loop failed ({error}); a person must look",
+            )
+        state["polls"] = int(state.get("polls", 0)) + 1
+        finding = self._enquire(order, state.get("reversal_syssn"))
+        if finding.status is not None:
+            return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
+        if finding.live and not state.get("reversal_pending") and not state.get("resent"):
+            decided = self._resend(state, order)
+            if decided is not None:
+                return decided
+        state["last_reason"] = finding.reason
+        now = self.clock()
+        deadline = float(state["deadline_at"])
+        if now >= deadline:
+            return self._final(
+                state, order, Status.UNKNOWN, f"not confirmed by the deadline: {finding.reason}"
+            )
+        wait = PollSchedule.from_dict(state["schedule"]).wait_after(state["polls"])
+        state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
+        state["status"] = IN_PROGRESS
+        return state
+
+    def _enquire(self, order: Order, reversal_syssn: str | None) -> Finding:
+        try:
+            return read_enquiry(self.qfpay.enquiry(enquiry_params(order, reversal_syssn)), order)
+        except (QFPayUnavailable, ValueError) as exc:
+            return Finding(None, f"Enquiry unavailable ({exc})", found=False)
+
+    def _resend(self, state: dict[str, Any], order: Order) -> dict[str, Any] | None:
+        """The Enquiry shows the payment still live and no cancel of ours is known to be pending:
+        the first one never arrived. Resend it, once per order."""
+        endpoint = state["endpoint"]
+        try:
+            answer = send_cancel(self.qfpay, self.routing, endpoint, order)
+        except QFPayUnavailable:
+            return None  # certainly not sent: the next turn may try again
+        except QFPayAmbiguous:
+            state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1)
+            return None
+        state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1)
+        respcd = str(answer.get("respcd") or "")
+        own_syssn = str(answer.get("syssn") or "") or None
+        meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
+        state.update(
+            respcd=respcd,
+            resperr=answer.get("resperr"),
+            reversal_syssn=own_syssn or state.get("reversal_syssn"),
+        )
+        if meaning.disposition in (Disposition.DONE, Disposition.IN_PROGRESS):
+            state["reversal_pending"] = True  # the next Enquiry confirms it
+            return None
+        if meaning.disposition is Disposition.FINAL and meaning.status is not None:
+            return self._final(
+                state,
+                order,
+                meaning.status,
+                f"resent {endpoint} answered {respcd}: {meaning.text}",
+                respcd=respcd,
+            )
+        return None
+
+    def _final(
+        self,
+        state: dict[str, Any],
+        order: Order,
+        status: Status,
+        reason: str,
+        *,
+        respcd: str | None = None,
+    ) -> dict[str, Any]:
+        state["status"] = status.value
+        state["outcome"] = build_outcome(
+            state["order"],
+            order.identity,
+            status,
+            reason,
+            now=self.clock(),
+            decided_by="poll-loop",
+            endpoint=state.get("endpoint"),
+            respcd=respcd or state.get("respcd"),
+            resperr=state.get("resperr"),
+            reversal_syssn=state.get("reversal_syssn"),
+            attempts=int(state.get("attempts", 1)),
+            polls=int(state.get("polls", 0)),
+            resent=bool(state.get("resent")),
+        )
+        state.pop("task_error", None)
+        return state

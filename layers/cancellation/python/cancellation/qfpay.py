@@ -1,0 +1,186 @@
+"""QFPay OpenAPI client: signs, sends over one reused session, and says what a failure means.
+
+Failures are split by what they tell us about QFPay's side:
+- ``QFPayUnavailable``: the request certainly did not take effect (no connection, HTTP 5xx/429,
+  a "try later" code): safe to send again later.
+- ``QFPayAmbiguous``: the request may have reached QFPay (read timeout, connection dropped after
+  sending): never resend blindly; the Transaction Enquiry decides.
+- ``CredentialsRejected``: QFPay rejected our signature even after the secret was re-read.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
+
+REVERSAL_PATH = "/trade/v1/reversal"
+CLOSE_PATH = "/trade/v1/close"
+ENQUIRY_PATH = "/trade/v1/query"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    app_code: str = field(repr=False)
+    client_key: str = field(repr=False)
+    sign_type: SignType = "MD5"
+
+    @classmethod
+    def from_secret(cls, value: Mapping[str, Any]) -> Credentials:
+        """From the secret's JSON; errors name the field, never its value."""
+        app_code, client_key = value.get("app_code"), value.get("client_key")
+        sign_type = value.get("sign_type") or "MD5"
+        if not isinstance(app_code, str) or not app_code:
+            raise ValueError("QFPay secret: app_code is missing or not a string")
+        if not isinstance(client_key, str) or not client_key:
+            raise ValueError("QFPay secret: client_key is missing or not a string")
+        if sign_type not in SIGN_TYPES:
+            raise ValueError(f"QFPay secret: sign_type must be one of {SIGN_TYPES}")
+        return cls(app_code=app_code, client_key=client_key, sign_type=sign_type)
+
+
+# ``force`` asks for a fresh read (after QFPay rejected a signature: the key may have rotated).
+CredentialsSource = Callable[[bool], Credentials]
+
+
+class QFPayError(Exception):
+    """Base class; messages never carry credentials."""
+
+
+class QFPayUnavailable(QFPayError):
+    def __init__(self, reason: str, *, respcd: str | None = None, http_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.respcd = respcd
+        self.http_status = http_status
+
+
+class QFPayAmbiguous(QFPayError):
+    pass
+
+
+class CredentialsRejected(QFPayError):
+    pass
+
+
+class ResponseSignatureInvalid(QFPayError):
+    pass
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 3.05
+    read: float = 10.0  # QFPay documents none; 10 s is what public integrations use
+
+
+def new_session(pool_size: int = 10) -> requests.Session:
+    """One session per container: connections are reused across orders and invocations.
+    No automatic retries: a resent POST could cancel twice, so retrying is our decision."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class QFPayClient:
+    def __init__(
+        self,
+        base_url: str,
+        credentials: CredentialsSource,
+        *,
+        session: requests.Session,
+        timeouts: Timeouts = Timeouts(),
+        verify_response_signature: bool = False,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._credentials = credentials
+        self._session = session
+        self._timeouts = timeouts
+        self._verify_response_signature = verify_response_signature
+
+    def reversal(self, params: Mapping[str, str | None]) -> dict[str, Any]:
+        return self.call("POST", REVERSAL_PATH, params)
+
+    def close(self, params: Mapping[str, str | None], method: str = "GET") -> dict[str, Any]:
+        return self.call(method, CLOSE_PATH, params)
+
+    def enquiry(self, params: Mapping[str, str | None]) -> dict[str, Any]:
+        """Read-only: an ambiguous failure is as good as no answer, so it is reported as unavailable."""
+        try:
+            return self.call("POST", ENQUIRY_PATH, params)
+        except QFPayAmbiguous as exc:
+            raise QFPayUnavailable(f"enquiry: {exc}") from None
+
+    def call(self, method: str, path: str, params: Mapping[str, str | None]) -> dict[str, Any]:
+        answer = self._send(method, path, params, self._credentials(False))
+        if answer.get("respcd") == "1108":
+            # The key may have been rotated since we cached it: re-read once, then fail loudly.
+            answer = self._send(method, path, params, self._credentials(True))
+            if answer.get("respcd") == "1108":
+                raise CredentialsRejected(f"QFPay rejected the signature on {path} twice (respcd 1108)")
+        return answer
+
+    def _send(
+        self, method: str, path: str, params: Mapping[str, str | None], credentials: Credentials
+    ) -> dict[str, Any]:
+        sent = signed_parameters(params)  # exactly what is signed is what is sent
+        headers = {
+            "X-QF-APPCODE": credentials.app_code,
+            "X-QF-SIGN": sign(sent, credentials.client_key, credentials.sign_type),
+            "X-QF-SIGNTYPE": credentials.sign_type,
+        }
+        url = self._base_url + path
+        timeout = (self._timeouts.connect, self._timeouts.read)
+        try:
+            if method == "GET":
+                response = self._session.get(url, params=sent, headers=headers, timeout=timeout)
+            else:
+                response = self._session.post(url, data=sent, headers=headers, timeout=timeout)
+        except requests.ConnectTimeout:
+            raise QFPayUnavailable(f"{path}: connect timeout") from None
+        except requests.ReadTimeout:
+            raise QFPayAmbiguous(f"{path}: no answer within {self._timeouts.read}s") from None
+        except requests.ConnectionError as exc:
+            if _never_connected(exc):
+                raise QFPayUnavailable(f"{path}: connection refused or unreachable") from None
+            raise QFPayAmbiguous(f"{path}: connection dropped after sending") from None
+        except requests.RequestException as exc:
+            raise QFPayUnavailable(f"{path}: {type(exc).__name__}") from None
+        return self._read(path, response, credentials)
+
+    def _read(self, path: str, response: requests.Response, credentials: Credentials) -> dict[str, Any]:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
+        if status != 200:
+            # 4xx other than 429: QFPay did not take the request (wrong path or method).
+            raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
+        signature = response.headers.get("X-QF-SIGN")
+        if self._verify_response_signature and signature is not None:
+            expected = response_signature(response.content, credentials.client_key)
+            if not hmac.compare_digest(signature.upper(), expected):
+                raise ResponseSignatureInvalid(f"{path}: response signature does not match")
+        try:
+            answer = response.json()
+        except ValueError:
+            raise QFPayAmbiguous(f"{path}: answer is not JSON") from None
+        if not isinstance(answer, dict):
+            raise QFPayAmbiguous(f"{path}: answer is not a JSON object")
+        return {
+            key: (str(value) if key == "respcd" and value is not None else value)
+            for key, value in answer.items()
+        }
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when the failure happened before any byte of the request could have been sent."""
+    text = repr(exc.args[0]) if exc.args else ""
+    return any(
+        marker in text for marker in ("NewConnectionError", "NameResolutionError", "ConnectTimeoutError")
+    )

@@ -1,0 +1,230 @@
+"""The cancel function's work on one SQS batch: validate, decide once, deliver the decision once.
+
+Orders of one batch run concurrently (bounded by ``batch_concurrency``) over one HTTP session.
+Idempotency is two steps keyed on the order identity: deciding (the only step that talks to
+QFPay) and delivering (publishing the outcome or starting the loop). A failed delivery is retried
+by SQS and replays the stored decision, so QFPay is never asked to cancel twice for one order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+
+from cancellation.aws import (
+    CallerNotifier,
+    EnquiryLoopStarter,
+    LazyClient,
+    OutcomePublisher,
+    QFPayCredentials,
+    RedeliveryDelay,
+)
+from cancellation.cancel import CancelAttempt, RetryLater
+from cancellation.observability import count, logger
+from cancellation.orders import InvalidOrder, Order, parse_order_message
+from cancellation.outcomes import rejected_outcome
+from cancellation.qfpay import CredentialsRejected, QFPayClient, new_session
+from cancellation.settings import CancelSettings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+@dataclass
+class CancelDependencies:
+    """What the service talks to; tests and the local run pass real clients pointed at stand-ins."""
+
+    publisher: OutcomePublisher
+    loop_starter: EnquiryLoopStarter
+    notifier: CallerNotifier
+    credentials: QFPayCredentials
+    redelivery: RedeliveryDelay
+    dynamodb: Callable[[], Any]
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def for_settings(cls, settings: CancelSettings) -> CancelDependencies:
+        sfn = LazyClient("stepfunctions")
+        return cls(
+            publisher=OutcomePublisher(settings.event_bus_name),
+            loop_starter=EnquiryLoopStarter(settings.state_machine_arn, sfn),
+            notifier=CallerNotifier(sfn),
+            credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
+            redelivery=RedeliveryDelay(),
+            dynamodb=LazyClient("dynamodb"),
+        )
+
+
+class CancelService:
+    def __init__(self, settings: CancelSettings, deps: CancelDependencies) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.qfpay = QFPayClient(
+            settings.qfpay.base_url,
+            deps.credentials,
+            session=new_session(pool_size=settings.batch_concurrency),
+            timeouts=settings.qfpay.timeouts,
+            verify_response_signature=settings.qfpay.verify_response_signature,
+        )
+        self.processor = AsyncBatchProcessor(event_type=EventType.SQS)
+        self.idempotency = IdempotencyConfig(
+            event_key_jmespath="order_key",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=settings.idempotency_expiry,
+        )
+        # One persistence layer per idempotent step: Powertools keeps the key prefix on the layer.
+        self._decide = idempotent_function(
+            self._decide_order,
+            data_keyword_argument="request",
+            persistence_store=self._persistence(),
+            config=self.idempotency,
+            key_prefix="cancel-decision",
+        )
+        self._deliver = idempotent_function(
+            self._deliver_decision,
+            data_keyword_argument="request",
+            persistence_store=self._persistence(),
+            config=self.idempotency,
+            key_prefix="cancel-delivery",
+        )
+        self._slots: asyncio.Semaphore | None = None
+
+    def _persistence(self) -> DynamoDBPersistenceLayer:
+        return DynamoDBPersistenceLayer(
+            table_name=self.settings.idempotency_table, boto3_client=self.deps.dynamodb()
+        )
+
+    def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        self.idempotency.register_lambda_context(context)
+        response = async_process_partial_response(
+            event=event, record_handler=self._record, processor=self.processor, context=context
+        )
+        return dict(response)
+
+    async def _record(self, record: SQSRecord) -> str:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.batch_concurrency)
+        async with self._slots:
+            return await asyncio.to_thread(self.process_record, record)
+
+    def process_record(self, record: SQSRecord) -> str:
+        """One message; returns the status it ended in, raises to have SQS deliver it again."""
+        logger.thread_safe_append_keys(message_id=record.message_id)
+        try:
+            order = parse_order_message(record.body)
+        except InvalidOrder as invalid:
+            return self._reject(record, invalid)
+        logger.thread_safe_append_keys(order=order.identity)
+        receive_count = int(record.attributes.approximate_receive_count or "1")
+        request = {
+            "order_key": order.identity,
+            "order": order.to_dict(),
+            "redelivered": receive_count > 1,
+        }
+        try:
+            decision = self._decide(request=request)
+            return str(
+                self._deliver(
+                    request={
+                        "order_key": order.identity,
+                        "decision": decision,
+                        "order": request["order"],
+                    }
+                )
+            )
+        except RetryLater as exc:
+            count("QFPayRetryLater")
+            self._back_off(record, receive_count, throttled=exc.throttled)
+            logger.warning(
+                "cancel will be retried", extra={"reason": str(exc), "receive_count": receive_count}
+            )
+            raise
+        except IdempotencyAlreadyInProgressError:
+            # A duplicate of this order is being decided right now (same batch or another poller).
+            self._back_off(record, receive_count, throttled=False)
+            logger.info("order already being cancelled elsewhere; will look again")
+            raise
+        except CredentialsRejected:
+            count("SignatureRejected")
+            logger.error("QFPay rejected our signature after the secret was re-read")
+            raise
+        finally:
+            logger.thread_safe_remove_keys(["message_id", "order"])
+
+    def _decide_order(self, request: dict[str, Any]) -> dict[str, Any]:
+        attempt = CancelAttempt(
+            order=Order.from_dict(request["order"]),
+            qfpay=self.qfpay,
+            routing=self.settings.qfpay.routing,
+            loop=self.settings.loop,
+            clock=self.deps.clock,
+            redelivered=bool(request["redelivered"]),
+        )
+        return attempt.decide()
+
+    def _deliver_decision(self, request: dict[str, Any]) -> str:
+        decision = request["decision"]
+        if "handoff" in decision:
+            handoff = decision["handoff"]
+            started = self.deps.loop_starter.start(handoff["name"], handoff["input"])
+            count("HandedToEnquiryLoop")
+            logger.info("cancellation in progress: handed to the enquiry loop", extra={"started": started})
+            return "IN_PROGRESS"
+        detail = decision["outcome"]
+        self._publish(detail, request["order"].get("task_token"))
+        return str(detail["status"])
+
+    def _publish(self, detail: dict[str, Any], task_token: str | None) -> None:
+        self.deps.publisher.publish(detail)
+        count(f"Outcome{detail['status'].title().replace('_', '')}")
+        logger.info(
+            "outcome",
+            extra={
+                "status": detail["status"],
+                "respcd": detail["respcd"],
+                "reason": detail["reason"],
+            },
+        )
+        if task_token:
+            self.deps.notifier.notify(task_token, detail)
+
+    def _reject(self, record: SQSRecord, invalid: InvalidOrder) -> str:
+        ids = invalid.identifiers
+        detail = rejected_outcome(
+            invalid.reason,
+            now=self.deps.clock(),
+            out_trade_no=ids.get("out_trade_no"),
+            syssn=ids.get("syssn"),
+            mchid=ids.get("mchid"),
+            message_id=record.message_id,
+        )
+        logger.warning("order rejected", extra={"reason": invalid.reason})
+        self._publish(detail, ids.get("task_token"))
+        return "REJECTED"
+
+    def _back_off(self, record: SQSRecord, receive_count: int, *, throttled: bool) -> None:
+        """Exponential backoff with full jitter, by receive count; QFPay's 429 backs off harder."""
+        base = self.settings.retry_base_delay * (4 if throttled else 1)
+        ceiling = min(self.settings.retry_max_delay, base * 2 ** min(receive_count - 1, 16))
+        delay = int(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
+        try:
+            self.deps.redelivery.delay(record.event_source_arn, record.receipt_handle, delay)
+        except Exception:
+            logger.exception("could not delay the retry; the queue's visibility timeout applies")

@@ -1,0 +1,163 @@
+"""The functions' environment, validated once at start into typed settings.
+
+Only the entry points read ``os.environ``; everything else takes these settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from cancellation.cancel import LoopPolicy
+from cancellation.qfpay import Timeouts
+from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
+from cancellation.schedule import PollSchedule
+
+
+class ConfigurationError(ValueError):
+    """The function cannot start: the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class QFPaySettings:
+    base_url: str
+    secret_id: str
+    routing: Routing = field(default_factory=Routing)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    secret_max_age: int = 300
+    verify_response_signature: bool = False
+
+
+@dataclass(frozen=True)
+class CancelSettings:
+    qfpay: QFPaySettings
+    event_bus_name: str
+    state_machine_arn: str
+    idempotency_table: str
+    loop: LoopPolicy
+    idempotency_expiry: int = 48 * 3600
+    retry_base_delay: int = 10
+    retry_max_delay: int = 900
+    batch_concurrency: int = 4
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first, so one deploy fixes them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.env.get(name, "").strip() or default
+        if value is None:
+            self.problems.append(f"{name} is required")
+            return ""
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.env.get(name, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            self.problems.append(f"{name} must be a number, got {raw!r}")
+            return default
+        if not low <= value <= high:
+            self.problems.append(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        return int(self.number(name, default, low, high))
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw not in ("true", "false", "1", "0"):
+            self.problems.append(f"{name} must be true or false, got {raw!r}")
+        return raw in ("true", "1")
+
+    def done(self) -> None:
+        if self.problems:
+            raise ConfigurationError("invalid configuration: " + "; ".join(self.problems))
+
+
+def check_base_url(url: str) -> str | None:
+    """None if acceptable. QFPay is reached over https; plain http only on loopback (local runs)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return f"QFPAY_BASE_URL must be an absolute URL, got {url!r}"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return None
+    return f"QFPAY_BASE_URL must use https (plain http is allowed only for a loopback host), got {url!r}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _qfpay(read: _Reader) -> QFPaySettings:
+    base_url = read.text("QFPAY_BASE_URL")
+    if base_url and (problem := check_base_url(base_url)):
+        read.problems.append(problem)
+    routing = Routing()
+    try:
+        routing = Routing.parse(
+            read.env.get("CLOSE_PAY_TYPES", ",".join(sorted(DEFAULT_CLOSE_PAY_TYPES))),
+            read.env.get("CLOSE_HTTP_METHOD", "GET") or "GET",
+        )
+    except ValueError as exc:
+        read.problems.append(str(exc))
+    return QFPaySettings(
+        base_url=base_url,
+        secret_id=read.text("QFPAY_SECRET_ID"),
+        routing=routing,
+        timeouts=Timeouts(
+            connect=read.number("QFPAY_CONNECT_TIMEOUT_SECONDS", 3.05, 0.1, 30),
+            read=read.number("QFPAY_READ_TIMEOUT_SECONDS", 10.0, 0.1, 60),
+        ),
+        secret_max_age=read.integer("SECRET_MAX_AGE_SECONDS", 300, 0, 3600),
+        verify_response_signature=read.flag("QFPAY_VERIFY_RESPONSE_SIGNATURE", False),
+    )
+
+
+def poll_settings(env: Mapping[str, str]) -> QFPaySettings:
+    read = _Reader(env)
+    settings = _qfpay(read)
+    read.done()
+    return settings
+
+
+def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
+    read = _Reader(env)
+    qfpay = _qfpay(read)
+    first_wait = read.integer("POLL_FIRST_WAIT_SECONDS", 3, 1, 300)
+    max_wait = read.integer("POLL_MAX_WAIT_SECONDS", 60, 1, 3600)
+    factor = read.number("POLL_BACKOFF_FACTOR", 2.0, 1.0, 10.0)
+    schedule = PollSchedule()
+    try:
+        schedule = PollSchedule(first_wait, max_wait, factor)
+    except ValueError as exc:
+        read.problems.append(str(exc))
+    settings = CancelSettings(
+        qfpay=qfpay,
+        event_bus_name=read.text("EVENT_BUS_NAME"),
+        state_machine_arn=read.text("STATE_MACHINE_ARN"),
+        idempotency_table=read.text("IDEMPOTENCY_TABLE"),
+        loop=LoopPolicy(schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, 86400)),
+        idempotency_expiry=read.integer("IDEMPOTENCY_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
+        retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
+        retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 43200),
+        batch_concurrency=read.integer("BATCH_CONCURRENCY", 4, 1, 10),
+    )
+    read.done()
+    return settings
