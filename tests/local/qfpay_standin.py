@@ -1,0 +1,825 @@
+"""A QFPay stand-in on loopback: reversal, close and Transaction Enquiry over a scripted ledger.
+
+It speaks real HTTP (stdlib ``ThreadingHTTPServer`` in a background thread) so that the code under
+test runs its real client, signer and response parsing. Authentication is checked independently
+of ``cancellation.signing`` (this module never imports it), so a bug in our signer is caught here.
+
+Usage::
+
+    merchant = Merchant(app_code="APP1", client_key="KEY1")
+    with QFPayStandIn([merchant]) as qf:
+        qf.add(Transaction(syssn="20261126000100020000000001", out_trade_no="ORDER-1",
+                           txamt=100, txdtm="2026-11-26 10:00:00", pay_type="800101"))
+        ...  # point QFPAY_BASE_URL at qf.base_url
+        assert qf.cancellations_applied("ORDER-1") == 1
+
+Endpoints
+=========
+``POST /trade/v1/reversal``, ``/trade/v1/close`` (GET with a query string or POST with a form body;
+``close_methods`` restricts which), ``POST /trade/v1/query``. Another method on a known path gets
+HTTP 405 (with ``Allow``); an unknown path gets HTTP 404. Neither has a JSON body.
+
+A POST's parameters are its ``application/x-www-form-urlencoded`` body plus its query string, if
+any. Values are percent-decoded (``+`` is a space) before anything else: the signature is checked
+over the raw decoded values, as QFPay documents.
+
+Authentication (checked in this order, every answer HTTP 200 JSON)
+==================================================================
+1. ``X-QF-APPCODE`` missing or not a configured ``Merchant.app_code`` -> ``1108``. QFPay documents
+   no separate code for an unknown app code; its table reads 1108 as "signature error, can mean
+   rotated credentials", which is what a wrong app code is. Such an answer carries no response
+   ``X-QF-SIGN`` (there is no key to sign with).
+2. A malformed form (a pair without ``=``, invalid percent-encoding or UTF-8, a POST body that is
+   not form-encoded) or a parameter name given twice -> ``1103`` (format error).
+3. ``X-QF-SIGNTYPE`` other than absent, ``MD5`` or ``SHA256`` (exact spelling) -> ``1108``.
+4. ``X-QF-SIGN`` missing or not exactly the expected signature -> ``1108``. Expected: every received
+   parameter with a non-empty value, sorted by name in byte order (UTF-8), ``name=value`` joined
+   with ``&``, the client_key appended with no separator, MD5 or SHA-256 of the UTF-8 bytes,
+   upper-case hex. The comparison is exact (lower-case hex is refused: the stand-in holds clients
+   to the documented form). A parameter sent with an empty value is accepted and not signed.
+
+Every JSON answer to an authenticated request carries ``X-QF-SIGN`` = upper-case hex
+MD5(raw response body + client_key) (the 2018 reference's response signature). Bodies are
+``json.dumps`` output (ASCII, ``", "`` separators), like QFPay's published sample.
+
+Merchants and ``mchid``
+=======================
+``Merchant(app_code, client_key, mchid=None)``. A merchant with an ``mchid`` must send exactly
+that ``mchid``; one without must not send any; otherwise ``1104`` (parameter error). A request
+only sees transactions whose ``Transaction.mchid`` equals the merchant's ``mchid`` (None = None).
+
+Scripted behaviour (fields of ``Transaction``)
+==============================================
+``state``
+    ``"unpaid"`` (payment not completed: what reversal is for), ``"paid"``, ``"failed"``,
+    ``"closed"``, ``"expired"``, ``"refunded"``.
+``cancel`` (default 0)
+    QFPay's cancel flag. A reversal that takes effect sets 1, a close sets 2. Pre-set it to model
+    an already-cancelled transaction.
+``in_progress_enquiries`` (default 0)
+    When > 0, a reversal/close of an ``unpaid`` transaction answers ``1143`` (with its own new
+    ``syssn``) instead of 0000, and the Enquiry shows the row still in progress (row respcd 1143,
+    cancel "0") for that many enquiries that match the transaction; the next matching enquiry finds
+    it reversed (cancel "1", or "2" for close) and that is when the cancellation counts as applied.
+    Meanwhile another reversal/close answers ``1143`` again with the same ``syssn`` and changes
+    nothing. Only enquiries advance the countdown.
+``http_500_first`` (default 0)
+    The first k authenticated calls of any endpoint concerning this transaction answer HTTP 500
+    (plain-text body, no effect on the ledger). A reversal/close concerns the transaction it names;
+    an enquiry concerns every transaction its filters match.
+``latency`` (default 0.0) and the server-wide ``latency``
+    Seconds slept before answering any call concerning the transaction (both add up; the
+    server-wide one applies to every call). The effect on the ledger happens at once, only the
+    answer is late: a client that times out has still reversed the payment.
+``close_supported`` (default True)
+    When False, close answers ``1297`` (cancel not supported; no ``syssn``). Reversal is unaffected.
+``cancel_respcd`` (default None)
+    Forces the reversal/close respcd (e.g. ``"1294"``) once the request is valid and the amount
+    matches. It never changes the ledger and never counts as applied. For a forced ``0000``,
+    ``1143`` or ``1145`` the answer carries a new ``syssn``, as a real success-like answer would.
+``sysdtm`` (default: ``txdtm``)
+    The system time shown in Enquiry rows.
+
+Reversal and close: respcds, in the order they are decided
+==========================================================
+========  ===================================================================================
+``1104``  no ``syssn`` and no ``out_trade_no``; ``txamt`` or ``txdtm`` missing; ``mchid`` rule
+``1103``  ``txamt`` not a positive integer; ``txdtm`` not ``YYYY-MM-DD hh:mm:ss``
+``1136``  no such transaction (by ``syssn``, else ``out_trade_no``) for this merchant
+``1267``  ``syssn`` and ``out_trade_no`` both sent but naming different transactions
+``1266``  ``txamt`` differs from the transaction's amount
+``1297``  close of a transaction with ``close_supported=False``
+(forced)  ``cancel_respcd``
+``1264``  already cancelled (``cancel`` != 0): a repeat never counts as applied
+``1143``  a cancellation is in progress (``in_progress_enquiries``), see above
+``0000``  ``unpaid``: cancelled now (``cancel`` 1 or 2), a new reversal ``syssn`` is issued
+``1143``  ``unpaid`` with ``in_progress_enquiries`` > 0: cancellation started
+``1260``  ``paid`` (already paid: a refund is needed)
+``1261``  ``failed`` (not paid)
+``1142``  ``closed``
+``1181``  ``expired``
+``1262``  ``refunded``
+========  ===================================================================================
+
+Answer fields: ``syssn`` (the reversal's own new number; present only on 0000/1143/1145),
+``orig_syssn``, ``txamt`` (string), ``txcurrcd``, ``txdtm`` (echoed from the request), ``sysdtm``,
+``chnlsn``, ``respcd``, ``resperr``, ``respmsg``; close adds ``out_trade_no``. When no transaction
+was located only ``respcd``, ``resperr``, ``respmsg`` are sent.
+
+Transaction Enquiry
+===================
+Parameters: ``syssn`` and ``out_trade_no`` (comma-separated lists; when both are given a row must
+match both), ``pay_type`` (list), ``respcd`` (filter on the row respcd), ``mchid``, ``page``
+(default 1), ``page_size`` (default 10, at most 100). ``start_time``/``end_time`` are accepted and
+ignored (the ledger has no month boundaries). Non-integer ``page``/``page_size`` -> ``1103``;
+``page`` < 1 or ``page_size`` outside 1..100 -> ``1104``. Otherwise the top-level ``respcd`` is
+``0000`` with ``resperr``, ``respmsg``, ``page``, ``page_size`` (integers) and ``data``: one row per
+matching ORIGINAL transaction (a reversal's own ``syssn`` never appears; QFPay documents no such
+row), so unknown numbers give an empty ``data`` and unknown numbers among known ones are absent.
+Without ``syssn``/``out_trade_no`` every transaction of the merchant matches.
+
+Row fields: ``syssn``, ``out_trade_no``, ``order_type`` ("payment"), ``pay_type``, ``txamt``
+(string), ``txcurrcd``, ``txdtm``, ``sysdtm``, ``paydtm``, ``respcd``, ``errmsg``, ``cancel``
+(string), ``chnlsn``, ``origssn`` (""), ``cash_fee``, ``cash_fee_type``, ``cash_refund_fee``,
+``cash_refund_fee_type``, ``exchange_rate``. Row ``respcd`` by state (the transaction's own
+status, per QFPay's table): unpaid ``1143``, paid ``0000``, failed ``1147`` (a wallet/payment
+error), closed ``1142``, expired ``1181``, refunded ``0000`` (the payment succeeded; ``cancel``
+shows "3" unless set otherwise). A cancelled transaction keeps its state's row respcd (an unpaid
+one still shows 1143) and reports the cancellation only through ``cancel``: QFPay does not
+document what respcd a reversed row carries, and its docs say to read any non-zero ``cancel`` as
+"no longer a live payment".
+
+Counting
+========
+Every request is recorded in ``calls`` (a ``Call``: endpoint path, HTTP method, app code,
+parameters as received, HTTP status, respcd, the ``syssn`` of the transactions concerned,
+timestamp). Headers, hence signatures and keys, are never stored or logged. Helpers: ``count``,
+``cancellations_applied`` (how many times a reversal/close actually took effect: the evidence for
+"no payment reversed twice"), ``transaction`` (a snapshot), ``add``, ``update``, ``reset_calls``.
+Wherever a transaction key is taken it may be its ``syssn`` or its ``out_trade_no``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal
+
+State = Literal["unpaid", "paid", "failed", "closed", "expired", "refunded"]
+STATES: tuple[State, ...] = ("unpaid", "paid", "failed", "closed", "expired", "refunded")
+
+REVERSAL = "/trade/v1/reversal"
+CLOSE = "/trade/v1/close"
+QUERY = "/trade/v1/query"
+ENDPOINTS = (REVERSAL, CLOSE, QUERY)
+
+RESPERR: dict[str, str] = {
+    "0000": "success",
+    "1103": "format error",
+    "1104": "parameter error",
+    "1108": "signature error",
+    "1136": "order does not exist",
+    "1142": "order closed",
+    "1143": "processing, query later",
+    "1145": "processing, query later",
+    "1181": "order expired",
+    "1260": "order already paid",
+    "1261": "order not paid",
+    "1262": "order already refunded",
+    "1264": "order already cancelled",
+    "1266": "amount mismatch",
+    "1267": "order mismatch",
+    "1294": "prohibited by bank risk control",
+    "1297": "cancel not supported for this transaction",
+}
+
+_STATE_CANCEL_RESPCD: dict[str, str] = {
+    "paid": "1260",
+    "failed": "1261",
+    "closed": "1142",
+    "expired": "1181",
+    "refunded": "1262",
+}
+_ROW_RESPCD: dict[str, tuple[str, str]] = {
+    "unpaid": ("1143", "transaction in progress"),
+    "paid": ("0000", "success"),
+    "failed": ("1147", "payment failed"),
+    "closed": ("1142", "order closed"),
+    "expired": ("1181", "order expired"),
+    "refunded": ("0000", "success"),
+}
+_ISSUES_SYSSN = frozenset({"0000", "1143", "1145"})
+_TXDTM = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+_DIGITS = re.compile(r"[0-9]+")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True)
+class Merchant:
+    """One set of credentials. ``client_key`` is kept out of ``repr``."""
+
+    app_code: str
+    client_key: str = field(repr=False)
+    mchid: str | None = None
+
+
+@dataclass
+class Transaction:
+    """An original payment in the ledger, with its scripted behaviour (see the module docstring)."""
+
+    syssn: str
+    out_trade_no: str
+    txamt: int
+    txdtm: str
+    pay_type: str
+    txcurrcd: str = "HKD"
+    mchid: str | None = None
+    state: State = "unpaid"
+    cancel: int = 0
+    in_progress_enquiries: int = 0
+    http_500_first: int = 0
+    latency: float = 0.0
+    close_supported: bool = True
+    cancel_respcd: str | None = None
+    sysdtm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, not {self.state!r}")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the stand-in saw it (never headers, so never a signature or key)."""
+
+    endpoint: str
+    method: str
+    app_code: str | None
+    params: dict[str, str]
+    http_status: int
+    respcd: str | None
+    keys: tuple[str, ...]
+    timestamp: float
+
+    @property
+    def key(self) -> str | None:
+        """The ``syssn`` of the one transaction concerned, else None."""
+        return self.keys[0] if len(self.keys) == 1 else None
+
+
+@dataclass
+class _Runtime:
+    calls_seen: int = 0
+    applied: int = 0
+    pending_cancel: int = 0  # 1 reversal / 2 close in progress, 0 none
+    pending_syssn: str = ""
+    pending_remaining: int = 0
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: bytes
+    content_type: str
+    respcd: str | None
+    keys: tuple[str, ...]
+    delay: float
+    client_key: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Reject(Exception):
+    def __init__(self, respcd: str, resperr: str | None = None) -> None:
+        super().__init__(respcd)
+        self.respcd = respcd
+        self.resperr = resperr or RESPERR.get(respcd, "error")
+
+
+def expected_signature(params: Mapping[str, str], client_key: str, sign_type: str) -> str:
+    """QFPay's request signature, written independently of ``cancellation.signing``."""
+    pairs = [(name.encode("utf-8"), name, value) for name, value in params.items() if value != ""]
+    pairs.sort(key=lambda item: item[0])
+    text = "&".join(f"{name}={value}" for _, name, value in pairs) + client_key
+    data = text.encode("utf-8")
+    if sign_type == "SHA256":
+        return hashlib.sha256(data).hexdigest().upper()
+    return hashlib.md5(data).hexdigest().upper()  # noqa: S324 - QFPay's protocol
+
+
+def response_sign(body: bytes, client_key: str) -> str:
+    """Upper-case hex MD5 of the raw body followed by the client_key."""
+    return hashlib.md5(body + client_key.encode("utf-8")).hexdigest().upper()  # noqa: S324
+
+
+def _now() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _split_list(value: str | None) -> list[str]:
+    if not value:
+        return []
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _parse_form(text: str) -> list[tuple[str, str]]:
+    """Decode ``a=1&b=2``; raise ``_Reject("1103")`` on anything malformed."""
+    if not text:
+        return []
+    if _BAD_PERCENT.search(text):
+        raise _Reject("1103", "format error: invalid percent-encoding")
+    try:
+        return urllib.parse.parse_qsl(
+            text, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict"
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Reject("1103", "format error: malformed form data") from exc
+
+
+class QFPayStandIn:
+    """The stand-in server. Thread-safe: one lock guards the ledger and the call log."""
+
+    def __init__(
+        self,
+        merchants: Iterable[Merchant],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        close_methods: Sequence[str] = ("GET", "POST"),
+        *,
+        transactions: Iterable[Transaction] = (),
+    ) -> None:
+        self._merchants: dict[str, Merchant] = {m.app_code: m for m in merchants}
+        self._host = host
+        self._port = port
+        self.latency = latency
+        self.close_methods: tuple[str, ...] = tuple(m.upper() for m in close_methods)
+        self._lock = threading.RLock()
+        self._ledger: dict[str, Transaction] = {}
+        self._runtime: dict[str, _Runtime] = {}
+        self._calls: list[Call] = []
+        self._reversal_counter = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        for txn in transactions:
+            self.add(txn)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> QFPayStandIn:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="qfpay-standin",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> QFPayStandIn:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    # ----------------------------------------------------------------- ledger
+
+    def add(self, txn: Transaction) -> Transaction:
+        """Put a transaction in the ledger (``syssn`` and ``mchid``+``out_trade_no`` unique)."""
+        with self._lock:
+            if txn.syssn in self._ledger:
+                raise ValueError(f"duplicate syssn {txn.syssn}")
+            for other in self._ledger.values():
+                if other.out_trade_no == txn.out_trade_no and other.mchid == txn.mchid:
+                    raise ValueError(f"duplicate out_trade_no {txn.out_trade_no}")
+            self._ledger[txn.syssn] = txn
+            self._runtime[txn.syssn] = _Runtime()
+            return dataclasses.replace(txn)
+
+    def update(self, key: str, **changes: Any) -> Transaction:
+        """Change fields of a transaction (e.g. ``state="paid"``); returns a snapshot."""
+        names = {f.name for f in dataclasses.fields(Transaction)} - {"syssn"}
+        with self._lock:
+            txn = self._ledger[self._resolve(key)]
+            for name, value in changes.items():
+                if name not in names:
+                    raise TypeError(f"cannot update {name!r}")
+                setattr(txn, name, value)
+            txn.__post_init__()
+            return dataclasses.replace(txn)
+
+    def transaction(self, key: str) -> Transaction:
+        """A snapshot (copy) of the transaction named by ``syssn`` or ``out_trade_no``."""
+        with self._lock:
+            return dataclasses.replace(self._ledger[self._resolve(key)])
+
+    def cancellations_applied(self, key: str) -> int:
+        """How many reversals/closes actually took effect on this transaction."""
+        with self._lock:
+            return self._runtime[self._resolve(key)].applied
+
+    # ----------------------------------------------------------------- calls
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def count(self, endpoint: str, key: str | None = None) -> int:
+        """Calls to ``endpoint`` ("reversal" or "/trade/v1/reversal"), optionally about ``key``."""
+        path = endpoint if endpoint.startswith("/") else f"/trade/v1/{endpoint}"
+        with self._lock:
+            syssn = self._resolve(key) if key is not None else None
+            return sum(
+                1 for call in self._calls if call.endpoint == path and (syssn is None or syssn in call.keys)
+            )
+
+    def reset_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    # ----------------------------------------------------------------- internals
+
+    def _resolve(self, key: str) -> str:
+        if key in self._ledger:
+            return key
+        matches = [t.syssn for t in self._ledger.values() if t.out_trade_no == key]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise KeyError(key)
+        raise KeyError(f"{key} is ambiguous (several mchids); use the syssn")
+
+    def _new_reversal_syssn(self) -> str:
+        self._reversal_counter += 1
+        return f"{datetime.now():%Y%m%d}00020009{self._reversal_counter:010d}"
+
+    def _handle(
+        self,
+        method: str,
+        raw_path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> _Answer:
+        """Decide the whole answer under the lock; the caller sleeps ``delay`` and sends it."""
+        split = urllib.parse.urlsplit(raw_path)
+        path = split.path
+        app_code = headers.get("X-QF-APPCODE")
+        params: dict[str, str] = {}
+        with self._lock:
+            answer = self._dispatch(method, split, headers, body, params)
+            self._calls.append(
+                Call(
+                    endpoint=path,
+                    method=method,
+                    app_code=app_code,
+                    params=params,
+                    http_status=answer.status,
+                    respcd=answer.respcd,
+                    keys=answer.keys,
+                    timestamp=time.time(),
+                )
+            )
+            return answer
+
+    def _dispatch(
+        self,
+        method: str,
+        split: urllib.parse.SplitResult,
+        headers: Mapping[str, str],
+        body: bytes,
+        params_out: dict[str, str],
+    ) -> _Answer:
+        path, query = split.path, split.query
+        if path not in ENDPOINTS:
+            return _plain(404, "404 Not Found", self.latency)
+        allowed = self.close_methods if path == CLOSE else ("POST",)
+        if method not in allowed:
+            answer = _plain(405, "405 Method Not Allowed", self.latency)
+            answer.extra_headers["Allow"] = ", ".join(allowed)
+            return answer
+
+        merchant = self._merchants.get(headers.get("X-QF-APPCODE") or "")
+        malformed: _Reject | None = None
+        try:
+            pairs = self._read_pairs(method, query, headers, body)
+        except _Reject as rejection:
+            malformed, pairs = rejection, []
+        for name, value in pairs:
+            params_out.setdefault(name, value)
+        if merchant is None:
+            unknown = _Reject("1108", "signature error: unknown app code")
+            return _json(_error(unknown), None, (), self.latency)
+        try:
+            if malformed is not None:
+                raise malformed
+            if len(params_out) != len(pairs):
+                raise _Reject("1103", "format error: repeated parameter")
+            sign_type = headers.get("X-QF-SIGNTYPE")
+            if sign_type is None:
+                sign_type = "MD5"
+            if sign_type not in ("MD5", "SHA256"):
+                raise _Reject("1108", "signature error: unknown sign type")
+            expected = expected_signature(params_out, merchant.client_key, sign_type)
+            given = headers.get("X-QF-SIGN") or ""
+            if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+                raise _Reject("1108")
+        except _Reject as rejection:
+            return _json(_error(rejection), merchant.client_key, (), self.latency)
+
+        params = params_out
+        concerned = self._concerned(path, params, merchant)
+        delay = self.latency + sum(self._ledger[s].latency for s in concerned)
+        fail = False
+        for syssn in concerned:
+            runtime = self._runtime[syssn]
+            runtime.calls_seen += 1
+            fail = fail or runtime.calls_seen <= self._ledger[syssn].http_500_first
+        if fail:
+            return _plain(500, "500 Internal Server Error", delay, concerned)
+
+        try:
+            self._check_mchid(params, merchant)
+            if path == QUERY:
+                payload, keys = self._query(params, merchant), concerned
+            else:
+                payload, keys = self._cancel(path, params, merchant)
+        except _Reject as rejection:
+            payload, keys = _error(rejection), concerned
+        return _json(payload, merchant.client_key, keys, delay)
+
+    @staticmethod
+    def _read_pairs(
+        method: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> list[tuple[str, str]]:
+        pairs = _parse_form(query)
+        if method == "POST" and body:
+            content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type != "application/x-www-form-urlencoded":
+                raise _Reject("1103", "format error: body must be form-urlencoded")
+            try:
+                text = body.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise _Reject("1103", "format error: body must be percent-encoded") from exc
+            pairs += _parse_form(text)
+        return pairs
+
+    @staticmethod
+    def _check_mchid(params: Mapping[str, str], merchant: Merchant) -> None:
+        sent = params.get("mchid") or None
+        if merchant.mchid is None and sent is not None:
+            raise _Reject("1104", "parameter error: mchid must not be sent")
+        if merchant.mchid is not None and sent != merchant.mchid:
+            raise _Reject("1104", "parameter error: mchid missing or not yours")
+
+    def _visible(self, merchant: Merchant) -> list[Transaction]:
+        return [t for t in self._ledger.values() if t.mchid == merchant.mchid]
+
+    def _locate(self, syssn: str | None, out_trade_no: str | None, merchant: Merchant) -> Transaction | None:
+        """The transaction named; raises 1267 when the two numbers name different ones."""
+        visible = self._visible(merchant)
+        by_syssn = next((t for t in visible if syssn and t.syssn == syssn), None)
+        by_out = next((t for t in visible if out_trade_no and t.out_trade_no == out_trade_no), None)
+        if syssn and out_trade_no and by_syssn is not None and by_syssn is not by_out:
+            raise _Reject("1267")
+        return by_syssn if syssn else by_out
+
+    def _query_matches(self, params: Mapping[str, str], merchant: Merchant) -> list[Transaction]:
+        syssns = _split_list(params.get("syssn"))
+        outs = _split_list(params.get("out_trade_no"))
+        pay_types = _split_list(params.get("pay_type"))
+        return [
+            t
+            for t in self._visible(merchant)
+            if (not syssns or t.syssn in syssns)
+            and (not outs or t.out_trade_no in outs)
+            and (not pay_types or t.pay_type in pay_types)
+        ]
+
+    def _concerned(self, path: str, params: Mapping[str, str], merchant: Merchant) -> tuple[str, ...]:
+        if path == QUERY:
+            return tuple(t.syssn for t in self._query_matches(params, merchant))
+        try:
+            txn = self._locate(params.get("syssn"), params.get("out_trade_no"), merchant)
+        except _Reject:
+            return ()
+        return (txn.syssn,) if txn is not None else ()
+
+    def _cancel(
+        self, path: str, params: Mapping[str, str], merchant: Merchant
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        syssn = params.get("syssn") or None
+        out_trade_no = params.get("out_trade_no") or None
+        txamt = params.get("txamt") or ""
+        txdtm = params.get("txdtm") or ""
+        if syssn is None and out_trade_no is None:
+            raise _Reject("1104", "parameter error: syssn or out_trade_no required")
+        if not txamt or not txdtm:
+            raise _Reject("1104", "parameter error: txamt and txdtm required")
+        if not _DIGITS.fullmatch(txamt) or int(txamt) <= 0:
+            raise _Reject("1103", "format error: txamt")
+        if not _TXDTM.fullmatch(txdtm):
+            raise _Reject("1103", "format error: txdtm")
+        txn = self._locate(syssn, out_trade_no, merchant)
+        if txn is None:
+            raise _Reject("1136")
+        runtime = self._runtime[txn.syssn]
+        kind = 2 if path == CLOSE else 1
+
+        new_syssn = ""
+        if int(txamt) != txn.txamt:
+            respcd = "1266"
+        elif kind == 2 and not txn.close_supported:
+            respcd = "1297"
+        elif txn.cancel_respcd is not None:
+            respcd = txn.cancel_respcd
+            if respcd in _ISSUES_SYSSN:
+                new_syssn = self._new_reversal_syssn()
+        elif txn.cancel != 0:
+            respcd = "1264"
+        elif runtime.pending_cancel:
+            respcd, new_syssn = "1143", runtime.pending_syssn
+        elif txn.state == "unpaid":
+            new_syssn = self._new_reversal_syssn()
+            if txn.in_progress_enquiries > 0:
+                respcd = "1143"
+                runtime.pending_cancel = kind
+                runtime.pending_syssn = new_syssn
+                runtime.pending_remaining = txn.in_progress_enquiries
+            else:
+                respcd = "0000"
+                txn.cancel = kind
+                runtime.applied += 1
+        else:
+            respcd = _STATE_CANCEL_RESPCD[txn.state]
+
+        payload: dict[str, Any] = {}
+        if new_syssn:
+            payload["syssn"] = new_syssn
+        payload.update(
+            orig_syssn=txn.syssn,
+            txamt=str(txn.txamt),
+            txcurrcd=txn.txcurrcd,
+            txdtm=txdtm,
+            sysdtm=_now(),
+            chnlsn="",
+            respcd=respcd,
+            resperr=RESPERR.get(respcd, "scripted answer"),
+            respmsg="",
+        )
+        if kind == 2:
+            payload["out_trade_no"] = txn.out_trade_no
+        return payload, (txn.syssn,)
+
+    def _query(self, params: Mapping[str, str], merchant: Merchant) -> dict[str, Any]:
+        page = _int_param(params, "page", 1)
+        page_size = _int_param(params, "page_size", 10)
+        if page < 1 or not 1 <= page_size <= 100:
+            raise _Reject("1104", "parameter error: page or page_size out of range")
+        rows = [self._row(t) for t in self._query_matches(params, merchant)]
+        if params.get("respcd"):
+            rows = [r for r in rows if r["respcd"] == params["respcd"]]
+        start = (page - 1) * page_size
+        return {
+            "respcd": "0000",
+            "resperr": "success",
+            "respmsg": "",
+            "page": page,
+            "page_size": page_size,
+            "data": rows[start : start + page_size],
+        }
+
+    def _row(self, txn: Transaction) -> dict[str, str]:
+        runtime = self._runtime[txn.syssn]
+        if runtime.pending_cancel:
+            if runtime.pending_remaining > 0:
+                runtime.pending_remaining -= 1
+            else:
+                txn.cancel = runtime.pending_cancel
+                runtime.pending_cancel = 0
+                runtime.applied += 1
+        respcd, errmsg = _ROW_RESPCD[txn.state]
+        cancel = txn.cancel
+        if cancel == 0 and txn.state == "refunded":
+            cancel = 3
+        paid = txn.state in ("paid", "refunded")
+        return {
+            "syssn": txn.syssn,
+            "out_trade_no": txn.out_trade_no,
+            "order_type": "payment",
+            "pay_type": txn.pay_type,
+            "txamt": str(txn.txamt),
+            "txcurrcd": txn.txcurrcd,
+            "txdtm": txn.txdtm,
+            "sysdtm": txn.sysdtm or txn.txdtm,
+            "paydtm": txn.txdtm if paid else "",
+            "respcd": respcd,
+            "errmsg": errmsg,
+            "cancel": str(cancel),
+            "chnlsn": "",
+            "origssn": "",
+            "cash_fee": str(txn.txamt) if paid else "0",
+            "cash_fee_type": txn.txcurrcd,
+            "cash_refund_fee": str(txn.txamt) if txn.state == "refunded" else "0",
+            "cash_refund_fee_type": txn.txcurrcd if txn.state == "refunded" else "",
+            "exchange_rate": "",
+        }
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
+    value = params.get(name) or ""
+    if not value:
+        return default
+    if not _DIGITS.fullmatch(value):
+        raise _Reject("1103", f"format error: {name}")
+    return int(value)
+
+
+def _error(rejection: _Reject) -> dict[str, Any]:
+    return {"respcd": rejection.respcd, "resperr": rejection.resperr, "respmsg": ""}
+
+
+def _json(payload: Mapping[str, Any], client_key: str | None, keys: tuple[str, ...], delay: float) -> _Answer:
+    body = json.dumps(payload).encode("utf-8")
+    return _Answer(
+        status=200,
+        body=body,
+        content_type="application/json; charset=UTF-8",
+        respcd=str(payload["respcd"]),
+        keys=keys,
+        delay=delay,
+        client_key=client_key,
+    )
+
+
+def _plain(status: int, text: str, delay: float, keys: tuple[str, ...] = ()) -> _Answer:
+    return _Answer(
+        status=status,
+        body=text.encode("ascii"),
+        content_type="text/plain; charset=ascii",
+        respcd=None,
+        keys=keys,
+        delay=delay,
+    )
+
+
+def _make_handler(standin: QFPayStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "QFPayStandIn/1.0"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_PUT(self) -> None:
+            self._serve("PUT")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
+            headers = {name: self.headers[name] for name in _HEADERS if name in self.headers}
+            answer = standin._handle(method, self.path, headers, body)
+            if answer.delay > 0:
+                time.sleep(answer.delay)
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            if answer.client_key is not None:
+                self.send_header("X-QF-SIGN", response_sign(answer.body, answer.client_key))
+            for name, value in answer.extra_headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silent: nothing about requests (or credentials) reaches the test output."""
+
+    return Handler
+
+
+_HEADERS = ("X-QF-APPCODE", "X-QF-SIGN", "X-QF-SIGNTYPE", "Content-Type")

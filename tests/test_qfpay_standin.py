@@ -1,0 +1,672 @@
+"""The QFPay stand-in, exercised over real HTTP.
+
+Requests are signed with our own ``cancellation.signing.sign`` while the stand-in verifies with its
+own independent code, so every accepted request cross-checks both. Where a test needs a signature
+our signer would never produce (wrong order, lower case, ...), it builds it with hashlib by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.parse
+from typing import Any
+
+import pytest
+import requests
+from cancellation.signing import response_signature, sign
+
+from tests.local.qfpay_standin import Merchant, QFPayStandIn, Transaction
+
+PLAIN = Merchant(app_code="APPCODE-PLAIN", client_key="KEY-PLAIN-0123456789")
+AGENT = Merchant(app_code="APPCODE-AGENT", client_key="KEY-AGENT-9876543210", mchid="MCH-A1")
+TXDTM = "2026-11-26 10:00:00"
+RAW_OUT_TRADE_NO = "A&B=C d+e%20f/中文?"  # every character a sloppy signer would mangle
+
+
+def make_txn(n: int = 1, **changes: Any) -> Transaction:
+    fields: dict[str, Any] = {
+        "syssn": f"202611260001000200{n:08d}",
+        "out_trade_no": f"ORDER-{n}",
+        "txamt": 100,
+        "txdtm": TXDTM,
+        "pay_type": "800101",
+    }
+    fields.update(changes)
+    return Transaction(**fields)
+
+
+def md5_upper(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest().upper()  # noqa: S324 - QFPay's protocol
+
+
+def send(
+    qf: QFPayStandIn,
+    endpoint: str,
+    params: dict[str, str],
+    *,
+    merchant: Merchant = PLAIN,
+    method: str = "POST",
+    sign_type: str = "MD5",
+    declared_type: str | None = None,
+    signed_params: dict[str, str] | None = None,
+    signature: str | None = None,
+    app_code: str | None = None,
+    timeout: float = 5.0,
+) -> requests.Response:
+    """Send a signed request; each keyword spoils one aspect of it for the negative tests."""
+    if signature is None:
+        to_sign = params if signed_params is None else signed_params
+        signature = sign(to_sign, merchant.client_key, "SHA256" if sign_type == "SHA256" else "MD5")
+    headers = {"X-QF-APPCODE": app_code or merchant.app_code, "X-QF-SIGN": signature}
+    if declared_type is not None:
+        headers["X-QF-SIGNTYPE"] = declared_type
+    url = f"{qf.base_url}/trade/v1/{endpoint}"
+    if method == "GET":
+        return requests.get(url, params=params, headers=headers, timeout=timeout)
+    return requests.request(method, url, data=params, headers=headers, timeout=timeout)
+
+
+def cancel_params(txn: Transaction, **extra: str) -> dict[str, str]:
+    return {"syssn": txn.syssn, "txamt": str(txn.txamt), "txdtm": txn.txdtm, **extra}
+
+
+def enquire(qf: QFPayStandIn, merchant: Merchant = PLAIN, **params: str) -> dict[str, Any]:
+    response = send(qf, "query", params, merchant=merchant)
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    assert body["respcd"] == "0000", body
+    return body
+
+
+def only_row(qf: QFPayStandIn, txn: Transaction) -> dict[str, Any]:
+    rows = enquire(qf, syssn=txn.syssn)["data"]
+    assert len(rows) == 1
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+@pytest.fixture
+def qf():
+    with QFPayStandIn([PLAIN, AGENT]) as standin:
+        yield standin
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_md5_signature_is_accepted(qf):
+    txn = qf.add(make_txn())
+    response = send(qf, "reversal", cancel_params(txn))
+    assert response.status_code == 200
+    assert response.json()["respcd"] == "0000"
+
+
+def test_sha256_signature_is_accepted(qf):
+    txn = qf.add(make_txn())
+    response = send(qf, "reversal", cancel_params(txn), sign_type="SHA256", declared_type="SHA256")
+    assert response.json()["respcd"] == "0000"
+
+
+def test_explicit_md5_sign_type_is_accepted(qf):
+    txn = qf.add(make_txn())
+    response = send(qf, "reversal", cancel_params(txn), declared_type="MD5")
+    assert response.json()["respcd"] == "0000"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param({"signature": "0" * 32}, id="wrong-signature"),
+        pytest.param({"signature": ""}, id="empty-signature"),
+        pytest.param({"app_code": "NO-SUCH-APPCODE"}, id="wrong-app-code"),
+        pytest.param({"merchant": Merchant("APPCODE-PLAIN", "OTHER-KEY")}, id="wrong-client-key"),
+        pytest.param({"signed_params": {"txamt": "999"}}, id="tampered-parameter"),
+        pytest.param({"signed_params": {"drop": "udid"}}, id="extra-unsigned-parameter"),
+        pytest.param({"sign_type": "SHA256"}, id="sha256-signed-but-md5-declared-by-default"),
+        pytest.param({"sign_type": "SHA256", "declared_type": "MD5"}, id="sha256-declared-md5"),
+        pytest.param({"declared_type": "SHA256"}, id="md5-signed-sha256-declared"),
+        pytest.param({"declared_type": "SHA1"}, id="unknown-sign-type"),
+        pytest.param({"declared_type": "md5"}, id="sign-type-wrong-spelling"),
+    ],
+)
+def test_bad_authentication_answers_1108_and_changes_nothing(qf, spoil):
+    txn = qf.add(make_txn())
+    params = cancel_params(txn, udid="TERMINAL-7")
+    spoil = dict(spoil)
+    if "signed_params" in spoil:
+        changes = spoil.pop("signed_params")
+        signed = dict(params)
+        if "drop" in changes:
+            del signed[changes.pop("drop")]
+        signed.update(changes)
+        spoil["signed_params"] = signed
+    response = send(qf, "reversal", params, **spoil)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["respcd"] == "1108"
+    assert set(body) == {"respcd", "resperr", "respmsg"}
+    assert body["respmsg"] == ""
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert qf.transaction(txn.syssn).cancel == 0
+
+
+@pytest.mark.parametrize("sign_type", ["MD5", "SHA256"])
+def test_our_signer_and_the_stand_in_agree_on_order_empties_and_raw_values(qf, sign_type):
+    """Names that sort differently by bytes and by case, an empty value, reserved characters."""
+    txn = qf.add(make_txn())
+    params = cancel_params(txn, Zeta="Z&=中", alpha="a b+c", _under="_", udid="")
+    response = send(qf, "reversal", params, sign_type=sign_type, declared_type=sign_type)
+    assert response.json()["respcd"] == "0000"
+
+
+def test_missing_sign_header_answers_1108(qf):
+    txn = qf.add(make_txn())
+    url = f"{qf.base_url}/trade/v1/reversal"
+    response = requests.post(
+        url, data=cancel_params(txn), headers={"X-QF-APPCODE": PLAIN.app_code}, timeout=5
+    )
+    assert response.json()["respcd"] == "1108"
+
+
+def test_lower_case_hex_signature_is_refused(qf):
+    txn = qf.add(make_txn())
+    params = cancel_params(txn)
+    good = sign(params, PLAIN.client_key)
+    assert send(qf, "reversal", params, signature=good.lower()).json()["respcd"] == "1108"
+    assert send(qf, "reversal", params, signature=good).json()["respcd"] == "0000"
+
+
+def test_stand_in_sorts_by_byte_order_not_case_insensitively(qf):
+    """Hand-made signatures: the stand-in's own verifier, independent of our signer."""
+    txn = qf.add(make_txn())
+    params = cancel_params(txn, Zeta="upper", alpha="lower")
+    byte_order = "&".join(f"{k}={params[k]}" for k in ["Zeta", "alpha", "syssn", "txamt", "txdtm"])
+    case_insensitive = "&".join(f"{k}={params[k]}" for k in ["alpha", "syssn", "txamt", "txdtm", "Zeta"])
+    wrong = md5_upper(case_insensitive + PLAIN.client_key)
+    assert send(qf, "reversal", params, signature=wrong).json()["respcd"] == "1108"
+    right = md5_upper(byte_order + PLAIN.client_key)
+    assert send(qf, "reversal", params, signature=right).json()["respcd"] == "0000"
+
+
+def test_empty_parameter_is_received_but_not_signed(qf):
+    txn = qf.add(make_txn())
+    params = cancel_params(txn, udid="")
+    with_empty = "&".join(f"{k}={params[k]}" for k in sorted(params)) + PLAIN.client_key
+    assert "udid=&" not in with_empty  # 'udid' sorts last: the empty pair ends the string
+    assert send(qf, "reversal", params, signature=md5_upper(with_empty)).json()["respcd"] == "1108"
+    assert send(qf, "reversal", params).json()["respcd"] == "0000"
+    assert qf.calls[-1].params["udid"] == ""
+
+
+def test_repeated_parameter_is_a_format_error(qf):
+    txn = qf.add(make_txn())
+    body = f"syssn={txn.syssn}&syssn={txn.syssn}&txamt=100&txdtm=2026-11-26+10%3A00%3A00"
+    signature = sign({"syssn": txn.syssn, "txamt": "100", "txdtm": TXDTM}, PLAIN.client_key)
+    response = requests.post(
+        f"{qf.base_url}/trade/v1/reversal",
+        data=body,
+        headers={
+            "X-QF-APPCODE": PLAIN.app_code,
+            "X-QF-SIGN": signature,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        timeout=5,
+    )
+    assert response.json()["respcd"] == "1103"
+    assert qf.cancellations_applied(txn.syssn) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("syssn", "application/x-www-form-urlencoded"),
+        ("syssn=%zz", "application/x-www-form-urlencoded"),
+        ("syssn=%ff%fe", "application/x-www-form-urlencoded"),
+        ('{"syssn": "1"}', "application/json"),
+    ],
+)
+def test_malformed_form_is_a_format_error(qf, body, content_type):
+    response = requests.post(
+        f"{qf.base_url}/trade/v1/query",
+        data=body.encode("ascii"),
+        headers={"X-QF-APPCODE": PLAIN.app_code, "X-QF-SIGN": "X", "Content-Type": content_type},
+        timeout=5,
+    )
+    assert response.json()["respcd"] == "1103"
+
+
+# --------------------------------------------------------------------------- raw values
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_values_with_ampersand_equals_and_unicode_are_signed_raw(qf, method):
+    txn = qf.add(make_txn(out_trade_no=RAW_OUT_TRADE_NO))
+    params = {"out_trade_no": RAW_OUT_TRADE_NO, "txamt": "100", "txdtm": TXDTM}
+    response = send(qf, "close", params, method=method)
+    body = response.json()
+    assert body["respcd"] == "0000", body
+    assert body["out_trade_no"] == RAW_OUT_TRADE_NO
+    assert body["orig_syssn"] == txn.syssn
+    assert qf.calls[-1].params["out_trade_no"] == RAW_OUT_TRADE_NO
+
+
+def test_signing_the_url_encoded_value_is_refused(qf):
+    qf.add(make_txn(out_trade_no=RAW_OUT_TRADE_NO))
+    params = {"out_trade_no": RAW_OUT_TRADE_NO, "txamt": "100", "txdtm": TXDTM}
+    encoded = {k: urllib.parse.quote(v, safe="") for k, v in params.items()}
+    response = send(qf, "reversal", params, signed_params=encoded)
+    assert response.json()["respcd"] == "1108"
+
+
+def test_unicode_query_value_round_trips(qf):
+    txn = qf.add(make_txn(out_trade_no="訂單-一號"))
+    rows = enquire(qf, out_trade_no="訂單-一號")["data"]
+    assert [row["syssn"] for row in rows] == [txn.syssn]
+
+
+# --------------------------------------------------------------------------- scripted behaviour
+
+
+def test_unpaid_reversal_answers_0000_and_enquiry_shows_cancel_1(qf):
+    txn = qf.add(make_txn())
+    assert only_row(qf, txn)["cancel"] == "0"
+    response = send(qf, "reversal", cancel_params(txn))
+    body = response.json()
+    assert body["respcd"] == "0000"
+    assert body["syssn"]
+    assert body["syssn"] != txn.syssn  # the reversal's own new number
+    assert body["orig_syssn"] == txn.syssn
+    assert body["txamt"] == "100"
+    assert body["txcurrcd"] == "HKD"
+    assert body["txdtm"] == TXDTM
+    assert {"sysdtm", "chnlsn", "resperr", "respmsg"} <= set(body)
+    assert "out_trade_no" not in body  # only close answers it
+    row = only_row(qf, txn)
+    assert row["cancel"] == "1"
+    assert row["syssn"] == txn.syssn
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert qf.transaction(txn.out_trade_no).cancel == 1
+
+
+def test_reversal_by_out_trade_no(qf):
+    txn = qf.add(make_txn())
+    params = {"out_trade_no": txn.out_trade_no, "txamt": "100", "txdtm": TXDTM}
+    assert send(qf, "reversal", params).json()["orig_syssn"] == txn.syssn
+
+
+def test_in_progress_for_n_enquiries_then_reversed(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=2))
+    first = send(qf, "reversal", cancel_params(txn)).json()
+    assert first["respcd"] == "1143"
+    assert first["syssn"]
+    assert qf.cancellations_applied(txn.syssn) == 0
+    # A repeat while in progress: same answer, same reversal number, no second effect.
+    again = send(qf, "reversal", cancel_params(txn)).json()
+    assert (again["respcd"], again["syssn"]) == ("1143", first["syssn"])
+    for _ in range(2):
+        row = only_row(qf, txn)
+        assert (row["respcd"], row["cancel"]) == ("1143", "0")
+    row = only_row(qf, txn)
+    assert row["cancel"] == "1"
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1264"
+    assert qf.cancellations_applied(txn.syssn) == 1
+
+
+def test_in_progress_close_ends_with_cancel_2(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=1))
+    assert send(qf, "close", cancel_params(txn)).json()["respcd"] == "1143"
+    assert only_row(qf, txn)["cancel"] == "0"
+    assert only_row(qf, txn)["cancel"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("state", "respcd"),
+    [("paid", "1260"), ("failed", "1261"), ("closed", "1142"), ("expired", "1181"),
+     ("refunded", "1262")],
+)  # fmt: skip
+@pytest.mark.parametrize("endpoint", ["reversal", "close"])
+def test_final_states_refuse_cancellation(qf, state, respcd, endpoint):
+    txn = qf.add(make_txn(state=state))
+    body = send(qf, endpoint, cancel_params(txn)).json()
+    assert body["respcd"] == respcd
+    assert "syssn" not in body  # no reversal number of its own
+    assert body["orig_syssn"] == txn.syssn
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert qf.transaction(txn.syssn).cancel == 0
+
+
+@pytest.mark.parametrize(
+    ("state", "respcd", "cancel"),
+    [("unpaid", "1143", "0"), ("paid", "0000", "0"), ("failed", "1147", "0"),
+     ("closed", "1142", "0"), ("expired", "1181", "0"), ("refunded", "0000", "3")],
+)  # fmt: skip
+def test_enquiry_row_respcd_per_state(qf, state, respcd, cancel):
+    txn = qf.add(make_txn(state=state))
+    row = only_row(qf, txn)
+    assert (row["respcd"], row["cancel"]) == (respcd, cancel)
+
+
+def test_http_500_for_the_first_k_calls(qf):
+    txn = qf.add(make_txn(http_500_first=2))
+    for _ in range(2):
+        response = send(qf, "reversal", cancel_params(txn))
+        assert response.status_code == 500
+        assert "X-QF-SIGN" not in response.headers
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"
+    assert qf.count("reversal", txn.syssn) == 3
+    assert [(c.http_status, c.respcd) for c in qf.calls] == [
+        (500, None),
+        (500, None),
+        (200, "0000"),
+    ]
+
+
+def test_http_500_budget_is_shared_by_every_endpoint(qf):
+    txn = qf.add(make_txn(http_500_first=1))
+    assert send(qf, "query", {"syssn": txn.syssn}).status_code == 500
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"
+
+
+def test_transaction_latency_delays_the_answer(qf):
+    slow = qf.add(make_txn(1, latency=0.3))
+    fast = qf.add(make_txn(2))
+    started = time.monotonic()
+    send(qf, "query", {"syssn": fast.syssn})
+    assert time.monotonic() - started < 0.25
+    started = time.monotonic()
+    assert send(qf, "reversal", cancel_params(slow)).json()["respcd"] == "0000"
+    assert time.monotonic() - started >= 0.3
+
+
+def test_server_wide_latency():
+    with QFPayStandIn([PLAIN], latency=0.2) as standin:
+        started = time.monotonic()
+        enquire(standin, syssn="NOTHING")
+        assert time.monotonic() - started >= 0.2
+
+
+def test_timed_out_reversal_has_still_taken_effect(qf):
+    txn = qf.add(make_txn(latency=0.5))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(qf, "reversal", cancel_params(txn), timeout=0.1)
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1264"
+    assert qf.cancellations_applied(txn.syssn) == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_close_by_get_and_post(qf, method):
+    txn = qf.add(make_txn(pay_type="800008"))
+    body = send(qf, "close", cancel_params(txn), method=method).json()
+    assert body["respcd"] == "0000"
+    assert body["out_trade_no"] == txn.out_trade_no
+    assert body["syssn"] != txn.syssn
+    assert only_row(qf, txn)["cancel"] == "2"
+    assert qf.calls[0].method == method
+
+
+@pytest.mark.parametrize(("allowed", "refused"), [(("GET",), "POST"), (("POST",), "GET")])
+def test_close_methods_restricts_close(allowed, refused):
+    with QFPayStandIn([PLAIN], close_methods=allowed) as standin:
+        txn = standin.add(make_txn())
+        response = send(standin, "close", cancel_params(txn), method=refused)
+        assert response.status_code == 405
+        assert response.headers["Allow"] == allowed[0]
+        assert standin.cancellations_applied(txn.syssn) == 0
+        response = send(standin, "close", cancel_params(txn), method=allowed[0])
+        assert response.json()["respcd"] == "0000"
+
+
+@pytest.mark.parametrize("endpoint", ["reversal", "query"])
+def test_reversal_and_query_are_post_only(qf, endpoint):
+    txn = qf.add(make_txn())
+    assert send(qf, endpoint, cancel_params(txn), method="GET").status_code == 405
+    assert send(qf, endpoint, cancel_params(txn), method="PUT").status_code == 405
+    assert qf.cancellations_applied(txn.syssn) == 0
+
+
+def test_unknown_path_is_404(qf):
+    assert requests.post(f"{qf.base_url}/trade/v1/refund", timeout=5).status_code == 404
+
+
+def test_close_unsupported_answers_1297_without_syssn(qf):
+    txn = qf.add(make_txn(close_supported=False))
+    body = send(qf, "close", cancel_params(txn)).json()
+    assert body["respcd"] == "1297"
+    assert "syssn" not in body
+    assert qf.cancellations_applied(txn.syssn) == 0
+    # Reversal is not affected by close_supported.
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"
+
+
+def test_not_found_answers_1136(qf):
+    qf.add(make_txn())
+    params = {"syssn": "20990101000000000000000000", "txamt": "100", "txdtm": TXDTM}
+    assert send(qf, "reversal", params).json()["respcd"] == "1136"
+    params = {"out_trade_no": "NO-SUCH-ORDER", "txamt": "100", "txdtm": TXDTM}
+    assert send(qf, "close", params).json()["respcd"] == "1136"
+
+
+def test_amount_mismatch_answers_1266(qf):
+    txn = qf.add(make_txn())
+    body = send(qf, "reversal", cancel_params(txn) | {"txamt": "101"}).json()
+    assert body["respcd"] == "1266"
+    assert qf.cancellations_applied(txn.syssn) == 0
+
+
+def test_numbers_naming_different_transactions_answer_1267(qf):
+    one, two = qf.add(make_txn(1)), qf.add(make_txn(2))
+    params = cancel_params(one, out_trade_no=two.out_trade_no)
+    assert send(qf, "reversal", params).json()["respcd"] == "1267"
+    params = cancel_params(one, out_trade_no=one.out_trade_no)
+    assert send(qf, "reversal", params).json()["respcd"] == "0000"
+
+
+def test_second_reversal_answers_1264_and_is_not_counted_as_applied(qf):
+    txn = qf.add(make_txn())
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"
+    second = send(qf, "reversal", cancel_params(txn)).json()
+    assert second["respcd"] == "1264"
+    assert "syssn" not in second
+    assert send(qf, "close", cancel_params(txn)).json()["respcd"] == "1264"
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert qf.count("reversal", txn.syssn) == 2
+
+
+def test_already_cancelled_in_the_ledger_answers_1264(qf):
+    txn = qf.add(make_txn(cancel=2))
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1264"
+    assert qf.cancellations_applied(txn.syssn) == 0
+
+
+def test_forced_cancel_respcd(qf):
+    risky = qf.add(make_txn(1, cancel_respcd="1294"))
+    body = send(qf, "reversal", cancel_params(risky)).json()
+    assert (body["respcd"], "syssn" in body) == ("1294", False)
+    lying = qf.add(make_txn(2, cancel_respcd="0000"))
+    body = send(qf, "reversal", cancel_params(lying)).json()
+    assert (body["respcd"], "syssn" in body) == ("0000", True)
+    # A forced answer never touches the ledger: the enquiry is the truth.
+    assert only_row(qf, lying)["cancel"] == "0"
+    assert qf.cancellations_applied(risky.syssn) == qf.cancellations_applied(lying.syssn) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "respcd"),
+    [
+        ({"txamt": None}, "1104"),
+        ({"txdtm": None}, "1104"),
+        ({"syssn": None}, "1104"),
+        ({"txamt": "1.00"}, "1103"),
+        ({"txamt": "0"}, "1103"),
+        ({"txdtm": "2026-11-26T10:00:00"}, "1103"),
+    ],
+)
+def test_request_validation(qf, change, respcd):
+    txn = qf.add(make_txn())
+    params = {k: v for k, v in (cancel_params(txn) | change).items() if v is not None}
+    assert send(qf, "reversal", params).json()["respcd"] == respcd
+
+
+def test_update_changes_a_transaction_mid_scenario(qf):
+    txn = qf.add(make_txn())
+    assert qf.update(txn.out_trade_no, state="paid").state == "paid"
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1260"
+    with pytest.raises(TypeError):
+        qf.update(txn.syssn, syssn="OTHER")
+
+
+def test_duplicate_transactions_are_refused(qf):
+    qf.add(make_txn(1))
+    with pytest.raises(ValueError, match="syssn"):
+        qf.add(make_txn(1, out_trade_no="OTHER"))
+    with pytest.raises(ValueError, match="out_trade_no"):
+        qf.add(make_txn(2, out_trade_no="ORDER-1"))
+
+
+# --------------------------------------------------------------------------- mchid
+
+
+def test_merchant_with_mchid(qf):
+    mine = qf.add(make_txn(1, mchid=AGENT.mchid))
+    plain = qf.add(make_txn(2))
+    params = cancel_params(mine, mchid="MCH-A1")
+    assert send(qf, "reversal", cancel_params(mine), merchant=AGENT).json()["respcd"] == "1104"
+    wrong = cancel_params(mine, mchid="MCH-OTHER")
+    assert send(qf, "reversal", wrong, merchant=AGENT).json()["respcd"] == "1104"
+    # Transactions of another mchid are invisible.
+    other = cancel_params(plain, mchid="MCH-A1")
+    assert send(qf, "reversal", other, merchant=AGENT).json()["respcd"] == "1136"
+    assert send(qf, "reversal", params, merchant=AGENT).json()["respcd"] == "0000"
+    rows = enquire(qf, merchant=AGENT, mchid="MCH-A1", syssn=mine.syssn)["data"]
+    assert rows[0]["cancel"] == "1"
+
+
+def test_merchant_without_mchid_must_not_send_one(qf):
+    txn = qf.add(make_txn())
+    assert send(qf, "reversal", cancel_params(txn, mchid="X")).json()["respcd"] == "1104"
+    assert send(qf, "query", {"syssn": txn.syssn, "mchid": "X"}).json()["respcd"] == "1104"
+
+
+# --------------------------------------------------------------------------- enquiry
+
+
+def test_enquiry_rows_and_lists(qf):
+    one, two = qf.add(make_txn(1)), qf.add(make_txn(2, state="paid", pay_type="800201"))
+    body = enquire(qf, syssn=f"{one.syssn},{two.syssn},20990101000000000000000000")
+    assert [row["syssn"] for row in body["data"]] == [one.syssn, two.syssn]
+    assert (body["page"], body["page_size"]) == (1, 10)
+    assert body["resperr"]
+    assert body["respmsg"] == ""
+    row = body["data"][1]
+    expected_fields = {
+        "syssn", "out_trade_no", "order_type", "pay_type", "txamt", "txcurrcd", "txdtm",
+        "sysdtm", "paydtm", "respcd", "errmsg", "cancel", "chnlsn", "origssn", "cash_fee",
+        "cash_fee_type", "cash_refund_fee", "cash_refund_fee_type", "exchange_rate",
+    }  # fmt: skip
+    assert set(row) == expected_fields
+    assert (row["order_type"], row["pay_type"], row["txamt"]) == ("payment", "800201", "100")
+    assert row["paydtm"] == TXDTM
+    by_out = enquire(qf, out_trade_no=f"{two.out_trade_no}, NOPE")["data"]
+    assert [row["syssn"] for row in by_out] == [two.syssn]
+    assert enquire(qf, syssn="20990101000000000000000000")["data"] == []
+    assert enquire(qf, syssn=one.syssn, out_trade_no=two.out_trade_no)["data"] == []
+
+
+def test_enquiry_never_lists_a_reversal_number(qf):
+    txn = qf.add(make_txn())
+    reversal_syssn = send(qf, "reversal", cancel_params(txn)).json()["syssn"]
+    assert enquire(qf, syssn=reversal_syssn)["data"] == []
+    assert [row["syssn"] for row in enquire(qf)["data"]] == [txn.syssn]
+
+
+def test_enquiry_filters_and_pages(qf):
+    for n in range(1, 6):
+        qf.add(make_txn(n, state="paid" if n % 2 else "unpaid"))
+    assert len(enquire(qf)["data"]) == 5
+    assert len(enquire(qf, respcd="0000")["data"]) == 3
+    assert len(enquire(qf, pay_type="800201")["data"]) == 0
+    page2 = enquire(qf, page="2", page_size="2")
+    assert [row["out_trade_no"] for row in page2["data"]] == ["ORDER-3", "ORDER-4"]
+    assert (page2["page"], page2["page_size"]) == (2, 2)
+    assert send(qf, "query", {"page": "x"}).json()["respcd"] == "1103"
+    assert send(qf, "query", {"page_size": "101"}).json()["respcd"] == "1104"
+    assert send(qf, "query", {"page": "0"}).json()["respcd"] == "1104"
+
+
+# --------------------------------------------------------------------------- response signature
+
+
+def test_response_signature_is_md5_of_body_and_key(qf):
+    txn = qf.add(make_txn())
+    answers = [
+        send(qf, "reversal", cancel_params(txn)),  # 0000
+        send(qf, "reversal", cancel_params(txn)),  # 1264
+        send(qf, "query", {"syssn": txn.syssn}),
+        send(qf, "reversal", cancel_params(txn), signature="BAD"),  # 1108, known merchant
+    ]
+    for response in answers:
+        digest = hashlib.md5(response.content + PLAIN.client_key.encode())  # noqa: S324
+        expected = digest.hexdigest().upper()
+        assert response.headers["X-QF-SIGN"] == expected
+        assert response_signature(response.content, PLAIN.client_key) == expected
+        assert response.headers["Content-Type"].startswith("application/json")
+    agent = send(qf, "query", {"mchid": "MCH-A1"}, merchant=AGENT)
+    assert agent.headers["X-QF-SIGN"] == response_signature(agent.content, AGENT.client_key)
+
+
+def test_unknown_app_code_answer_is_unsigned(qf):
+    response = send(qf, "query", {}, app_code="NO-SUCH-APPCODE")
+    assert response.json()["respcd"] == "1108"
+    assert "X-QF-SIGN" not in response.headers
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def test_counting_and_call_log(qf):
+    one, two = qf.add(make_txn(1)), qf.add(make_txn(2))
+    send(qf, "reversal", cancel_params(one))
+    send(qf, "reversal", cancel_params(one), signature="BAD")
+    send(qf, "close", cancel_params(two), method="GET")
+    enquire(qf, syssn=f"{one.syssn},{two.syssn}")
+    assert qf.count("reversal") == 2
+    assert qf.count("/trade/v1/reversal", one.out_trade_no) == 1  # the bad one named no txn
+    assert qf.count("reversal", two.syssn) == 0
+    assert qf.count("close", two.out_trade_no) == 1
+    assert qf.count("query", one.syssn) == qf.count("query", two.syssn) == 1
+    assert qf.count("query") == 1
+    first = qf.calls[0]
+    assert (first.endpoint, first.method, first.http_status) == ("/trade/v1/reversal", "POST", 200)
+    assert (first.respcd, first.key, first.app_code) == ("0000", one.syssn, PLAIN.app_code)
+    assert first.params == cancel_params(one)
+    assert qf.calls[1].respcd == "1108"
+    assert qf.calls[-1].key is None  # an enquiry about two transactions
+    assert qf.calls[-1].keys == (one.syssn, two.syssn)
+    assert all(first.timestamp <= c.timestamp for c in qf.calls)
+    log = repr(qf.calls) + repr(PLAIN)
+    assert PLAIN.client_key not in log
+    assert "X-QF-SIGN" not in log
+    qf.reset_calls()
+    assert qf.calls == []
+    assert qf.count("reversal") == 0
+    assert qf.cancellations_applied(one.out_trade_no) == 1  # the ledger is kept
+
+
+def test_lifecycle():
+    standin = QFPayStandIn([PLAIN], transactions=[make_txn()])
+    with pytest.raises(RuntimeError):
+        _ = standin.base_url
+    standin.start()
+    try:
+        base_url = standin.base_url
+        assert base_url == f"http://127.0.0.1:{standin.port}"
+        assert standin.port > 0
+        assert enquire(standin)["data"][0]["out_trade_no"] == "ORDER-1"
+    finally:
+        standin.stop()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{base_url}/trade/v1/query", timeout=1)
