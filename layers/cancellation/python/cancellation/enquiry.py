@@ -43,13 +43,12 @@ class Finding:
 
 
 def enquiry_params(order: Order, reversal_syssn: str | None = None) -> dict[str, str | None]:
-    """One query for the original and the reversal's own number together."""
-    numbers = [n for n in (order.syssn, reversal_syssn) if n]
-    return {
-        "mchid": order.mchid,
-        "syssn": ",".join(numbers) or None,
-        "out_trade_no": order.out_trade_no,
-    }
+    """One query for the original and the reversal's own number together. QFPay filters rows on
+    every list given, so the order is named by syssn when known, else by out_trade_no alone."""
+    if order.syssn:
+        numbers = [n for n in (order.syssn, reversal_syssn) if n]
+        return {"mchid": order.mchid, "syssn": ",".join(numbers)}
+    return {"mchid": order.mchid, "out_trade_no": order.out_trade_no}
 
 
 def read_enquiry(answer: Mapping[str, Any], order: Order) -> Finding:

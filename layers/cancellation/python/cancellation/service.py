@@ -216,8 +216,13 @@ class CancelService:
             message_id=record.message_id,
         )
         logger.warning("order rejected", extra={"reason": invalid.reason})
-        self._publish(detail, ids.get("task_token"))
-        return "REJECTED"
+        # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
+        request = {
+            "order_key": f"rejected:{detail['outcome_id']}",
+            "decision": {"outcome": detail},
+            "order": {"task_token": ids.get("task_token")},
+        }
+        return str(self._deliver(request=request))
 
     def _back_off(self, record: SQSRecord, receive_count: int, *, throttled: bool) -> None:
         """Exponential backoff with full jitter, by receive count; QFPay's 429 backs off harder."""

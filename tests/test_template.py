@@ -1,0 +1,578 @@
+"""Static checks of template.yaml and the state machine definition.
+
+(a) template.yaml goes through the SAM transform (samtranslator, offline) and the result is
+    linted with cfn-lint: no error, warning or informational finding.
+(b) the definition is validated with AWS's amazon-states-language-service (Node; the version
+    is pinned in package.json / package-lock.json: run `npm ci` at the repo root first). A
+    missing node or package fails these tests: they are never skipped.
+(c) what a payments team relies on: redrive, batch item failures, retry with jitter, IAM
+    least privilege, encryption, log retention, outputs, substitutions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.api import lint
+from cfnlint.config import ManualArgs
+from samtranslator.translator.transform import transform
+
+from tests.local.aws_stack import load_template
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+ASL = ROOT / "statemachine" / "cancellation_poll.asl.json"
+ASL_VALIDATOR = ROOT / "tests" / "asl" / "validate_asl.mjs"
+ASL_PACKAGE = ROOT / "node_modules" / "amazon-states-language-service"
+
+# Regions the template is linted for: QFPay's Hong Kong platform, and the reference region.
+LINT_REGIONS = ["ap-east-1", "us-east-1"]
+
+LAMBDA_TRANSIENT_ERRORS = {
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+}
+
+# IAM actions that have no resource types (so "Resource": "*" is the only possible scope).
+# Every one of them is explained next to its statement in template.yaml.
+WILDCARD_RESOURCE_ACTIONS = {
+    "states:SendTaskSuccess",  # scoped by the task token, not by an ARN
+    "states:SendTaskFailure",
+    "logs:CreateLogDelivery",  # Step Functions' vended log delivery
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+}
+
+# The AWS managed policies SAM attaches (basic logging, X-Ray for Tracing, the SQS poller).
+ALLOWED_MANAGED_POLICIES = {
+    "AWSLambdaBasicExecutionRole",
+    "AWSXrayWriteOnlyAccess",
+    "AWSXRayDaemonWriteAccess",
+    "AWSLambdaSQSQueueExecutionRole",
+}
+
+# docs/contracts.md, "Environment of the functions".
+CANCEL_VARIABLES = {
+    "QFPAY_BASE_URL",
+    "QFPAY_SECRET_ID",
+    "STATE_MACHINE_ARN",
+    "IDEMPOTENCY_TABLE",
+    "EVENT_BUS_NAME",
+    "CLOSE_PAY_TYPES",
+    "CLOSE_HTTP_METHOD",
+    "POLL_FIRST_WAIT_SECONDS",
+    "POLL_MAX_WAIT_SECONDS",
+    "POLL_DEADLINE_SECONDS",
+    "RETRY_BASE_DELAY_SECONDS",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+POLL_VARIABLES = {
+    "QFPAY_BASE_URL",
+    "QFPAY_SECRET_ID",
+    "EVENT_BUS_NAME",
+    "CLOSE_PAY_TYPES",
+    "CLOSE_HTTP_METHOD",
+    "POWERTOOLS_SERVICE_NAME",
+    "POWERTOOLS_METRICS_NAMESPACE",
+    "POWERTOOLS_LOG_LEVEL",
+}
+
+
+class _NoManagedPolicyLookup:
+    """samtranslator's managed-policy loader, offline: no names to resolve."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def sam_transform(template: dict[str, Any]) -> dict[str, Any]:
+    """The CloudFormation template SAM deploys (code locations replaced by S3 URIs)."""
+    prepared = copy.deepcopy(template)
+    for logical_id, resource in prepared["Resources"].items():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::StateMachine" and "DefinitionUri" in properties:
+            definition_path = TEMPLATE.parent / properties.pop("DefinitionUri")
+            properties["Definition"] = json.loads(definition_path.read_text(encoding="utf-8"))
+        for key in ("CodeUri", "ContentUri"):
+            if key in properties:
+                properties[key] = f"s3://artifacts-bucket/{logical_id}.zip"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_DEFAULT_REGION", LINT_REGIONS[0])
+        transformed: dict[str, Any] = transform(prepared, {}, _NoManagedPolicyLookup())
+    return transformed
+
+
+@pytest.fixture(scope="module")
+def sam() -> dict[str, Any]:
+    return load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def cfn(sam: dict[str, Any]) -> dict[str, Any]:
+    return sam_transform(sam)
+
+
+@pytest.fixture(scope="module")
+def asl() -> dict[str, Any]:
+    definition: dict[str, Any] = json.loads(ASL.read_text(encoding="utf-8"))
+    return definition
+
+
+def resources_of(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == type_}
+
+
+def _findings(matches: list[Any]) -> list[str]:
+    return [f"{m.rule.id} line {m.linenumber}: {m.message}" for m in matches]
+
+
+# ------------------------------------------------------------------ (a) SAM + cfn-lint
+
+
+def test_transformed_template_lints_clean(cfn: dict[str, Any]) -> None:
+    config = ManualArgs(regions=LINT_REGIONS, include_checks=["I"])
+    matches = lint(json.dumps(cfn, indent=1), config=config)
+    assert _findings(matches) == []
+
+
+def test_sam_template_lints_clean() -> None:
+    # cfn-lint reads the SAM template too (line numbers then point into template.yaml).
+    config = ManualArgs(regions=LINT_REGIONS, include_checks=["I"])
+    matches = lint(TEMPLATE.read_text(encoding="utf-8"), config=config)
+    assert _findings(matches) == []
+
+
+def test_lint_can_fail(cfn: dict[str, Any]) -> None:
+    broken = copy.deepcopy(cfn)
+    function = next(iter(resources_of(broken, "AWS::Lambda::Function").values()))
+    function["Properties"]["Runtime"] = "python2.7"
+    function["Properties"]["Timeout"] = 9000
+    ids = {m.rule.id for m in lint(json.dumps(broken), config=ManualArgs(regions=LINT_REGIONS))}
+    assert ids, "cfn-lint found nothing in a template with a retired runtime and a bad timeout"
+
+
+def test_transform_keeps_the_logical_ids_others_rely_on(cfn: dict[str, Any]) -> None:
+    expected = {
+        "OrderTimeoutQueue": "AWS::SQS::Queue",
+        "OrderTimeoutDeadLetterQueue": "AWS::SQS::Queue",
+        "CancelFunction": "AWS::Lambda::Function",
+        "PollFunction": "AWS::Lambda::Function",
+        "CancellationStateMachine": "AWS::StepFunctions::StateMachine",
+        "OutcomeEventBus": "AWS::Events::EventBus",
+        "QFPayCredentialsSecret": "AWS::SecretsManager::Secret",
+        "IdempotencyTable": "AWS::DynamoDB::Table",
+    }
+    assert {name: cfn["Resources"][name]["Type"] for name in expected} == expected
+    assert resources_of(cfn, "AWS::Lambda::LayerVersion"), "CancellationLayer became no layer"
+
+
+# ------------------------------------------------------------------ (b) ASL validation
+
+
+def _validate_asl(path: Path) -> tuple[int, list[dict[str, Any]]]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: the ASL validation needs Node.js (20+)")
+    if not ASL_PACKAGE.is_dir():
+        pytest.fail("amazon-states-language-service is not installed: run `npm ci` at the repo root")
+    result = subprocess.run(  # noqa: S603 - fixed arguments, our own script
+        [node, str(ASL_VALIDATOR), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    if result.returncode not in (0, 1):
+        pytest.fail(f"validate_asl.mjs crashed ({result.returncode}): {result.stderr}")
+    diagnostics: list[dict[str, Any]] = json.loads(result.stdout)["diagnostics"]
+    return result.returncode, diagnostics
+
+
+def test_state_machine_definition_is_valid_asl() -> None:
+    returncode, diagnostics = _validate_asl(ASL)
+    assert diagnostics == []
+    assert returncode == 0
+
+
+def _bad_start_at(definition: dict[str, Any]) -> None:
+    definition["StartAt"] = "NoSuchState"
+
+
+def _unreachable_state(definition: dict[str, Any]) -> None:
+    definition["States"]["Orphan"] = {"Type": "Pass", "End": True}
+
+
+def _seconds_and_seconds_path(definition: dict[str, Any]) -> None:
+    definition["States"]["WaitBeforeEnquiry"]["Seconds"] = 3
+
+
+def _next_to_nowhere(definition: dict[str, Any]) -> None:
+    definition["States"]["AskEnquiry"]["Next"] = "Nowhere"
+
+
+@pytest.mark.parametrize(
+    "break_it", [_bad_start_at, _unreachable_state, _seconds_and_seconds_path, _next_to_nowhere]
+)
+def test_asl_validation_reports_a_broken_definition(
+    break_it: Any, asl: dict[str, Any], tmp_path: Path
+) -> None:
+    broken = copy.deepcopy(asl)
+    break_it(broken)
+    path = tmp_path / "broken.asl.json"
+    path.write_text(json.dumps(broken, indent=2), encoding="utf-8")
+    returncode, diagnostics = _validate_asl(path)
+    assert returncode == 1
+    assert diagnostics, "the validator accepted a broken definition"
+
+
+# ------------------------------------------------------------------ (c) structure
+
+
+def test_queue_visibility_covers_six_cancel_timeouts_and_the_batching_window(
+    sam: dict[str, Any], cfn: dict[str, Any]
+) -> None:
+    timeout = cfn["Resources"]["CancelFunction"]["Properties"]["Timeout"]
+    visibility = cfn["Resources"]["OrderTimeoutQueue"]["Properties"]["VisibilityTimeout"]
+    longest_window = sam["Parameters"]["CancelBatchingWindowSeconds"]["MaxValue"]
+    assert timeout == 30
+    assert visibility >= 6 * timeout
+    assert visibility >= 6 * timeout + longest_window
+
+
+def test_queue_redrives_to_the_dead_letter_queue(cfn: dict[str, Any]) -> None:
+    queue = cfn["Resources"]["OrderTimeoutQueue"]["Properties"]
+    dlq = cfn["Resources"]["OrderTimeoutDeadLetterQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["OrderTimeoutDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": 5,
+    }
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert dlq["MessageRetentionPeriod"] > queue.get("MessageRetentionPeriod", 4 * 24 * 3600)
+
+
+def test_cancel_function_reads_the_queue_with_batch_item_failures(cfn: dict[str, Any]) -> None:
+    mappings = [
+        m["Properties"]
+        for m in resources_of(cfn, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": "CancelFunction"}
+    ]
+    assert len(mappings) == 1
+    mapping = mappings[0]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["OrderTimeoutQueue", "Arn"]}
+    assert mapping.get("FunctionResponseTypes") == ["ReportBatchItemFailures"]
+    assert mapping["BatchSize"] == {"Ref": "CancelBatchSize"}
+    assert mapping["MaximumBatchingWindowInSeconds"] == {"Ref": "CancelBatchingWindowSeconds"}
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "CancelMaximumConcurrency"}}
+
+
+def _states(definition: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every state, including those of Parallel branches and Map iterators."""
+    for name, state in definition.get("States", {}).items():
+        yield name, state
+        for branch in state.get("Branches", []):
+            yield from _states(branch)
+        for key in ("Iterator", "ItemProcessor"):
+            if key in state:
+                yield from _states(state[key])
+
+
+def _calls_lambda(state: dict[str, Any]) -> bool:
+    resource = str(state.get("Resource", ""))
+    return ":lambda:" in resource or (resource.startswith("${") and "Function" in resource)
+
+
+def test_every_lambda_task_retries_transient_errors_with_jitter(asl: dict[str, Any]) -> None:
+    lambda_tasks = [
+        (name, state) for name, state in _states(asl) if state["Type"] == "Task" and _calls_lambda(state)
+    ]
+    assert {name for name, _ in lambda_tasks} >= {"AskEnquiry", "ConcludeAfterTaskError"}
+    for name, state in lambda_tasks:
+        covered = {
+            error
+            for retrier in state.get("Retry", [])
+            if retrier.get("JitterStrategy") == "FULL"
+            and retrier.get("MaxAttempts", 3) > 0
+            and retrier.get("BackoffRate", 2.0) > 1
+            for error in retrier["ErrorEquals"]
+        }
+        missing = LAMBDA_TRANSIENT_ERRORS - covered
+        assert not missing, f"{name} does not retry {missing} with jitter"
+
+
+def test_every_task_is_retried_and_notifications_cannot_fail_the_loop(asl: dict[str, Any]) -> None:
+    for name, state in _states(asl):
+        if state["Type"] == "Task":
+            assert state.get("Retry"), f"{name} has no Retry"
+    for name in ("ReportSuccessToCaller", "ReportFailureToCaller"):
+        state = asl["States"][name]
+        assert state["ResultPath"] is None
+        catchers = [c for c in state["Catch"] if c["ErrorEquals"] == ["States.ALL"]]
+        assert catchers, f"{name} must catch everything: the outcome is already published"
+        assert asl["States"][catchers[0]["Next"]]["Type"] != "Fail"
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    statements = document.get("Statement", [])
+    return statements if isinstance(statements, list) else [statements]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _role_statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        statement
+        for policy in role["Properties"].get("Policies", [])
+        for statement in _statements(policy["PolicyDocument"])
+    ]
+
+
+def test_iam_statements_use_wildcard_resources_only_where_iam_has_no_resource_type(
+    cfn: dict[str, Any],
+) -> None:
+    roles = resources_of(cfn, "AWS::IAM::Role")
+    assert set(roles) == {"CancelFunctionRole", "PollFunctionRole", "CancellationStateMachineRole"}
+    assert not resources_of(cfn, "AWS::IAM::Policy")
+    assert not resources_of(cfn, "AWS::IAM::ManagedPolicy")
+    for role_name, role in roles.items():
+        for statement in _role_statements(role):
+            if statement.get("Effect") != "Allow":
+                continue
+            actions = set(_as_list(statement["Action"]))
+            assert not any(a == "*" or a.endswith(":*") for a in actions), (role_name, actions)
+            if "*" in _as_list(statement["Resource"]):
+                assert actions <= WILDCARD_RESOURCE_ACTIONS, (role_name, actions - WILDCARD_RESOURCE_ACTIONS)
+        for arn in role["Properties"].get("ManagedPolicyArns", []):
+            name = json.dumps(arn).rsplit("/", 1)[-1].strip('"}]')
+            assert name in ALLOWED_MANAGED_POLICIES, (role_name, arn)
+
+
+def _granted(role: dict[str, Any]) -> set[str]:
+    return {action for s in _role_statements(role) for action in _as_list(s["Action"])}
+
+
+def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
+    resources = cfn["Resources"]
+    assert _granted(resources["PollFunctionRole"]) == {"secretsmanager:GetSecretValue"}
+    assert _granted(resources["CancelFunctionRole"]) == {
+        "secretsmanager:GetSecretValue",
+        "states:StartExecution",
+        "events:PutEvents",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "sqs:ChangeMessageVisibility",
+        "states:SendTaskSuccess",
+        "states:SendTaskFailure",
+    }
+    machine = resources["CancellationStateMachineRole"]
+    assert _granted(machine) == {
+        "lambda:InvokeFunction",
+        "events:PutEvents",
+        "states:SendTaskSuccess",
+        "states:SendTaskFailure",
+    } | {a for a in WILDCARD_RESOURCE_ACTIONS if a.startswith("logs:")}
+    invoke = next(s for s in _role_statements(machine) if s["Action"] == "lambda:InvokeFunction")
+    assert {"Fn::GetAtt": ["PollFunction", "Arn"]} in _as_list(invoke["Resource"])
+
+
+def test_data_at_rest_is_encrypted(cfn: dict[str, Any]) -> None:
+    for name, queue in resources_of(cfn, "AWS::SQS::Queue").items():
+        properties = queue["Properties"]
+        assert properties.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in properties, name
+    table = cfn["Resources"]["IdempotencyTable"]["Properties"]
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    log_groups = resources_of(cfn, "AWS::Logs::LogGroup")
+    assert len(log_groups) == 3
+    for name, group in log_groups.items():
+        assert "KmsKeyId" in group["Properties"], f"{name} is not encrypted with our key"
+        assert "RetentionInDays" in group["Properties"], f"{name} keeps logs forever"
+    for key in resources_of(cfn, "AWS::KMS::Key").values():
+        assert key["Properties"]["EnableKeyRotation"] is True
+
+
+def test_functions_and_state_machine_log_to_their_own_groups_and_trace(cfn: dict[str, Any]) -> None:
+    log_groups = set(resources_of(cfn, "AWS::Logs::LogGroup"))
+    for name in ("CancelFunction", "PollFunction"):
+        properties = cfn["Resources"][name]["Properties"]
+        assert properties["LoggingConfig"]["LogGroup"]["Ref"] in log_groups
+        assert properties["TracingConfig"] == {"Mode": "Active"}
+        assert properties["Runtime"] == "python3.13"
+        assert properties["Architectures"] == ["arm64"]
+        assert properties["MemorySize"] == 256
+        assert properties["Handler"] == "app.lambda_handler"
+    assert cfn["Resources"]["PollFunction"]["Properties"]["Timeout"] == 15
+    machine = cfn["Resources"]["CancellationStateMachine"]["Properties"]
+    assert machine["StateMachineType"] == "STANDARD"
+    assert machine["TracingConfiguration"] == {"Enabled": True}
+    (destination,) = machine["LoggingConfiguration"]["Destinations"]
+    assert destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0] in log_groups
+
+
+def test_function_environments_follow_the_contract(cfn: dict[str, Any]) -> None:
+    cancel = cfn["Resources"]["CancelFunction"]["Properties"]["Environment"]["Variables"]
+    poll = cfn["Resources"]["PollFunction"]["Properties"]["Environment"]["Variables"]
+    assert set(cancel) >= CANCEL_VARIABLES
+    assert set(poll) >= POLL_VARIABLES
+    assert cancel["STATE_MACHINE_ARN"] == {"Ref": "CancellationStateMachine"}
+    assert cancel["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    assert cancel["POWERTOOLS_SERVICE_NAME"] == "qfpay-cancellation"
+    secret_id = {
+        "Fn::If": [
+            "CreateQFPaySecret",
+            {"Ref": "QFPayCredentialsSecret"},
+            {"Ref": "ExistingQFPaySecretArn"},
+        ]
+    }
+    assert cancel["QFPAY_SECRET_ID"] == poll["QFPAY_SECRET_ID"] == secret_id
+    assert cfn["Resources"]["QFPayCredentialsSecret"]["Condition"] == "CreateQFPaySecret"
+    assert cfn["Conditions"]["CreateQFPaySecret"] == {"Fn::Equals": [{"Ref": "ExistingQFPaySecretArn"}, ""]}
+
+
+def test_parameters_and_defaults(sam: dict[str, Any]) -> None:
+    parameters = sam["Parameters"]
+    defaults = {name: spec.get("Default") for name, spec in parameters.items()}
+    assert defaults == {
+        "Stage": "dev",
+        "QFPayBaseUrl": "https://test-openapi-hk.qfapi.com",
+        "ExistingQFPaySecretArn": "",
+        "ClosePayTypes": "800008,800208,801008",
+        "CloseHttpMethod": "GET",
+        "PollFirstWaitSeconds": 3,
+        "PollMaxWaitSeconds": 60,
+        "PollDeadlineSeconds": 900,
+        "CancelBatchSize": 10,
+        "CancelMaximumConcurrency": 2,
+        "CancelBatchingWindowSeconds": 1,
+    }
+    assert parameters["Stage"]["AllowedValues"] == ["dev", "staging", "prod"]
+    assert parameters["CloseHttpMethod"]["AllowedValues"] == ["GET", "POST"]
+    url_pattern = re.compile(parameters["QFPayBaseUrl"]["AllowedPattern"])
+    assert url_pattern.fullmatch("https://openapi-hk.qfapi.com")
+    assert not url_pattern.fullmatch("http://openapi-hk.qfapi.com")
+
+
+def test_outputs_are_present(cfn: dict[str, Any]) -> None:
+    assert set(cfn["Outputs"]) >= {
+        "OrderTimeoutQueueUrl",
+        "OrderTimeoutDeadLetterQueueUrl",
+        "OutcomeEventBusName",
+        "CancellationStateMachineArn",
+        "QFPayCredentialsSecretId",
+    }
+    assert cfn["Outputs"]["OrderTimeoutQueueUrl"]["Value"] == {"Ref": "OrderTimeoutQueue"}
+    assert cfn["Outputs"]["OutcomeEventBusName"]["Value"] == {"Ref": "OutcomeEventBus"}
+    assert cfn["Outputs"]["CancellationStateMachineArn"]["Value"] == {"Ref": "CancellationStateMachine"}
+
+
+def test_every_placeholder_in_the_definition_has_a_substitution(sam: dict[str, Any]) -> None:
+    placeholders = set(re.findall(r"\$\{([^}]+)\}", ASL.read_text(encoding="utf-8")))
+    machine = sam["Resources"]["CancellationStateMachine"]["Properties"]
+    assert machine["DefinitionUri"] == "statemachine/cancellation_poll.asl.json"
+    substitutions = set(machine["DefinitionSubstitutions"])
+    assert placeholders == substitutions == {"PollFunctionArn", "EventBusName"}
+
+
+def test_definition_follows_the_contract(asl: dict[str, Any]) -> None:
+    states = asl["States"]
+    assert asl["StartAt"] == "WaitBeforeEnquiry"
+    assert states["WaitBeforeEnquiry"] == {
+        "Type": "Wait",
+        "SecondsPath": "$.wait_seconds",
+        "Next": "AskEnquiry",
+    }
+    for name in ("AskEnquiry", "ConcludeAfterTaskError"):
+        task = states[name]
+        assert task["Resource"] == "arn:aws:states:::lambda:invoke"
+        assert task["Parameters"] == {"FunctionName": "${PollFunctionArn}", "Payload.$": "$"}
+        assert task["OutputPath"] == "$.Payload"
+        assert task["Next"] == "IsDecided"
+    (catch,) = states["AskEnquiry"]["Catch"]
+    assert catch == {
+        "ErrorEquals": ["States.ALL"],
+        "ResultPath": "$.task_error",
+        "Next": "ConcludeAfterTaskError",
+    }
+    assert states[states["ConcludeAfterTaskError"]["Catch"][0]["Next"]]["Type"] == "Fail"
+    assert states["EnquiryLoopBroken"]["Type"] == "Fail"
+
+    choices = {c["StringEquals"]: c["Next"] for c in states["IsDecided"]["Choices"]}
+    assert all(c["Variable"] == "$.status" for c in states["IsDecided"]["Choices"])
+    assert choices == {"IN_PROGRESS": "WaitBeforeEnquiry", "UNKNOWN": "PublishUnknownOutcome"}
+    assert states["IsDecided"]["Default"] == "PublishOutcome"
+
+    for name in ("PublishOutcome", "PublishUnknownOutcome"):
+        publish = states[name]
+        assert publish["Resource"] == "arn:aws:states:::events:putEvents"
+        assert publish["ResultPath"] is None
+        assert publish["Parameters"]["Entries"] == [
+            {
+                "EventBusName": "${EventBusName}",
+                "Source": "qfpay.cancellation",
+                "DetailType": "Payment Cancellation Outcome",
+                "Detail.$": "$.outcome",
+            }
+        ]
+
+    success = states["ReportSuccessToCaller"]
+    assert success["Resource"] == "arn:aws:states:::aws-sdk:sfn:sendTaskSuccess"
+    assert success["Parameters"] == {
+        "TaskToken.$": "$.order.task_token",
+        "Output.$": "States.JsonToString($.outcome)",
+    }
+    failure = states["ReportFailureToCaller"]
+    assert failure["Resource"] == "arn:aws:states:::aws-sdk:sfn:sendTaskFailure"
+    assert failure["Parameters"]["Cause.$"] == "$.outcome.reason"
+    errors = {state["Result"] for state in states.values() if state.get("Next") == "ReportFailureToCaller"}
+    assert errors == {"Cancellation.Rejected", "Cancellation.Unknown"}
+    assert states["Decided"] == {"Type": "Succeed"}
+    assert states["NotConfirmedByDeadline"]["Type"] == "Fail"
+    assert states["NotConfirmedByDeadline"]["Error"] == "Cancellation.Unknown"
+
+
+def test_globals(sam: dict[str, Any]) -> None:
+    function = sam["Globals"]["Function"]
+    assert function["Runtime"] == "python3.13"
+    assert function["Architectures"] == ["arm64"]
+    assert function["MemorySize"] == 256
+    assert function["Tracing"] == "Active"
+    assert function["Layers"] == [{"Ref": "CancellationLayer"}]
+
+
+def test_layer_build_puts_the_package_at_opt_python(sam: dict[str, Any]) -> None:
+    layer = sam["Resources"]["CancellationLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    # SAM's python layer build copies ContentUri into python/: the package must sit directly in it.
+    content = TEMPLATE.parent / layer["Properties"]["ContentUri"]
+    assert (content / "cancellation" / "__init__.py").is_file()
+
+
+def test_layer_build_finds_the_requirements(sam: dict[str, Any]) -> None:
+    # sam build installs ContentUri/requirements.txt into the layer next to the package.
+    content = TEMPLATE.parent / sam["Resources"]["CancellationLayer"]["Properties"]["ContentUri"]
+    assert (content / "requirements.txt").is_file()
