@@ -411,7 +411,8 @@ class QFPayStandIn:
             for other in self._ledger.values():
                 if other.out_trade_no == txn.out_trade_no and other.mchid == txn.mchid:
                     raise ValueError(f"duplicate out_trade_no {txn.out_trade_no}")
-            self._ledger[txn.syssn] = txn
+            # The ledger keeps its own copy: a scenario's Transaction can be reused across runs.
+            self._ledger[txn.syssn] = dataclasses.replace(txn)
             self._runtime[txn.syssn] = _Runtime()
             return dataclasses.replace(txn)
 

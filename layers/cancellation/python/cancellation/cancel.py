@@ -84,7 +84,7 @@ class CancelAttempt:
         except QFPayAmbiguous as exc:
             return self._handoff(endpoint, None, respcd=None, resperr=str(exc), pending=False)
         respcd = str(answer.get("respcd") or "")
-        resperr = _text(answer.get("resperr")) or _text(answer.get("respmsg"))
+        resperr = answer_text(answer)
         own_syssn = _text(answer.get("syssn"))
         meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
         facts = {"respcd": respcd, "resperr": resperr, "reversal_syssn": own_syssn}
@@ -100,7 +100,8 @@ class CancelAttempt:
         )
 
     def _confirm(self, endpoint: Endpoint, facts: dict[str, Any]) -> dict[str, Any]:
-        """0000 is not proof: one Enquiry confirms before CANCELLED; anything else goes to the loop."""
+        """QFPay's word is not proof: one Enquiry confirms that the customer is not charged; anything
+        else (not visible yet, still live, Enquiry unavailable) goes to the loop to decide."""
         finding = self._enquire(facts["reversal_syssn"])
         if finding is not None and finding.status in (Status.CANCELLED, Status.NOT_CHARGED):
             return self._outcome(finding.status, finding.reason, endpoint, attempts=1, **facts)
@@ -165,6 +166,11 @@ class CancelAttempt:
             "status": "IN_PROGRESS",
         }
         return {"handoff": {"name": execution_name(self.order), "input": state}}
+
+
+def answer_text(answer: dict[str, Any]) -> str | None:
+    """QFPay's words for an answer: ``resperr``, else ``respmsg``."""
+    return _text(answer.get("resperr")) or _text(answer.get("respmsg"))
 
 
 def _text(value: Any) -> str | None:

@@ -29,7 +29,7 @@ _TEXT_FIELDS: dict[str, tuple[re.Pattern[str], str]] = {
 }
 _TASK_TOKEN = re.compile(r"[\x21-\x7e]{1,2048}")  # Step Functions tokens: printable ASCII
 _TXAMT_DIGITS = re.compile(r"[0-9]{1,13}")
-_TXDTM_FORMAT = "%Y-%m-%d %H:%M:%S"
+TXDTM_FORMAT = "%Y-%m-%d %H:%M:%S"
 _TXDTM_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
@@ -58,7 +58,10 @@ class Order:
     @property
     def identity(self) -> str:
         """mchid + (out_trade_no, or syssn when there is none): what makes two messages one order."""
-        return f"{self.mchid or ''}|{self.out_trade_no or 'syssn:' + (self.syssn or '')}"
+        # '=' and '|' never pass validation, so the two forms cannot collide.
+        if self.out_trade_no:
+            return f"{self.mchid or ''}|out_trade_no={self.out_trade_no}"
+        return f"{self.mchid or ''}|syssn={self.syssn}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,7 +154,7 @@ def _txdtm(value: Any, problems: list[str]) -> str | None:
         problems.append("txdtm must be 'YYYY-MM-DD hh:mm:ss'")
         return None
     try:
-        datetime.strptime(value, _TXDTM_FORMAT)
+        datetime.strptime(value, TXDTM_FORMAT)
     except ValueError:
         problems.append("txdtm is not a real date and time")
         return None

@@ -84,6 +84,15 @@ def rejected_outcome(
     message_id: str | None = None,
 ) -> dict[str, Any]:
     """The outcome of a message that is not a valid order: only identifiers that validated are kept."""
-    identity = f"{mchid or ''}|{out_trade_no or ('syssn:' + syssn if syssn else f'message:{message_id}')}"
+    # Its own id, apart from the order's: a later valid message for the same order must not be
+    # dropped as a repeat of this rejection.
+    named = (
+        f"out_trade_no={out_trade_no}"
+        if out_trade_no
+        else f"syssn={syssn}"
+        if syssn
+        else f"message={message_id}"
+    )
+    identity = f"rejected|{mchid or ''}|{named}"
     subject = {"out_trade_no": out_trade_no, "syssn": syssn, "mchid": mchid}
     return build_outcome(subject, identity, Status.REJECTED, reason, now=now, decided_by="cancel-function")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cancellation.cancel import send_cancel
+from cancellation.cancel import answer_text, send_cancel
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.orders import Order
 from cancellation.outcomes import Status, build_outcome
@@ -62,10 +62,6 @@ class EnquiryStep:
         finding = self._enquire(order, state.get("reversal_syssn"))
         if finding.status is not None:
             return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
-        if finding.live and not state.get("reversal_pending") and not state.get("resent"):
-            decided = self._resend(state, order)
-            if decided is not None:
-                return decided
         state["last_reason"] = finding.reason
         now = self.clock()
         deadline = float(state["deadline_at"])
@@ -73,6 +69,10 @@ class EnquiryStep:
             return self._final(
                 state, order, Status.UNKNOWN, f"not confirmed by the deadline: {finding.reason}"
             )
+        if finding.live and not state.get("reversal_pending") and not state.get("resent"):
+            decided = self._resend(state, order)
+            if decided is not None:
+                return decided
         wait = PollSchedule.from_dict(state["schedule"]).wait_after(state["polls"])
         state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
         state["status"] = IN_PROGRESS
@@ -95,26 +95,23 @@ class EnquiryStep:
         except QFPayAmbiguous:
             state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1)
             return None
-        state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1)
         respcd = str(answer.get("respcd") or "")
         own_syssn = str(answer.get("syssn") or "") or None
         meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
+        if meaning.disposition is Disposition.RETRY_LATER:
+            return None  # nothing happened at QFPay: the next turn may try again
         state.update(
+            resent=True,
+            attempts=int(state.get("attempts", 1)) + 1,
             respcd=respcd,
-            resperr=answer.get("resperr"),
+            resperr=answer_text(answer),
             reversal_syssn=own_syssn or state.get("reversal_syssn"),
         )
-        if meaning.disposition in (Disposition.DONE, Disposition.IN_PROGRESS):
-            state["reversal_pending"] = True  # the next Enquiry confirms it
-            return None
-        if meaning.disposition is Disposition.FINAL and meaning.status is not None:
-            return self._final(
-                state,
-                order,
-                meaning.status,
-                f"resent {endpoint} answered {respcd}: {meaning.text}",
-                respcd=respcd,
-            )
+        if meaning.disposition is Disposition.FINAL and meaning.status not in (None, Status.NOT_CHARGED):
+            reason = f"resent {endpoint} answered {respcd}: {meaning.text}"
+            return self._final(state, order, meaning.status or Status.UNKNOWN, reason, respcd=respcd)
+        # 0000, in progress, or "not charged": the next Enquiry confirms it.
+        state["reversal_pending"] = True
         return None
 
     def _final(

@@ -6,6 +6,7 @@ Only the entry points read ``os.environ``; everything else takes these settings.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -64,12 +65,17 @@ class _Reader:
         except ValueError:
             self.problems.append(f"{name} must be a number, got {raw!r}")
             return default
-        if not low <= value <= high:
-            self.problems.append(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        if not math.isfinite(value) or not low <= value <= high:
+            self.problems.append(f"{name} must be between {low:g} and {high:g}, got {raw}")
+            return default
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
-        return int(self.number(name, default, low, high))
+        value = self.number(name, default, low, high)
+        if value != int(value):
+            self.problems.append(f"{name} must be a whole number, got {value:g}")
+            return default
+        return int(value)
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self.env.get(name, "").strip().lower()
@@ -86,12 +92,16 @@ class _Reader:
 
 def check_base_url(url: str) -> str | None:
     """None if acceptable. QFPay is reached over https; plain http only on loopback (local runs)."""
-    parts = urlsplit(url)
-    if not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return f"QFPAY_BASE_URL is not a valid URL: {url!r}"
+    if not host:
         return f"QFPAY_BASE_URL must be an absolute URL, got {url!r}"
     if parts.scheme == "https":
         return None
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and _is_loopback(host):
         return None
     return f"QFPAY_BASE_URL must use https (plain http is allowed only for a loopback host), got {url!r}"
 

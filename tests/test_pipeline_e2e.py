@@ -1,0 +1,93 @@
+"""End to end: orders on the queue built from template.yaml, delivered with SQS semantics to the real
+cancel handler, in-progress cancellations through the real ASL executed by moto with the real poll
+handler, outcomes read back from the bus. QFPay is the stand-in over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import jsonschema
+import pytest
+
+from tests.conftest import PipelineFactory
+from tests.local.scenarios import SCENARIOS
+
+SCHEMA = json.loads(
+    (
+        Path(__file__).resolve().parents[1] / "events/schemas/payment-cancellation-outcome.schema.json"
+    ).read_text()
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_every_demo_scenario_reaches_its_expected_outcome(pipeline_factory: PipelineFactory) -> None:
+    transactions = [s.transaction for s in SCENARIOS if s.transaction is not None]
+    with pipeline_factory(transactions) as pipeline:
+        for scenario in SCENARIOS:
+            pipeline.send(scenario.body())
+        seen = pipeline.collect_outcomes(len(SCENARIOS), timeout=60)
+        # Give stragglers (a duplicate outcome, a late redelivery) a moment to show themselves.
+        seen += pipeline.collect_outcomes(len(SCENARIOS) + 1, timeout=2)
+        executions = pipeline.executions()
+        dead = pipeline.dead_letters()
+        qfpay = pipeline.qfpay
+
+    by_order = {detail["out_trade_no"]: detail for detail in seen}
+    assert len(seen) == len(SCENARIOS), "exactly one outcome per order"
+    for scenario in SCENARIOS:
+        detail = by_order[scenario.order()["out_trade_no"]]
+        jsonschema.validate(detail, SCHEMA, format_checker=jsonschema.FormatChecker())
+        assert (detail["status"], detail["decided_by"], detail["endpoint"]) == (
+            scenario.expected_status,
+            scenario.expected_decided_by,
+            scenario.expected_endpoint,
+        ), scenario.name
+        if scenario.transaction is not None:
+            key = scenario.transaction.syssn
+            applied = qfpay.cancellations_applied(key)
+            assert applied == (1 if scenario.expected_status == "CANCELLED" else 0), scenario.name
+    assert dead == []
+    # Only the in-progress order went through the loop, and its execution succeeded.
+    assert [e["status"] for e in executions] == ["SUCCEEDED"]
+    looped = by_order["DEMO-PROGRESS-0003"]
+    assert looped["polls"] == 3
+    assert looped["reversal_syssn"]
+    # The 500 was retried by SQS (not by our code in a loop): two reversal calls, one applied.
+    assert qfpay.count("reversal", "DEMO-FLAKY-0006") == 2
+
+
+def test_a_repeated_hand_off_starts_no_second_loop(pipeline_factory: PipelineFactory) -> None:
+    scenario = next(s for s in SCENARIOS if s.expected_decided_by == "poll-loop")
+    assert scenario.transaction is not None
+    with pipeline_factory([scenario.transaction]) as pipeline:
+        pipeline.send(scenario.body())
+        pipeline.send(scenario.body())  # the same order, delivered twice
+        seen = pipeline.collect_outcomes(1, timeout=30)
+        seen += pipeline.collect_outcomes(2, timeout=2)
+        executions = pipeline.executions()
+        reversals = pipeline.qfpay.count("reversal", scenario.transaction.syssn)
+        applied = pipeline.qfpay.cancellations_applied(scenario.transaction.syssn)
+    assert [d["status"] for d in seen] == ["CANCELLED"], seen
+    assert len(executions) == 1
+    assert executions[0]["name"].startswith("order-")
+    assert (reversals, applied) == (1, 1)
+
+
+def test_the_poll_loop_runs_the_asl_from_the_template(pipeline_factory: PipelineFactory) -> None:
+    """The execution history shows the template's states, in the loop's order."""
+    scenario = next(s for s in SCENARIOS if s.expected_decided_by == "poll-loop")
+    assert scenario.transaction is not None
+    with pipeline_factory([scenario.transaction]) as pipeline:
+        pipeline.send(scenario.body())
+        pipeline.collect_outcomes(1, timeout=30)
+        execution = pipeline.executions()[0]
+        sfn = boto3.client("stepfunctions")
+        history = sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
+    assert entered[:3] == ["WaitBeforeEnquiry", "AskEnquiry", "IsDecided"]
+    assert entered.count("AskEnquiry") == 3
+    assert "PublishOutcome" in entered
+    assert entered[-1] == "Decided"

@@ -1,0 +1,289 @@
+"""Reading QFPay's Transaction Enquiry answers for the original payment."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.orders import Order
+from cancellation.outcomes import Status
+
+SYSSN = "20261126000101000001"
+REVERSAL_SYSSN = "20261126000200020000000001"
+OUT_TRADE_NO = "SHOP-2026-0001"
+
+ORDER = Order(
+    txamt=1250,
+    txdtm="2026-11-26 10:00:00",
+    out_trade_no=OUT_TRADE_NO,
+    syssn=SYSSN,
+    pay_type="800101",
+    mchid="MCH1",
+    txcurrcd="HKD",
+)
+ORDER_BY_OUT_TRADE_NO = Order(txamt=1250, txdtm="2026-11-26 10:00:00", out_trade_no=OUT_TRADE_NO)
+ORDER_BY_SYSSN = Order(txamt=1250, txdtm="2026-11-26 10:00:00", syssn=SYSSN)
+
+
+def payment_row(**changes: Any) -> dict[str, Any]:
+    """A payment row as QFPay's /trade/v1/query returns it (values are strings, as in QFPay's examples)."""
+    row = {
+        "syssn": SYSSN,
+        "out_trade_no": OUT_TRADE_NO,
+        "order_type": "payment",
+        "pay_type": "800101",
+        "txamt": "1250",
+        "txcurrcd": "HKD",
+        "txdtm": "2026-11-26 10:00:00",
+        "sysdtm": "2026-11-26 10:00:01",
+        "paydtm": "2026-11-26 10:00:06",
+        "respcd": "0000",
+        "errmsg": "success",
+        "cancel": "0",
+        "chnlsn": "2026112622001400000000000001",
+        "cash_fee": "1250",
+        "cash_fee_type": "HKD",
+        "cash_refund_fee": "",
+        "cash_refund_fee_type": "",
+        "exchange_rate": "",
+    }
+    row.update(changes)
+    return row
+
+
+def refund_row(**changes: Any) -> dict[str, Any]:
+    row = payment_row(
+        syssn="20261126000300030000000007",
+        out_trade_no="REFUND-0001",
+        order_type="refund",
+        origssn=SYSSN,
+        sysdtm="2026-11-26 10:03:00",
+    )
+    row.update(changes)
+    return row
+
+
+def answer(*rows: Any, **top: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "respcd": "0000",
+        "resperr": "success",
+        "respmsg": "",
+        "page": "1",
+        "page_size": "10",
+        "data": list(rows),
+    }
+    result.update(top)
+    return result
+
+
+# --- the cancel flag ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["1", "2", "3", 1, 2, 3])
+@pytest.mark.parametrize("row_respcd", ["0000", "1143"])
+def test_cancel_flag_1_2_3_is_cancelled(flag, row_respcd):
+    finding = read_enquiry(answer(payment_row(cancel=flag, respcd=row_respcd)), ORDER)
+    assert finding.status is Status.CANCELLED
+    assert finding.respcd == row_respcd
+    assert finding.found
+    assert not finding.live
+    assert finding.reason.startswith("Enquiry confirms the payment is ")
+
+
+def test_cancel_flag_text_is_kept_in_the_reason():
+    assert "reversed" in read_enquiry(answer(payment_row(cancel="1")), ORDER).reason
+    assert "cancelled" in read_enquiry(answer(payment_row(cancel="2")), ORDER).reason
+    assert "refunded" in read_enquiry(answer(payment_row(cancel="3")), ORDER).reason
+
+
+@pytest.mark.parametrize("flag", ["4", "5", 4, 5])
+def test_cancel_flag_4_5_still_charged_needs_refund(flag):
+    finding = read_enquiry(answer(payment_row(cancel=flag)), ORDER)
+    assert finding.status is Status.REFUND_REQUIRED
+    assert not finding.live
+
+
+def test_undocumented_non_zero_flag_is_no_longer_live_and_keeps_the_detail():
+    finding = read_enquiry(answer(payment_row(cancel="9", respcd="1143")), ORDER)
+    assert finding.status is not None
+    assert not finding.live
+    assert "9" in finding.reason
+
+
+# --- the row's own respcd ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["0", 0, None, ""])
+def test_completed_and_not_cancelled_needs_refund(flag):
+    finding = read_enquiry(answer(payment_row(cancel=flag, respcd="0000")), ORDER)
+    assert finding.status is Status.REFUND_REQUIRED
+    assert finding.respcd == "0000"
+    assert finding.reason == "payment completed and was not cancelled"
+
+
+def test_completed_then_fully_refunded_is_not_charged():
+    finding = read_enquiry(answer(payment_row(), refund_row(respcd="0000")), ORDER)
+    assert finding.status is Status.NOT_CHARGED
+    assert finding.reason == "payment completed and was refunded in full"
+
+
+def test_refund_row_before_the_payment_row_is_still_matched():
+    finding = read_enquiry(answer(refund_row(), payment_row()), ORDER_BY_OUT_TRADE_NO)
+    assert finding.status is Status.NOT_CHARGED
+
+
+@pytest.mark.parametrize("refund_respcd", ["1143", "1269", "1265"])
+def test_refund_that_did_not_succeed_still_needs_refund(refund_respcd):
+    finding = read_enquiry(answer(payment_row(), refund_row(respcd=refund_respcd)), ORDER)
+    assert finding.status is Status.REFUND_REQUIRED
+
+
+def test_refund_of_another_payment_does_not_count():
+    other = refund_row(origssn="20261126000101000099")
+    assert read_enquiry(answer(payment_row(), other), ORDER).status is Status.REFUND_REQUIRED
+
+
+def test_partial_refund_row_is_not_a_full_refund():
+    finding = read_enquiry(answer(payment_row(), refund_row(txamt="1", respcd="0000")), ORDER)
+    assert finding.status is Status.REFUND_REQUIRED
+
+
+@pytest.mark.parametrize("row_respcd", ["1143", "1145", "1298"])
+def test_payment_in_progress_is_live(row_respcd):
+    finding = read_enquiry(answer(payment_row(respcd=row_respcd, paydtm="")), ORDER)
+    assert finding.status is None
+    assert finding.found
+    assert finding.live
+    assert finding.respcd == row_respcd
+    assert row_respcd in finding.reason
+
+
+def test_row_respcd_given_as_a_number_is_read():
+    finding = read_enquiry(answer(payment_row(respcd=1143)), ORDER)
+    assert finding.live
+    assert finding.respcd == "1143"
+
+
+@pytest.mark.parametrize("row_respcd", ["1261", "1201", "1147", "1142", "1181", "1212", "9999"])
+def test_failed_payment_is_not_charged(row_respcd):
+    finding = read_enquiry(answer(payment_row(respcd=row_respcd, paydtm="")), ORDER)
+    assert finding.status is Status.NOT_CHARGED
+    assert finding.respcd == row_respcd
+    assert not finding.live
+    assert finding.reason.startswith(f"payment did not complete (respcd {row_respcd}")
+
+
+# --- finding the row ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [[], None])
+def test_no_rows_means_not_found_and_not_live(data):
+    finding = read_enquiry(answer(data=data), ORDER)
+    assert finding == Finding(None, "QFPay has no record of the transaction", found=False)
+    assert not finding.live
+
+
+def test_missing_data_means_not_found():
+    reply = answer()
+    del reply["data"]
+    assert read_enquiry(reply, ORDER).found is False
+
+
+def test_rows_of_other_orders_mean_not_found():
+    other = payment_row(syssn="20261126000101000099", out_trade_no="SHOP-OTHER", cancel="1")
+    finding = read_enquiry(answer(other), ORDER)
+    assert not finding.found
+    assert finding.status is None
+
+
+def test_row_matched_by_syssn():
+    row = payment_row(out_trade_no="", cancel="2")
+    assert read_enquiry(answer(row), ORDER_BY_SYSSN).status is Status.CANCELLED
+
+
+def test_row_matched_by_out_trade_no():
+    row = payment_row(syssn="20261126000101000042", cancel="2")
+    assert read_enquiry(answer(row), ORDER_BY_OUT_TRADE_NO).status is Status.CANCELLED
+
+
+def test_the_reversal_row_is_not_read_as_the_payment():
+    """The query asks for the payment and the reversal together: only the payment's row decides."""
+    reversal = payment_row(syssn=REVERSAL_SYSSN, out_trade_no="", respcd="0000", cancel="0")
+    finding = read_enquiry(answer(reversal, payment_row(respcd="1143")), ORDER_BY_SYSSN)
+    assert finding.live
+    assert finding.respcd == "1143"
+
+
+def test_refund_row_with_the_same_out_trade_no_is_not_the_payment():
+    refund = refund_row(out_trade_no=OUT_TRADE_NO, respcd="0000")
+    assert read_enquiry(answer(refund), ORDER_BY_OUT_TRADE_NO).found is False
+
+
+def test_rows_that_are_not_objects_are_skipped_when_looking_for_the_payment():
+    assert read_enquiry(answer("garbage", None, 7), ORDER).found is False
+
+
+def test_rows_that_are_not_objects_are_skipped():
+    finding = read_enquiry(answer("garbage", None, 7, payment_row(cancel="1")), ORDER)
+    assert finding.status is Status.CANCELLED
+
+
+def test_row_without_order_type_is_a_payment():
+    row = payment_row(cancel="1")
+    del row["order_type"]
+    assert read_enquiry(answer(row), ORDER).status is Status.CANCELLED
+
+
+# --- a failed query ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("respcd", "resperr"),
+    [("1100", "system maintenance"), ("1108", "sign error"), ("1205", ""), (None, None)],
+)
+def test_query_that_failed_raises(respcd, resperr):
+    with pytest.raises(ValueError, match="enquiry failed") as caught:
+        read_enquiry(answer(payment_row(cancel="1"), respcd=respcd, resperr=resperr), ORDER)
+    assert str(respcd) in str(caught.value)
+    if resperr:
+        assert resperr in str(caught.value)
+
+
+def test_data_that_is_not_a_list_raises():
+    with pytest.raises(ValueError, match="data is not a list"):
+        read_enquiry(answer(data={"syssn": SYSSN}), ORDER)
+
+
+# --- the query ---------------------------------------------------------------------------------
+
+
+def test_params_ask_for_the_original_and_the_reversal_in_one_syssn():
+    params = enquiry_params(ORDER, REVERSAL_SYSSN)
+    assert params["syssn"] == f"{SYSSN},{REVERSAL_SYSSN}"
+    assert params["mchid"] == "MCH1"
+
+
+def test_params_without_a_reversal_ask_for_the_original():
+    assert enquiry_params(ORDER)["syssn"] == SYSSN
+    assert enquiry_params(ORDER, "")["syssn"] == SYSSN
+
+
+def test_params_of_an_order_known_only_by_out_trade_no():
+    params = enquiry_params(ORDER_BY_OUT_TRADE_NO, REVERSAL_SYSSN)
+    assert params["out_trade_no"] == OUT_TRADE_NO
+    # QFPay filters on every list given: syssn=<reversal> together with out_trade_no=<order> would
+    # leave out the original payment's row.
+    assert not params.get("syssn")
+    assert params.get("mchid") is None
+
+
+def test_params_by_out_trade_no_cover_the_order_time():
+    order = Order(txamt=1250, txdtm="2026-10-31 23:59:50", out_trade_no=OUT_TRADE_NO)
+    params = enquiry_params(order)
+    start, end = params.get("start_time"), params.get("end_time")
+    assert start is not None
+    assert end is not None
+    fmt = "%Y-%m-%d %H:%M:%S"
+    assert datetime.strptime(start, fmt) <= datetime.strptime(order.txdtm, fmt) <= datetime.strptime(end, fmt)
