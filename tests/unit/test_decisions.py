@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 from cancellation.cancel import CancelAttempt, LoopPolicy, RetryLater, execution_name
 from cancellation.orders import Order, parse_order_message
+from cancellation.outcomes import outcome_id
 from cancellation.poll import EnquiryStep
 from cancellation.qfpay import QFPayAmbiguous, QFPayUnavailable
 from cancellation.routing import Routing
@@ -368,6 +369,7 @@ def test_handoff_input_matches_the_contract():
     assert set(example) <= set(state)
     assert set(state["order"]) == set(example["order"])
     assert state == {
+        "outcome_id": outcome_id(ORDER.identity),
         "order": ORDER.to_dict(),
         "endpoint": "reversal",
         "reversal_syssn": REVERSAL_SYSSN,

@@ -148,6 +148,8 @@ class CancelAttempt:
         now = self.clock()
         schedule = self.loop.schedule
         state = {
+            # Lets the state machine describe an outcome by itself if the poll function is broken.
+            "outcome_id": outcome_id(self.order.identity),
             "order": self.order.to_dict(),
             "endpoint": endpoint,
             "reversal_syssn": reversal_syssn,
