@@ -1,19 +1,48 @@
 """``make demo``: every scenario through the local pipeline, then a summary table.
 
-Exits non-zero if any order did not reach its expected outcome.
+Exits non-zero if any order did not reach its expected outcome, if an order got more than one
+outcome, or if anything ended in the dead-letter queue.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from tests.local.pipeline import local_pipeline
+from tests.local.pipeline import Pipeline, local_pipeline
 from tests.local.scenarios import SCENARIOS, Scenario
 
-TIMEOUT_SECONDS = 60
+TIMEOUT_SECONDS = 45
+ROTATED_CLIENT_KEY = "LOCALROTATEDKEY00000000000000002"
+
+
+@dataclass
+class DemoRun:
+    rows: list[tuple[str, ...]]
+    failures: int
+    outcomes: list[dict[str, Any]]  # every outcome event seen, repeats included
+    dead_letters: list[dict[str, Any]]
+
+
+def run_scenarios(pipeline: Pipeline) -> DemoRun:
+    """Send every scenario (the key-rotation ones after rotating the key) and check the outcomes."""
+    sent_at: dict[str, float] = {}
+    before = [s for s in SCENARIOS if not s.after_key_rotation]
+    after = [s for s in SCENARIOS if s.after_key_rotation]
+    _send(pipeline, before, sent_at)
+    seen = pipeline.collect_outcomes(len(before), timeout=TIMEOUT_SECONDS)
+    print("Rotating the merchant's key (QFPay and the secret; the functions' cache is stale) ...")
+    pipeline.rotate_credentials(ROTATED_CLIENT_KEY, sign_type="SHA256")
+    _send(pipeline, after, sent_at)
+    seen += pipeline.collect_outcomes(len(SCENARIOS), timeout=TIMEOUT_SECONDS)
+    seen += pipeline.collect_outcomes(len(SCENARIOS) + 1, timeout=1)  # any repeat outcome
+    rows, failures = _rows(pipeline, seen, sent_at)
+    return DemoRun(rows, failures, seen, pipeline.dead_letters())
 
 
 def main() -> int:
@@ -21,59 +50,59 @@ def main() -> int:
     transactions = [s.transaction for s in SCENARIOS if s.transaction is not None]
     print("Starting moto (real ASL), the QFPay stand-in and the stack from template.yaml ...", flush=True)
     with local_pipeline(transactions, env_overrides={"POWERTOOLS_LOG_LEVEL": "ERROR"}) as pipeline:
-        sent_at = time.time()
-        for scenario in SCENARIOS:
-            pipeline.send(scenario.body())
-        print(f"Sent {len(SCENARIOS)} orders; waiting for their outcomes ...", flush=True)
-        pipeline.collect_outcomes(len(SCENARIOS), timeout=TIMEOUT_SECONDS)
-        by_order = {d["out_trade_no"]: d for d in pipeline.outcomes.values()}
-        rows, failures = [], 0
-        for scenario in SCENARIOS:
-            key = scenario.order()["out_trade_no"]
-            found = by_order.get(key)
-            calls = enquiries = 0
-            if scenario.transaction is not None:
-                calls = pipeline.qfpay.count("reversal", key) + pipeline.qfpay.count("close", key)
-                enquiries = pipeline.qfpay.count("query", key)
-            if found is None:
-                rows.append((scenario.name, "-", f"{calls}+{enquiries}", "NO OUTCOME", "-", "FAIL"))
-                failures += 1
-                continue
-            detail = found
-            took = datetime.fromisoformat(detail["decided_at"]).timestamp() - sent_at
-            ok = _matches(scenario, detail)
-            failures += not ok
-            path = f"{detail['endpoint'] or '-'} / {detail['decided_by']}"
-            if detail["polls"]:
-                path += f" ({detail['polls']} polls)"
-            rows.append(
-                (
-                    scenario.name,
-                    path,
-                    f"{calls}+{enquiries}",
-                    detail["status"],
-                    f"{took:.1f} s",
-                    "ok" if ok else f"FAIL (expected {scenario.expected_status})",
-                )
-            )
-        dead = pipeline.dead_letters()
-    _print_table(
-        ("order", "path taken", "QFPay cancel+enquiry calls", "outcome", "time to outcome", "check"), rows
-    )
-    print(f"\nDead-letter queue: {len(dead)} message(s). Total time: {time.monotonic() - started:.1f} s")
-    if failures or dead:
-        print(f"{failures} order(s) did not reach the expected outcome.", file=sys.stderr)
+        run = run_scenarios(pipeline)
+    _print_table(("order", "path taken", "QFPay cancel+enquiry calls", "outcome", "time", "check"), run.rows)
+    elapsed = time.monotonic() - started
+    print(f"\nDead-letter queue: {len(run.dead_letters)} message(s). Total time: {elapsed:.1f} s")
+    if run.failures or run.dead_letters:
+        print(f"{run.failures} order(s) did not reach the expected outcome.", file=sys.stderr)
         return 1
-    print("Every order reached its expected outcome.")
+    print("Every order reached its expected outcome, exactly once.")
     return 0
 
 
-def _matches(scenario: Scenario, detail: dict[str, object]) -> bool:
-    return (
-        detail["status"] == scenario.expected_status
-        and detail["decided_by"] == scenario.expected_decided_by
-        and detail["endpoint"] == scenario.expected_endpoint
-    )
+def _send(pipeline: Pipeline, scenarios: Sequence[Scenario], sent_at: dict[str, float]) -> None:
+    for scenario in scenarios:
+        sent_at[scenario.name] = time.time()
+        for _ in range(scenario.copies):
+            pipeline.send(scenario.body())
+    print(f"Sent {sum(s.copies for s in scenarios)} messages; waiting for their outcomes ...", flush=True)
+
+
+def _rows(
+    pipeline: Pipeline, seen: list[dict[str, Any]], sent_at: dict[str, float]
+) -> tuple[list[tuple[str, ...]], int]:
+    per_order = Counter(d["out_trade_no"] for d in seen)
+    by_order = {d["out_trade_no"]: d for d in seen}
+    rows: list[tuple[str, ...]] = []
+    failures = 0
+    for scenario in SCENARIOS:
+        key = scenario.order()["out_trade_no"]
+        calls = enquiries = 0
+        if scenario.transaction is not None:
+            calls = pipeline.qfpay.count("reversal", key) + pipeline.qfpay.count("close", key)
+            enquiries = pipeline.qfpay.count("query", key)
+        detail = by_order.get(key)
+        if detail is None:
+            rows.append((scenario.name, "-", f"{calls}+{enquiries}", "NO OUTCOME", "-", "FAIL"))
+            failures += 1
+            continue
+        took = datetime.fromisoformat(detail["decided_at"]).timestamp() - sent_at[scenario.name]
+        check = _check(scenario, detail, per_order[key])
+        failures += check != "ok"
+        path = f"{detail['endpoint'] or '-'} / {detail['decided_by']}"
+        if detail["polls"]:
+            path += f" ({detail['polls']} polls)"
+        rows.append((scenario.name, path, f"{calls}+{enquiries}", detail["status"], f"{took:.1f} s", check))
+    return rows, failures
+
+
+def _check(scenario: Scenario, detail: dict[str, Any], outcomes: int) -> str:
+    if outcomes != 1:
+        return f"FAIL ({outcomes} outcomes)"
+    got = (detail["status"], detail["decided_by"], detail["endpoint"])
+    want = (scenario.expected_status, scenario.expected_decided_by, scenario.expected_endpoint)
+    return "ok" if got == want else f"FAIL (expected {' / '.join(str(w) for w in want)})"
 
 
 def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

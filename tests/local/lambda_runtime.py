@@ -6,9 +6,11 @@ patches ``LambdaSimpleBackend.invoke`` (a private method, signature as of moto 5
 invocation of a *registered* function imports the handler from its code directory and calls
 it in this process, the way the Lambda Python runtime would:
 
-* one cold start per function: ``<code_dir>/<module>.py`` is imported once, under a module
-  name unique to the function (our functions all have an ``app.py``), with the function's
-  environment applied to ``os.environ`` first; the environment is applied again before
+* sandboxes as Lambda keeps them: an invocation takes an idle sandbox of the function (warm)
+  or starts a new one (a cold start: ``<code_dir>/<module>.py`` imported under a module name
+  unique to that sandbox; our functions all have an ``app.py``), so one sandbox never runs
+  two invocations at once, just as a Lambda execution environment never does; the
+  function's environment is applied to ``os.environ`` before the import and before
   every invocation (``os.environ`` is process-wide, so functions that run at the same time
   see each other's variables: keep shared variables consistent between functions);
 * a context object like the runtime's (``aws_request_id`` per invocation,
@@ -132,7 +134,9 @@ class _Function:
     module_name: str
     log_stream_name: str
     load_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    handler_fn: Callable[[Any, Any], Any] | None = None
+    # Handlers of idle sandboxes (each from its own import of the module).
+    idle: list[Callable[[Any, Any], Any]] = dataclasses.field(default_factory=list)
+    sandboxes: int = 0
 
 
 _lock = threading.RLock()  # registrations, the invocation log, os.environ updates
@@ -303,15 +307,18 @@ def _apply_environment(fn: _Function) -> None:
 
 
 def _load_handler(fn: _Function) -> tuple[Callable[[Any, Any], Any], bool]:
-    """Return the handler, importing its module on first use (the cold start)."""
+    """An idle sandbox's handler, or a new sandbox's (the cold start). Give it back with
+    :func:`_release` unless the sandbox is thrown away."""
     with fn.load_lock:
-        if fn.handler_fn is not None:
-            return fn.handler_fn, False
+        if fn.idle:
+            return fn.idle.pop(), False
+        fn.sandboxes += 1
+        module_name = f"{fn.module_name}_{fn.sandboxes}"
         module_path, _, attr = fn.handler.rpartition(".")
         file = fn.code_dir.joinpath(*module_path.split(".")).with_suffix(".py")
         _apply_environment(fn)
         try:
-            module = _import_file(fn.module_name, file, fn.code_dir)
+            module = _import_file(module_name, file, fn.code_dir)
         except SyntaxError as exc:
             raise _InitError(
                 _error_object(
@@ -339,8 +346,12 @@ def _load_handler(fn: _Function) -> tuple[Callable[[Any, Any], Any], bool]:
                     "stackTrace": [],
                 }
             )
-        fn.handler_fn = handler_fn
         return handler_fn, True
+
+
+def _release(fn: _Function, handler_fn: Callable[[Any, Any], Any]) -> None:
+    with fn.load_lock:
+        fn.idle.append(handler_fn)
 
 
 def _import_file(module_name: str, file: Path, code_dir: Path) -> ModuleType:
@@ -404,6 +415,8 @@ def _run(
     request_id = str(uuid.uuid4())
     context = LambdaContext(**context_args, aws_request_id=request_id)
     cold = False
+    discard = False  # the sandbox died: the next invocation gets a fresh one
+    handler_fn: Callable[[Any, Any], Any] | None = None
     result: Any = None
     error: dict[str, Any] | None = None
     started = time.time()
@@ -429,8 +442,7 @@ def _run(
                 ),
                 "errorType": "Runtime.ExitError",
             }
-            with fn.load_lock:
-                fn.handler_fn = None
+            discard = True
         elapsed = time.monotonic() - t0
 
     timeout = float(context_args["timeout_seconds"])
@@ -442,8 +454,9 @@ def _run(
             ),
             "errorType": "Sandbox.Timedout",
         }
-        with fn.load_lock:  # Lambda throws the timed-out sandbox away
-            fn.handler_fn = None
+        discard = True  # Lambda throws the timed-out sandbox away
+    if handler_fn is not None and not discard:
+        _release(fn, handler_fn)
 
     payload: bytes
     if error is None:

@@ -60,6 +60,7 @@ class Pipeline:
     qfpay: QFPayStandIn
     stack: Stack
     source: SqsEventSource
+    merchant: Merchant
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)  # by outcome_id
 
     def send(self, body: str | dict[str, Any]) -> str:
@@ -77,6 +78,17 @@ class Pipeline:
                 self.outcomes.setdefault(detail["outcome_id"], detail)
             if len(self.outcomes) >= expected or time.monotonic() >= deadline:
                 return seen
+
+    def rotate_credentials(self, client_key: str, sign_type: str = "SHA256") -> None:
+        """QFPay issues a new key and the secret is updated; the functions still hold the old one
+        in their cache, so their next call is answered 1108 and they must re-read the secret."""
+        app_code = self.merchant.app_code
+        self.merchant = Merchant(app_code=app_code, client_key=client_key, mchid=self.merchant.mchid)
+        self.qfpay.set_merchant(self.merchant)
+        secret = {"app_code": app_code, "client_key": client_key, "sign_type": sign_type}
+        boto3.client("secretsmanager").put_secret_value(
+            SecretId=self.stack.secret_id, SecretString=json.dumps(secret)
+        )
 
     def dead_letters(self) -> list[dict[str, Any]]:
         sqs = boto3.client("sqs")
@@ -128,7 +140,7 @@ def local_pipeline(
             report_batch_item_failures="ReportBatchItemFailures" in stack.function_response_types,
         )
         source.start(concurrency=concurrency or stack.maximum_concurrency or 2)
-        yield Pipeline(local_aws, qfpay, stack, source)
+        yield Pipeline(local_aws, qfpay, stack, source, merchant)
     finally:
         if source is not None:
             source.stop()

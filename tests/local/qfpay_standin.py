@@ -403,6 +403,11 @@ class QFPayStandIn:
 
     # ----------------------------------------------------------------- ledger
 
+    def set_merchant(self, merchant: Merchant) -> None:
+        """Add a merchant, or replace the one with that app code (e.g. a rotated client_key)."""
+        with self._lock:
+            self._merchants[merchant.app_code] = merchant
+
     def add(self, txn: Transaction) -> Transaction:
         """Put a transaction in the ledger (``syssn`` and ``mchid``+``out_trade_no`` unique)."""
         with self._lock:

@@ -21,18 +21,27 @@ class Scenario:
     transaction: Transaction | None = None  # None: QFPay never hears of it
     expected_decided_by: str = "cancel-function"
     expected_endpoint: str | None = "reversal"
+    copies: int = 1  # >1: the same message is delivered that many times
+    after_key_rotation: bool = False  # sent after QFPay and the secret got a new key
 
     def body(self) -> str:
         return (EVENTS / self.event_file).read_text(encoding="utf-8")
 
     def order(self) -> dict[str, Any]:
-        message = json.loads(self.body())
-        return dict(message.get("detail", message))
+        return _order_in(json.loads(self.body()))
+
+
+def _order_in(message: dict[str, Any]) -> dict[str, Any]:
+    """The order inside a sample message, read independently of the service's own unwrapping."""
+    if "detail-type" in message:
+        return dict(message["detail"])
+    if message.get("Type") == "Notification":
+        return dict(json.loads(message["Message"]))
+    return message
 
 
 def _txn(event_file: str, **script: Any) -> Transaction:
-    order = json.loads((EVENTS / event_file).read_text(encoding="utf-8"))
-    order = order.get("detail", order)
+    order = _order_in(json.loads((EVENTS / event_file).read_text(encoding="utf-8")))
     return Transaction(
         syssn=order["syssn"],
         out_trade_no=order["out_trade_no"],
@@ -88,5 +97,32 @@ SCENARIOS: tuple[Scenario, ...] = (
         "eventbridge-order-timeout.json",
         "CANCELLED",
         _txn("eventbridge-order-timeout.json", state="unpaid"),
+    ),
+    Scenario(
+        "SNS-wrapped order",
+        "sns-order-timeout.json",
+        "CANCELLED",
+        _txn("sns-order-timeout.json", state="unpaid"),
+    ),
+    Scenario(
+        "close not supported (800008)",
+        "orders/close-not-supported.json",
+        "REJECTED",
+        _txn("orders/close-not-supported.json", state="unpaid", close_supported=False),
+        expected_endpoint="close",
+    ),
+    Scenario(
+        "duplicate delivery (sent 3 times)",
+        "orders/duplicate.json",
+        "CANCELLED",
+        _txn("orders/duplicate.json", state="unpaid"),
+        copies=3,
+    ),
+    Scenario(
+        "key rotated to SHA256 (1108, re-read)",
+        "orders/after-key-rotation.json",
+        "CANCELLED",
+        _txn("orders/after-key-rotation.json", state="unpaid"),
+        after_key_rotation=True,
     ),
 )

@@ -113,14 +113,15 @@ class CancelService:
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         self.idempotency.register_lambda_context(context)
+        # Per invocation: a semaphore belongs to the event loop that first waits on it.
+        self._slots = asyncio.Semaphore(self.settings.batch_concurrency)
         response = async_process_partial_response(
             event=event, record_handler=self._record, processor=self.processor, context=context
         )
         return dict(response)
 
     async def _record(self, record: SQSRecord) -> str:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.settings.batch_concurrency)
+        assert self._slots is not None  # noqa: S101 - set by handle() before any record runs
         async with self._slots:
             return await asyncio.to_thread(self.process_record, record)
 
