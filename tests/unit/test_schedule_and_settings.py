@@ -105,7 +105,7 @@ def test_cancel_settings_defaults():
         idempotency_expiry=48 * 3600,
         retry_base_delay=10,
         retry_max_delay=900,
-        batch_concurrency=4,
+        batch_concurrency=10,
     )
 
 

@@ -40,6 +40,7 @@ class EnquiryStep:
             session=new_session(pool_size=2),
             timeouts=settings.timeouts,
             verify_response_signature=settings.verify_response_signature,
+            rate_limit=settings.rate_limit(),
         )
         return cls(qfpay, settings.routing, clock)
 

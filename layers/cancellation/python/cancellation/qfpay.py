@@ -11,6 +11,9 @@ Failures are split by what they tell us about QFPay's side:
 from __future__ import annotations
 
 import hmac
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +81,49 @@ class Timeouts:
     read: float = 10.0  # QFPay documents none; 10 s is what public integrations use
 
 
+class RateLimit:
+    """This container's share of QFPay's per-merchant limits (100 requests/s, 400/min).
+
+    Sliding windows over the last second and minute. A request that would have to wait longer
+    than ``max_wait`` is refused as throttled instead (the order backs off through SQS), so a
+    burst never holds a Lambda invocation for a minute.
+    """
+
+    def __init__(
+        self,
+        per_second: int,
+        per_minute: int,
+        *,
+        max_wait: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.per_second, self.per_minute, self.max_wait = per_second, per_minute, max_wait
+        self._clock, self._sleep = clock, sleep
+        self._sent: deque[float] = deque()  # start times of the last minute's requests
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            while self._sent and self._sent[0] <= now - 60:
+                self._sent.popleft()
+            start = now
+            if len(self._sent) >= self.per_minute:
+                start = max(start, self._sent[-self.per_minute] + 60)
+            if len(self._sent) >= self.per_second:
+                start = max(start, self._sent[-self.per_second] + 1)
+            wait = start - now
+            if wait > self.max_wait:
+                raise QFPayUnavailable(
+                    f"local rate limit: next request allowed in {wait:.1f}s", http_status=429
+                )
+            # Keep the deque sorted: a reserved slot is in the future, after every earlier one.
+            self._sent.append(max(start, self._sent[-1]) if self._sent else start)
+        if wait > 0:
+            self._sleep(wait)
+
+
 def new_session(pool_size: int = 10) -> requests.Session:
     """One session per container: connections are reused across orders and invocations.
     No automatic retries: a resent POST could cancel twice, so retrying is our decision."""
@@ -97,12 +143,14 @@ class QFPayClient:
         session: requests.Session,
         timeouts: Timeouts = Timeouts(),
         verify_response_signature: bool = False,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._credentials = credentials
         self._session = session
         self._timeouts = timeouts
         self._verify_response_signature = verify_response_signature
+        self._rate_limit = rate_limit
 
     def reversal(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         return self.call("POST", REVERSAL_PATH, params)
@@ -129,6 +177,8 @@ class QFPayClient:
     def _send(
         self, method: str, path: str, params: Mapping[str, str | None], credentials: Credentials
     ) -> dict[str, Any]:
+        if self._rate_limit is not None:
+            self._rate_limit.acquire()
         sent = signed_parameters(params)  # exactly what is signed is what is sent
         headers = {
             "X-QF-APPCODE": credentials.app_code,

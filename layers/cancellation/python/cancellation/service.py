@@ -82,6 +82,7 @@ class CancelService:
             session=new_session(pool_size=settings.batch_concurrency),
             timeouts=settings.qfpay.timeouts,
             verify_response_signature=settings.qfpay.verify_response_signature,
+            rate_limit=settings.qfpay.rate_limit(),
         )
         self.processor = AsyncBatchProcessor(event_type=EventType.SQS)
         self.idempotency = IdempotencyConfig(

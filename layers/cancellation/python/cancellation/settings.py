@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from cancellation.cancel import LoopPolicy
-from cancellation.qfpay import Timeouts
+from cancellation.qfpay import RateLimit, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
 from cancellation.schedule import PollSchedule
 
@@ -29,6 +29,12 @@ class QFPaySettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     secret_max_age: int = 300
     verify_response_signature: bool = False
+    # This container's share of QFPay's 100/s and 400/min per merchant (see README: rate limits).
+    max_requests_per_second: int = 20
+    max_requests_per_minute: int = 80
+
+    def rate_limit(self) -> RateLimit:
+        return RateLimit(self.max_requests_per_second, self.max_requests_per_minute)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class CancelSettings:
     idempotency_expiry: int = 48 * 3600
     retry_base_delay: int = 10
     retry_max_delay: int = 900
-    batch_concurrency: int = 4
+    batch_concurrency: int = 10
 
 
 class _Reader:
@@ -137,6 +143,8 @@ def _qfpay(read: _Reader) -> QFPaySettings:
         ),
         secret_max_age=read.integer("SECRET_MAX_AGE_SECONDS", 300, 0, 3600),
         verify_response_signature=read.flag("QFPAY_VERIFY_RESPONSE_SIGNATURE", False),
+        max_requests_per_second=read.integer("QFPAY_MAX_REQUESTS_PER_SECOND", 20, 1, 100),
+        max_requests_per_minute=read.integer("QFPAY_MAX_REQUESTS_PER_MINUTE", 80, 1, 400),
     )
 
 
@@ -167,7 +175,7 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         idempotency_expiry=read.integer("IDEMPOTENCY_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 43200),
-        batch_concurrency=read.integer("BATCH_CONCURRENCY", 4, 1, 10),
+        batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
     )
     read.done()
     return settings
