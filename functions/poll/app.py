@@ -14,7 +14,7 @@ from cancellation.settings import poll_settings
 STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuration stops it at start
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(correlation_id_path="outcome_id")
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return STEP.run(event)

@@ -97,6 +97,15 @@ class Pipeline:
         )
         return list(answer.get("Messages", []))
 
+    def dead_letters_count(self) -> int:
+        attributes = boto3.client("sqs").get_queue_attributes(
+            QueueUrl=self.stack.dlq_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
+
     def executions(self) -> list[dict[str, Any]]:
         sfn = boto3.client("stepfunctions")
         return list(sfn.list_executions(stateMachineArn=self.stack.state_machine_arn)["executions"])
@@ -110,6 +119,7 @@ def local_pipeline(
     env_overrides: dict[str, str] | None = None,
     merchant: Merchant | None = None,
     concurrency: int | None = None,
+    close_methods: tuple[str, ...] = ("GET", "POST"),
 ) -> Iterator[Pipeline]:
     """Start everything; on exit stop delivery and the stand-in (and moto, if started here)."""
     own_aws = aws is None
@@ -117,7 +127,7 @@ def local_pipeline(
     if own_aws:
         local_aws.start()
     merchant = merchant or Merchant(app_code=LOCAL_APP_CODE, client_key=LOCAL_CLIENT_KEY)
-    qfpay = QFPayStandIn([merchant], transactions=transactions).start()
+    qfpay = QFPayStandIn([merchant], transactions=transactions, close_methods=close_methods).start()
     source: SqsEventSource | None = None
     try:
         stack = create_stack(

@@ -9,6 +9,7 @@ by SQS and replays the stored decision, so QFPay is never asked to cancel twice 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
@@ -38,8 +39,9 @@ from cancellation.aws import (
 from cancellation.cancel import CancelAttempt, RetryLater
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
-from cancellation.outcomes import rejected_outcome
+from cancellation.outcomes import outcome_id, rejected_outcome
 from cancellation.qfpay import CredentialsRejected, QFPayClient, new_session
+from cancellation.respcd import meaning_of
 from cancellation.settings import CancelSettings
 
 if TYPE_CHECKING:
@@ -133,7 +135,8 @@ class CancelService:
             order = parse_order_message(record.body)
         except InvalidOrder as invalid:
             return self._reject(record, invalid)
-        logger.thread_safe_append_keys(order=order.identity)
+        # The outcome_id is the order's correlation id in both functions' logs and in the event.
+        logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
         receive_count = int(record.attributes.approximate_receive_count or "1")
         request = {
             "order_key": order.identity,
@@ -164,11 +167,13 @@ class CancelService:
             logger.info("order already being cancelled elsewhere; will look again")
             raise
         except CredentialsRejected:
+            # A configuration error must not drop orders: retried slowly, then the DLQ, and alarmed.
             count("SignatureRejected")
+            self._back_off(record, receive_count, throttled=False)
             logger.error("QFPay rejected our signature after the secret was re-read")
             raise
         finally:
-            logger.thread_safe_remove_keys(["message_id", "order"])
+            logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
 
     def _decide_order(self, request: dict[str, Any]) -> dict[str, Any]:
         attempt = CancelAttempt(
@@ -179,7 +184,13 @@ class CancelService:
             clock=self.deps.clock,
             redelivered=bool(request["redelivered"]),
         )
-        return attempt.decide()
+        decision = attempt.decide()
+        # Counted here, where QFPay answered, not when a duplicate replays the stored decision.
+        handoff = decision.get("handoff")
+        respcd = handoff["input"]["respcd"] if handoff else decision["outcome"]["respcd"]
+        answer = meaning_of(respcd).disposition.value if respcd else "no_answer"
+        count("QFPayAnswer" + answer.title().replace("_", ""))
+        return decision
 
     def _deliver_decision(self, request: dict[str, Any]) -> str:
         decision = request["decision"]
@@ -230,7 +241,7 @@ class CancelService:
         """Exponential backoff with full jitter, by receive count; QFPay's 429 backs off harder."""
         base = self.settings.retry_base_delay * (4 if throttled else 1)
         ceiling = min(self.settings.retry_max_delay, base * 2 ** min(receive_count - 1, 16))
-        delay = int(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
+        delay = math.ceil(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
         try:
             self.deps.redelivery.delay(record.event_source_arn, record.receipt_handle, delay)
         except Exception:

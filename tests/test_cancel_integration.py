@@ -1,0 +1,150 @@
+"""The cancel function against moto and the QFPay stand-in over real HTTP: QFPay's answers that
+need more than one delivery (backoff, credentials, duplicates, redelivery after a crash)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from typing import Any
+
+import boto3
+
+from tests.conftest import PipelineFactory
+from tests.local.qfpay_standin import Merchant, Transaction
+
+FAST_RETRIES = {"RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "4"}
+
+
+def order_and_txn(n: int, **script: Any) -> tuple[dict[str, Any], Transaction]:
+    order = {
+        "out_trade_no": f"IT-{n:04d}",
+        "syssn": f"2026112600010100{n:04d}",
+        "txamt": 1000 + n,
+        "txdtm": "2026-11-26 11:00:00",
+        "pay_type": script.pop("pay_type", "800101"),
+        "txcurrcd": "HKD",
+    }
+    txn = Transaction(
+        syssn=order["syssn"],
+        out_trade_no=order["out_trade_no"],
+        txamt=order["txamt"],
+        txdtm=order["txdtm"],
+        pay_type=order["pay_type"],
+        **script,
+    )
+    return order, txn
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_try_later_backs_off_growing_with_the_receive_count_then_dead_letters(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    order, txn = order_and_txn(1, cancel_respcd="1205")  # QFPay: "try later", every time
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        pipeline.send(order)
+        assert wait_for(lambda: pipeline.dead_letters_count() == 1, timeout=40)
+        calls = [c for c in pipeline.qfpay.calls if c.endpoint == "/trade/v1/reversal"]
+        outcomes = pipeline.stack.read_outcomes(wait_seconds=0.5)
+    # One reversal per receive (maxReceiveCount 5), nothing reversed, no outcome: the DLQ has it.
+    assert len(calls) == pipeline.stack.max_receive_count == 5
+    assert outcomes == []
+    assert pipeline.qfpay.cancellations_applied(txn.syssn) == 0
+    # Jittered between half and all of min(max, base * 2^(n-1)) = 1, 2, 4, 4 s, in whole seconds.
+    gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(calls)]
+    for attempt, gap in enumerate(gaps, start=1):
+        assert gap >= math.ceil(min(4, 2 ** (attempt - 1)) / 2) - 0.05, gaps
+    assert sum(gaps) >= 1 + 1 + 2 + 2
+
+
+def test_bank_risk_control_is_never_retried(pipeline_factory: PipelineFactory) -> None:
+    order, txn = order_and_txn(2, cancel_respcd="1294")
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=15)
+        outcomes += pipeline.collect_outcomes(2, timeout=3)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        dead = pipeline.dead_letters()
+    assert [(o["status"], o["respcd"]) for o in outcomes] == [("UNKNOWN", "1294")]
+    assert "risk control" in outcomes[0]["reason"]
+    assert (reversals, dead) == (1, [])
+
+
+def test_a_signature_refused_after_the_secret_is_re_read_dead_letters_the_order(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay's key changed but the secret was not updated: one re-read, then SQS retries, then the
+    DLQ. The order is not lost and QFPay never reversed anything."""
+    order, txn = order_and_txn(3)
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        pipeline.qfpay.set_merchant(
+            Merchant(app_code=pipeline.merchant.app_code, client_key="ROTATED-AT-QFPAY")
+        )
+        pipeline.send(order)
+        assert wait_for(lambda: pipeline.dead_letters_count() == 1, timeout=40)
+        refused = [c for c in pipeline.qfpay.calls if c.respcd == "1108"]
+        outcomes = pipeline.stack.read_outcomes(wait_seconds=0.5)
+    # Each of the 5 receives: the call with the cached key, then one with the re-read secret.
+    assert len(refused) == 2 * 5
+    assert outcomes == []
+    assert pipeline.qfpay.cancellations_applied(txn.syssn) == 0
+
+
+def test_close_is_sent_with_the_configured_method(pipeline_factory: PipelineFactory) -> None:
+    order, txn = order_and_txn(4, pay_type="800208")
+    with pipeline_factory(
+        [txn], env_overrides={"CLOSE_HTTP_METHOD": "POST"}, close_methods=("POST",)
+    ) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=15)
+        closes = [c for c in pipeline.qfpay.calls if c.endpoint == "/trade/v1/close"]
+    assert [(o["status"], o["endpoint"]) for o in outcomes] == [("CANCELLED", "close")]
+    assert [c.method for c in closes] == ["POST"]
+
+
+def test_a_duplicate_across_batches_gets_no_second_cancel_or_outcome(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    order, txn = order_and_txn(5)
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        first = pipeline.collect_outcomes(1, timeout=15)
+        pipeline.send(json.dumps(order))  # the same order again, after it was decided
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=15)
+        later = pipeline.stack.read_outcomes(wait_seconds=1)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+    assert [o["status"] for o in first] == ["CANCELLED"]
+    assert later == []
+    assert reversals == 1
+
+
+def test_a_redelivery_after_a_crash_asks_qfpay_before_reversing_again(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """An earlier attempt reversed the payment and then died (its idempotency record expired
+    unfinished). The redelivered message must not reverse again: the Enquiry shows it done."""
+    order, txn = order_and_txn(6, cancel=1)  # QFPay's ledger: already reversed by the dead attempt
+    with pipeline_factory([txn]) as pipeline:
+        sqs = boto3.client("sqs")
+        # Take the message once without deleting it, as the crashed invocation did.
+        pipeline.source.stop()
+        pipeline.send(order)
+        first = sqs.receive_message(QueueUrl=pipeline.stack.queue_url, MaxNumberOfMessages=1)["Messages"][0]
+        sqs.change_message_visibility(
+            QueueUrl=pipeline.stack.queue_url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0
+        )
+        pipeline.source.start()
+        outcomes = pipeline.collect_outcomes(1, timeout=15)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        enquiries = pipeline.qfpay.count("query", txn.syssn)
+    assert [(o["status"], o["attempts"]) for o in outcomes] == [("CANCELLED", 0)]
+    assert (reversals, enquiries) == (0, 1)
