@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import jsonschema
 import pytest
 from moto import mock_aws
 
-from tests.local.aws_stack import Stack, create_stack, load_template
+from tests.local import lambda_runtime
+from tests.local.aws_stack import Stack, StackTemplateError, create_stack, load_template
+from tests.local.moto_server import LocalAws
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -252,3 +256,269 @@ def test_an_event_on_the_bus_reaches_read_outcomes(stack: Stack) -> None:
 
     assert stack.read_outcomes(wait_seconds=5) == [detail]
     assert stack.read_outcomes(wait_seconds=0) == []  # drained
+
+
+# ------------------------------------------------------------------ ingress (OrderTimeoutRule)
+
+
+def _receive_all(queue_url: str, wait_seconds: float = 0.0) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs")
+    deadline = time.monotonic() + wait_seconds
+    bodies: list[dict[str, Any]] = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        for message in messages:
+            bodies.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        if not messages and (bodies or time.monotonic() >= deadline):
+            return bodies
+        if not messages:
+            time.sleep(0.1)
+
+
+def _put(bus: str, source: str, detail_type: str, detail: dict[str, Any]) -> None:
+    answer = boto3.client("events").put_events(
+        Entries=[
+            {"EventBusName": bus, "Source": source, "DetailType": detail_type, "Detail": json.dumps(detail)}
+        ]
+    )
+    assert answer["FailedEntryCount"] == 0
+
+
+def test_order_timeout_events_with_the_template_pattern_reach_the_queue(
+    stack: Stack, template: dict[str, Any]
+) -> None:
+    parameters = template["Parameters"]
+    source = parameters["OrderTimeoutEventSource"]["Default"]
+    detail_type = parameters["OrderTimeoutDetailType"]["Default"]
+    order = json.loads((ROOT / "events" / "eventbridge-order-timeout.json").read_text())["detail"]
+    assert stack.ingress_bus_name == parameters["OrderTimeoutEventBusName"]["Default"] == "default"
+    assert stack.ingress_event_pattern == {"source": [source], "detail-type": [detail_type]}
+
+    _put(stack.ingress_bus_name, source, detail_type, order)
+    _put(stack.ingress_bus_name, "someone.else", detail_type, {**order, "out_trade_no": "NOT-OURS-1"})
+    _put(stack.ingress_bus_name, source, "Order Paid", {**order, "out_trade_no": "NOT-OURS-2"})
+
+    delivered = _receive_all(stack.queue_url, wait_seconds=5)
+    # Only the matching event, whole: the cancel function takes the order from its detail.
+    assert [event["detail"] for event in delivered] == [order]
+    assert delivered[0]["source"] == source
+    assert delivered[0]["detail-type"] == detail_type
+    assert _receive_all(stack.dlq_url) == []
+
+
+def test_the_rule_targets_the_queue_with_retries_and_the_dlq(stack: Stack, template: dict[str, Any]) -> None:
+    events = boto3.client("events")
+    rule = events.describe_rule(Name=stack.ingress_rule_name, EventBusName=stack.ingress_bus_name)
+    assert rule["Arn"] == stack.ingress_rule_arn
+    assert rule["State"] == "ENABLED"
+    (target,) = events.list_targets_by_rule(
+        Rule=stack.ingress_rule_name, EventBusName=stack.ingress_bus_name
+    )["Targets"]
+    declared = template["Resources"]["OrderTimeoutRule"]["Properties"]["Targets"][0]
+    assert target["Arn"] == stack.queue_arn
+    assert target["DeadLetterConfig"] == {"Arn": stack.dlq_arn}
+    assert target["RetryPolicy"] == declared["RetryPolicy"]
+
+
+def test_the_queue_policies_name_the_local_rules(stack: Stack, template: dict[str, Any]) -> None:
+    loop_rule_arn = boto3.client("events").describe_rule(
+        Name=stack.loop_unknown_rule_name, EventBusName=stack.bus_name
+    )["Arn"]
+    for url, rule_arn in (
+        (stack.queue_url, stack.ingress_rule_arn),
+        (stack.dlq_url, stack.ingress_rule_arn),
+        (stack.loop_unknown_queue_url, loop_rule_arn),
+    ):
+        policy = json.loads(_queue_attributes(url)["Policy"])
+        (allow,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+        assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": rule_arn}}
+        (deny,) = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
+        assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # UnknownOutcomeAlarm names the rule by the last part of its ARN (rule/<bus>/<name>).
+    metrics = template["Resources"]["UnknownOutcomeAlarm"]["Properties"]["Metrics"]
+    (loop,) = [m["MetricStat"]["Metric"] for m in metrics if m["Id"] == "loop"]
+    (rule_name,) = [d["Value"] for d in loop["Dimensions"] if d["Name"] == "RuleName"]
+    index, (separator, _) = rule_name["Fn::Select"][0], rule_name["Fn::Select"][1]["Fn::Split"]
+    assert loop_rule_arn.split(separator)[index] == stack.loop_unknown_rule_name
+
+
+def test_the_ingress_parameters_choose_the_bus_and_the_pattern(
+    aws_env: None, registered: list[dict[str, Any]]
+) -> None:
+    order = {"out_trade_no": "EB-CUSTOM-1", "txamt": 100, "txdtm": "2026-11-26 10:00:00"}
+    with mock_aws():
+        stack = create_stack(
+            template_path=TEMPLATE,
+            credentials=CREDENTIALS,
+            qfpay_base_url=BASE_URL,
+            parameters={
+                "OrderTimeoutEventBusName": "shop-events",
+                "OrderTimeoutEventSource": "shop.orders",
+                "OrderTimeoutDetailType": "Checkout Expired",
+            },
+        )
+        assert stack.ingress_bus_name == "shop-events"
+        assert stack.ingress_rule_arn.endswith(f":rule/shop-events/{stack.ingress_rule_name}")
+        _put("default", "shop.orders", "Checkout Expired", {**order, "out_trade_no": "WRONG-BUS"})
+        _put("shop-events", "shop.checkout", "Order Timed Out", {**order, "out_trade_no": "OLD-DEFAULTS"})
+        _put("shop-events", "shop.orders", "Checkout Expired", order)
+        assert [event["detail"] for event in _receive_all(stack.queue_url, wait_seconds=5)] == [order]
+
+        with pytest.raises(StackTemplateError, match="no such template parameters"):
+            create_stack(
+                template_path=TEMPLATE,
+                credentials=CREDENTIALS,
+                qfpay_base_url=BASE_URL,
+                stack_name="typo",
+                parameters={"OrderTimeoutBus": "x"},
+            )
+
+
+def test_the_loops_unknown_outcomes_are_copied_to_their_queue(stack: Stack) -> None:
+    base = {"outcome_id": "0" * 32, "status": "UNKNOWN", "reason": "not confirmed"}
+    _put(
+        stack.bus_name,
+        "qfpay.cancellation",
+        "Payment Cancellation Outcome",
+        {**base, "decided_by": "poll-loop"},
+    )
+    _put(
+        stack.bus_name,
+        "qfpay.cancellation",
+        "Payment Cancellation Outcome",
+        {**base, "decided_by": "cancel-function"},  # counted by the OutcomeUnknown metric instead
+    )
+    _put(
+        stack.bus_name,
+        "qfpay.cancellation",
+        "Payment Cancellation Outcome",
+        {**base, "status": "CANCELLED", "decided_by": "poll-loop"},
+    )
+    copies = _receive_all(stack.loop_unknown_queue_url, wait_seconds=5)
+    assert [(c["detail"]["status"], c["detail"]["decided_by"]) for c in copies] == [("UNKNOWN", "poll-loop")]
+
+
+# ------------------------------------------------------------------ a broken poll function
+
+OUTCOME_SCHEMA = json.loads(
+    (ROOT / "events" / "schemas" / "payment-cancellation-outcome.schema.json").read_text()
+)
+
+BROKEN_POLL_FUNCTION = """
+def lambda_handler(event, context):
+    raise RuntimeError("the poll function is broken (test)")
+"""
+
+
+def _handoff_state(order: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The execution input the cancel function starts the loop with (docs/contracts.md)."""
+    now = time.time()
+    state: dict[str, Any] = {
+        "outcome_id": "5d41402abc4b2a76b9719d911017c592",
+        "order": order,
+        "endpoint": "reversal",
+        "reversal_syssn": "20261126000200020000000001",
+        "respcd": "1143",
+        "resperr": "processing",
+        "reversal_pending": False,
+        "attempts": 1,
+        "polls": 0,
+        "resent": False,
+        "started_at": now,
+        "deadline_at": now + 60,
+        "wait_seconds": 0,
+        "schedule": {"first_wait": 1, "max_wait": 2, "factor": 1.5},
+        "status": "IN_PROGRESS",
+    }
+    state.update(overrides)
+    return state
+
+
+def _wait_for_execution(execution_arn: str, timeout: float = 60) -> dict[str, Any]:
+    sfn = boto3.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while True:
+        execution: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+        if execution["status"] != "RUNNING":
+            return execution
+        if time.monotonic() > deadline:
+            pytest.fail(f"execution still running after {timeout} s")
+        time.sleep(0.1)
+
+
+def test_a_poll_function_failing_twice_still_ends_in_an_explained_unknown_outcome(
+    local_aws: LocalAws, tmp_path: Path
+) -> None:
+    stack = create_stack(
+        template_path=TEMPLATE,
+        credentials=CREDENTIALS,
+        qfpay_base_url=BASE_URL,
+        stack_name="broken-loop",
+    )
+    broken = tmp_path / "broken_poll"
+    broken.mkdir()
+    (broken / "app.py").write_text(BROKEN_POLL_FUNCTION)
+    lambda_runtime.register_function(
+        stack.poll_function_name, broken, "app.lambda_handler", stack.poll_environment
+    )
+    order = {
+        "out_trade_no": "BROKEN-LOOP-1",
+        "syssn": "20261126000101009999",
+        "txamt": 880,
+        "txdtm": "2026-11-26 10:02:00",
+        "pay_type": "800101",
+        "mchid": None,
+        "udid": None,
+        "txcurrcd": "HKD",
+        "task_token": None,
+    }
+    state = _handoff_state(order)
+    sfn = boto3.client("stepfunctions")
+    started = sfn.start_execution(
+        stateMachineArn=stack.state_machine_arn, name="order-broken", input=json.dumps(state)
+    )
+
+    finished = _wait_for_execution(started["executionArn"])
+
+    assert finished["status"] == "FAILED"
+    assert finished["error"] == "Cancellation.EnquiryLoopBroken"
+    calls = lambda_runtime.invocations(stack.poll_function_name)
+    assert [call.error for call in calls] == ["RuntimeError", "RuntimeError"]  # asked, then concluding
+
+    (outcome,) = stack.read_outcomes(wait_seconds=5)
+    jsonschema.validate(outcome, OUTCOME_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert outcome["outcome_id"] == state["outcome_id"]
+    assert outcome["status"] == "UNKNOWN"
+    assert outcome["decided_by"] == "poll-loop"
+    assert (outcome["out_trade_no"], outcome["syssn"], outcome["txamt"]) == (
+        "BROKEN-LOOP-1",
+        order["syssn"],
+        880,
+    )
+    assert (outcome["mchid"], outcome["pay_type"], outcome["txcurrcd"]) == (None, "800101", "HKD")
+    assert (outcome["endpoint"], outcome["respcd"], outcome["resperr"]) == ("reversal", "1143", "processing")
+    assert outcome["reversal_syssn"] == state["reversal_syssn"]
+    assert (outcome["attempts"], outcome["polls"], outcome["resent"]) == (1, 0, False)
+    assert "failed twice" in outcome["reason"]
+    assert "RuntimeError" in outcome["reason"]
+    assert "a person must look" in outcome["reason"]
+
+    # The alarm's rule sees it (a copy lands in the loop's UNKNOWN queue).
+    (copy,) = _receive_all(stack.loop_unknown_queue_url, wait_seconds=5)
+    assert copy["detail"] == outcome
+
+    history = sfn.get_execution_history(executionArn=started["executionArn"], maxResults=1000)["events"]
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history if "stateEnteredEventDetails" in e]
+    assert entered == [
+        "WaitBeforeEnquiry",
+        "AskEnquiry",  # raises: caught into task_error
+        "ConcludeAfterTaskError",  # raises again: caught into conclude_error
+        "DescribeBrokenLoop",
+        "MarkBrokenLoopUnknown",
+        "PublishUnknownOutcome",
+        "HasCallerToken",  # task_token is present (null): no caller to notify
+        "RouteCallerReport",
+        "EndByStatus",
+        "EnquiryLoopBroken",
+    ]

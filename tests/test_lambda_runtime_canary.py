@@ -298,3 +298,12 @@ def test_a_handler_running_past_its_timeout_is_reported_as_timed_out(aws: LocalA
 
     assert invoke("slow", {"sleep": 0}) == (None, "finished")
     assert [i.cold_start for i in lambda_runtime.invocations("slow")] == [True, True]
+
+
+def test_the_moto_task_token_fixes_are_in_place(aws: LocalAws) -> None:
+    """tests/local/moto_fixes.py patches private moto methods: fail loudly if they move."""
+    from tests.local import moto_fixes  # noqa: PLC0415
+
+    for owner, name in moto_fixes.PATCH_TARGETS:
+        assert hasattr(owner, name), f"moto no longer has {owner.__name__}.{name}"
+    assert moto_fixes.is_installed()

@@ -6,13 +6,21 @@
     is pinned in package.json / package-lock.json: run `npm ci` at the repo root first). A
     missing node or package fails these tests: they are never skipped.
 (c) what a payments team relies on: redrive, batch item failures, retry with jitter, IAM
-    least privilege, encryption, log retention, outputs, substitutions.
+    least privilege, encryption, log retention, outputs, substitutions, the order-timeout
+    ingress rule and its queue policy, the alarms.
+(d) security scanners on the transformed template: cfn-lint with AWS's serverless rules
+    (cfn-lint-serverless) and checkov, zero findings; every suppression sits next to its
+    resource in template.yaml with its reason, and the set of suppressions is pinned here.
+    checkov pins boto3, packaging and networkx below this project's pins, so it cannot share
+    .venv: it runs from its own pinned environment (CHECKOV_REQUIREMENTS), created on first
+    use inside the active virtual environment, or from the executable named by $CHECKOV.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cancellation.settings import QFPaySettings
 from cfnlint.api import lint
 from cfnlint.config import ManualArgs
 from samtranslator.translator.transform import transform
@@ -376,6 +385,7 @@ def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
     assert _granted(resources["CancelFunctionRole"]) == {
         "secretsmanager:GetSecretValue",
         "states:StartExecution",
+        "states:DescribeExecution",
         "events:PutEvents",
         "dynamodb:GetItem",
         "dynamodb:PutItem",
@@ -467,13 +477,26 @@ def test_parameters_and_defaults(sam: dict[str, Any]) -> None:
         "PollDeadlineSeconds": 900,
         "CancelBatchSize": 10,
         "CancelMaximumConcurrency": 2,
+        "PollMaximumConcurrency": 3,
         "CancelBatchingWindowSeconds": 1,
+        "OrderTimeoutEventSource": "shop.checkout",
+        "OrderTimeoutDetailType": "Order Timed Out",
+        "OrderTimeoutEventBusName": "default",
+        "AlarmTopicArn": "",
     }
     assert parameters["Stage"]["AllowedValues"] == ["dev", "staging", "prod"]
     assert parameters["CloseHttpMethod"]["AllowedValues"] == ["GET", "POST"]
     url_pattern = re.compile(parameters["QFPayBaseUrl"]["AllowedPattern"])
     assert url_pattern.fullmatch("https://openapi-hk.qfapi.com")
     assert not url_pattern.fullmatch("http://openapi-hk.qfapi.com")
+    topic_pattern = re.compile(parameters["AlarmTopicArn"]["AllowedPattern"])
+    assert topic_pattern.fullmatch("")
+    assert topic_pattern.fullmatch("arn:aws:sns:ap-east-1:123456789012:payments-oncall")
+    assert not topic_pattern.fullmatch("payments-oncall")
+    bus_pattern = re.compile(parameters["OrderTimeoutEventBusName"]["AllowedPattern"])
+    assert bus_pattern.fullmatch("default")
+    assert bus_pattern.fullmatch("shop-events")
+    assert not bus_pattern.fullmatch("arn:aws:events:ap-east-1:123456789012:event-bus/shop-events")
 
 
 def test_outputs_are_present(cfn: dict[str, Any]) -> None:
@@ -483,8 +506,11 @@ def test_outputs_are_present(cfn: dict[str, Any]) -> None:
         "OutcomeEventBusName",
         "CancellationStateMachineArn",
         "QFPayCredentialsSecretId",
+        "OrderTimeoutRuleArn",
+        "LoopUnknownOutcomeQueueUrl",
     }
     assert cfn["Outputs"]["OrderTimeoutQueueUrl"]["Value"] == {"Ref": "OrderTimeoutQueue"}
+    assert cfn["Outputs"]["OrderTimeoutRuleArn"]["Value"] == {"Fn::GetAtt": ["OrderTimeoutRule", "Arn"]}
     assert cfn["Outputs"]["OutcomeEventBusName"]["Value"] == {"Ref": "OutcomeEventBus"}
     assert cfn["Outputs"]["CancellationStateMachineArn"]["Value"] == {"Ref": "CancellationStateMachine"}
 
@@ -517,7 +543,12 @@ def test_definition_follows_the_contract(asl: dict[str, Any]) -> None:
         "ResultPath": "$.task_error",
         "Next": "ConcludeAfterTaskError",
     }
-    assert states[states["ConcludeAfterTaskError"]["Catch"][0]["Next"]]["Type"] == "Fail"
+    (conclude_catch,) = states["ConcludeAfterTaskError"]["Catch"]
+    assert conclude_catch == {
+        "ErrorEquals": ["States.ALL"],
+        "ResultPath": "$.conclude_error",
+        "Next": "DescribeBrokenLoop",
+    }
     assert states["EnquiryLoopBroken"]["Type"] == "Fail"
 
     choices = {c["StringEquals"]: c["Next"] for c in states["IsDecided"]["Choices"]}
@@ -554,6 +585,47 @@ def test_definition_follows_the_contract(asl: dict[str, Any]) -> None:
     assert states["NotConfirmedByDeadline"]["Error"] == "Cancellation.Unknown"
 
 
+OUTCOME_SCHEMA = ROOT / "events" / "schemas" / "payment-cancellation-outcome.schema.json"
+
+
+def test_a_broken_loop_still_publishes_an_unknown_outcome_with_every_field(asl: dict[str, Any]) -> None:
+    """The poll function failed twice: a Pass state describes the outcome from the state."""
+    states = asl["States"]
+    describe = states["DescribeBrokenLoop"]
+    assert describe["Type"] == "Pass"
+    assert describe["ResultPath"] == "$.outcome"
+    fields = {key.removesuffix(".$"): value for key, value in describe["Parameters"].items()}
+    schema = json.loads(OUTCOME_SCHEMA.read_text(encoding="utf-8"))
+    assert set(fields) == set(schema["required"]) == set(schema["properties"])
+    assert describe["Parameters"]["status"] == "UNKNOWN"
+    assert describe["Parameters"]["decided_by"] == "poll-loop"
+    assert describe["Parameters"]["decided_at.$"] == "$$.State.EnteredTime"
+    assert describe["Parameters"]["outcome_id.$"] == "$.outcome_id"
+    for name in ("out_trade_no", "syssn", "mchid", "pay_type", "txamt", "txcurrcd"):
+        assert describe["Parameters"][f"{name}.$"] == f"$.order.{name}"
+    for name in ("endpoint", "respcd", "resperr", "reversal_syssn", "attempts", "polls", "resent"):
+        assert describe["Parameters"][f"{name}.$"] == f"$.{name}"
+    assert "a person must look" in describe["Parameters"]["reason.$"]
+
+    # Then: status UNKNOWN, the UNKNOWN publish and caller path, and a Fail of its own.
+    mark = states[describe["Next"]]
+    assert mark == {
+        "Type": "Pass",
+        "Result": "UNKNOWN",
+        "ResultPath": "$.status",
+        "Next": "PublishUnknownOutcome",
+    }
+    assert states["PublishUnknownOutcome"]["Next"] == "HasCallerToken"
+    first_end_choice = states["EndByStatus"]["Choices"][0]
+    assert first_end_choice == {
+        "Variable": "$.conclude_error",
+        "IsPresent": True,
+        "Next": "EnquiryLoopBroken",
+    }
+    assert states["EnquiryLoopBroken"]["Error"] == "Cancellation.EnquiryLoopBroken"
+    assert "published" in states["EnquiryLoopBroken"]["Cause"]
+
+
 def test_globals(sam: dict[str, Any]) -> None:
     function = sam["Globals"]["Function"]
     assert function["Runtime"] == "python3.13"
@@ -576,3 +648,373 @@ def test_layer_build_finds_the_requirements(sam: dict[str, Any]) -> None:
     # sam build installs ContentUri/requirements.txt into the layer next to the package.
     content = TEMPLATE.parent / sam["Resources"]["CancellationLayer"]["Properties"]["ContentUri"]
     assert (content / "requirements.txt").is_file()
+
+
+# ------------------------------------------------------------------ ingress and alarms
+
+
+def test_order_timeout_events_are_routed_to_the_queue(cfn: dict[str, Any]) -> None:
+    rule = cfn["Resources"]["OrderTimeoutRule"]
+    assert rule["Type"] == "AWS::Events::Rule"
+    properties = rule["Properties"]
+    assert properties["EventBusName"] == {"Ref": "OrderTimeoutEventBusName"}
+    assert properties["EventPattern"] == {
+        "source": [{"Ref": "OrderTimeoutEventSource"}],
+        "detail-type": [{"Ref": "OrderTimeoutDetailType"}],
+    }
+    assert properties["State"] == "ENABLED"
+    (target,) = properties["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["OrderTimeoutQueue", "Arn"]}
+    # The whole event goes to the queue: the cancel function unwraps the EventBridge envelope.
+    assert not {"Input", "InputPath", "InputTransformer"} & set(target)
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["OrderTimeoutDeadLetterQueue", "Arn"]}}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] >= 3600
+
+
+def _queue_policy_statements(cfn: dict[str, Any], queue: str) -> list[dict[str, Any]]:
+    policies = [
+        policy["Properties"]
+        for policy in resources_of(cfn, "AWS::SQS::QueuePolicy").values()
+        if {"Ref": queue} in policy["Properties"]["Queues"]
+    ]
+    assert len(policies) == 1, f"{queue} must have exactly one policy (SQS keeps only one)"
+    return _statements(policies[0]["PolicyDocument"])
+
+
+@pytest.mark.parametrize(
+    ("queue", "rule"),
+    [
+        ("OrderTimeoutQueue", "OrderTimeoutRule"),
+        ("OrderTimeoutDeadLetterQueue", "OrderTimeoutRule"),  # the rule target's DLQ
+        ("LoopUnknownOutcomeQueue", "LoopUnknownOutcomeRule"),
+    ],
+)
+def test_queue_policies_deny_plain_http_and_let_only_the_rule_send(
+    cfn: dict[str, Any], queue: str, rule: str
+) -> None:
+    statements = _queue_policy_statements(cfn, queue)
+    queue_arn = {"Fn::GetAtt": [queue, "Arn"]}
+    deny = [s for s in statements if s["Effect"] == "Deny"]
+    assert len(deny) == 1
+    assert deny[0]["Principal"] == "*"
+    assert deny[0]["Action"] == "sqs:*"
+    assert queue_arn in _as_list(deny[0]["Resource"])
+    assert deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+    allow = [s for s in statements if s["Effect"] == "Allow"]
+    assert len(allow) == 1
+    assert allow[0]["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow[0]["Action"] == "sqs:SendMessage"
+    assert queue_arn in _as_list(allow[0]["Resource"])
+    assert allow[0]["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule, "Arn"]}}}
+
+
+def test_the_ingress_policy_keeps_its_logical_id(sam: dict[str, Any]) -> None:
+    # Renaming a queue policy makes CloudFormation create the new one and then delete the old,
+    # which empties the queue's (single) policy: the original logical id stays.
+    policy = sam["Resources"]["OrderTimeoutQueuesTlsOnlyPolicy"]
+    assert policy["Type"] == "AWS::SQS::QueuePolicy"
+    assert policy["Properties"]["Queues"] == [
+        {"Ref": "OrderTimeoutQueue"},
+        {"Ref": "OrderTimeoutDeadLetterQueue"},
+    ]
+
+
+def test_the_loop_unknown_rule_matches_only_the_loops_unknown_outcomes(cfn: dict[str, Any]) -> None:
+    properties = cfn["Resources"]["LoopUnknownOutcomeRule"]["Properties"]
+    assert properties["EventBusName"] == {"Ref": "OutcomeEventBus"}
+    assert properties["EventPattern"] == {
+        "source": ["qfpay.cancellation"],
+        "detail-type": ["Payment Cancellation Outcome"],
+        "detail": {"status": ["UNKNOWN"], "decided_by": ["poll-loop"]},
+    }
+    (target,) = properties["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["LoopUnknownOutcomeQueue", "Arn"]}
+
+
+ALARMS = {
+    "OrderTimeoutDeadLetterQueueAlarm",
+    "UnknownOutcomeAlarm",
+    "CancellationStateMachineFailedAlarm",
+    "SignatureRejectedAlarm",
+    "CancelFunctionErrorsAlarm",
+}
+ALARM_ACTION = {"Fn::If": ["NotifyAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+
+
+def _alarm(cfn: dict[str, Any], name: str) -> dict[str, Any]:
+    properties: dict[str, Any] = cfn["Resources"][name]["Properties"]
+    return properties
+
+
+def test_every_alarm_fires_on_the_first_occurrence_and_notifies_the_optional_topic(
+    cfn: dict[str, Any],
+) -> None:
+    assert set(resources_of(cfn, "AWS::CloudWatch::Alarm")) == ALARMS
+    assert cfn["Conditions"]["NotifyAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
+    }
+    for name in ALARMS:
+        alarm = _alarm(cfn, name)
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold", name
+        assert alarm["Threshold"] == 0, name
+        assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 1, name
+        assert alarm["TreatMissingData"] == "notBreaching", name
+        assert alarm["AlarmActions"] == alarm["OKActions"] == ALARM_ACTION, name
+        assert len(alarm["AlarmDescription"]) > 40, f"{name}: say what to do"
+
+
+def _single_metric(alarm: dict[str, Any]) -> tuple[str, str, dict[str, Any], str]:
+    dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+    return alarm["Namespace"], alarm["MetricName"], dimensions, alarm["Statistic"]
+
+
+def test_dead_letter_queue_alarm(cfn: dict[str, Any]) -> None:
+    assert _single_metric(_alarm(cfn, "OrderTimeoutDeadLetterQueueAlarm")) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        {"QueueName": {"Fn::GetAtt": ["OrderTimeoutDeadLetterQueue", "QueueName"]}},
+        "Maximum",
+    )
+
+
+def _powertools(sam: dict[str, Any]) -> tuple[str, str]:
+    variables = sam["Globals"]["Function"]["Environment"]["Variables"]
+    return variables["POWERTOOLS_METRICS_NAMESPACE"], variables["POWERTOOLS_SERVICE_NAME"]
+
+
+def test_unknown_outcome_alarm_counts_both_deciders(sam: dict[str, Any], cfn: dict[str, Any]) -> None:
+    namespace, service = _powertools(sam)
+    metrics = {m["Id"]: m for m in _alarm(cfn, "UnknownOutcomeAlarm")["Metrics"]}
+    returned = [m for m in metrics.values() if m.get("ReturnData", True)]
+    assert len(returned) == 1
+    expression = returned[0]["Expression"]
+    stats = {m["Id"]: m["MetricStat"] for m in metrics.values() if "MetricStat" in m}
+    assert set(stats) == {"cancelfunction", "loop"}
+    assert all(f"FILL({name}, 0)" in expression for name in stats)
+
+    # The cancel function's Powertools metric: one per UNKNOWN outcome it decides.
+    cancel = stats["cancelfunction"]
+    assert cancel["Metric"] == {
+        "Namespace": namespace,
+        "MetricName": "OutcomeUnknown",
+        "Dimensions": [{"Name": "service", "Value": service}],
+    }
+    # The state machine's: MatchedEvents of the rule on the outcome bus (a custom bus reports
+    # with EventBusName and RuleName; the name is the last part of the rule's ARN).
+    loop = stats["loop"]
+    assert loop["Metric"]["Namespace"] == "AWS/Events"
+    assert loop["Metric"]["MetricName"] == "MatchedEvents"
+    dimensions = {d["Name"]: d["Value"] for d in loop["Metric"]["Dimensions"]}
+    assert dimensions == {
+        "EventBusName": {"Ref": "OutcomeEventBus"},
+        "RuleName": {
+            "Fn::Select": [2, {"Fn::Split": ["/", {"Fn::GetAtt": ["LoopUnknownOutcomeRule", "Arn"]}]}]
+        },
+    }
+    assert cancel["Stat"] == loop["Stat"] == "Sum"
+    assert cancel["Period"] == loop["Period"]
+
+
+def test_failed_executions_alarm(cfn: dict[str, Any]) -> None:
+    assert _single_metric(_alarm(cfn, "CancellationStateMachineFailedAlarm")) == (
+        "AWS/States",
+        "ExecutionsFailed",
+        {"StateMachineArn": {"Ref": "CancellationStateMachine"}},
+        "Sum",
+    )
+
+
+def test_signature_rejected_alarm(sam: dict[str, Any], cfn: dict[str, Any]) -> None:
+    namespace, service = _powertools(sam)
+    assert _single_metric(_alarm(cfn, "SignatureRejectedAlarm")) == (
+        namespace,
+        "SignatureRejected",
+        {"service": service},
+        "Sum",
+    )
+
+
+def test_cancel_function_errors_alarm(cfn: dict[str, Any]) -> None:
+    assert _single_metric(_alarm(cfn, "CancelFunctionErrorsAlarm")) == (
+        "AWS/Lambda",
+        "Errors",
+        {"FunctionName": {"Ref": "CancelFunction"}},
+        "Sum",
+    )
+
+
+def test_the_metric_names_the_alarms_use_are_the_ones_the_code_publishes() -> None:
+    layer = ROOT / "layers" / "cancellation" / "python" / "cancellation"
+    service = (layer / "service.py").read_text(encoding="utf-8")
+    assert 'count("SignatureRejected")' in service
+    # OutcomeUnknown is built from the status: "Outcome" + "UNKNOWN".title().
+    assert """count(f"Outcome{detail['status'].title().replace('_', '')}")""" in service
+    assert "Outcome" + "UNKNOWN".title().replace("_", "") == "OutcomeUnknown"
+
+
+# ------------------------------------------------------------------ (d) security scanners
+
+SERVERLESS_RULES = "cfn_lint_serverless.rules"
+
+
+def _serverless_lint(template: dict[str, Any]) -> list[Any]:
+    config = ManualArgs(regions=LINT_REGIONS, include_checks=["I"], append_rules=[SERVERLESS_RULES])
+    return list(lint(json.dumps(template, indent=1), config=config))
+
+
+def test_transformed_template_passes_the_serverless_rules(cfn: dict[str, Any]) -> None:
+    assert _findings(_serverless_lint(cfn)) == []
+
+
+def test_serverless_rules_are_loaded_and_can_fail(cfn: dict[str, Any]) -> None:
+    broken = copy.deepcopy(cfn)
+    del broken["Resources"]["CancelFunction"]["Properties"]["TracingConfig"]  # WS1000
+    del broken["Resources"]["OrderTimeoutRule"]["Properties"]["Targets"][0]["DeadLetterConfig"]  # ES4000
+    ids = {m.rule.id for m in _serverless_lint(broken)}
+    assert {"WS1000", "ES4000"} <= ids
+
+
+# Where template.yaml silences a cfn-lint rule, and why (the reasons are next to the resources).
+CFN_LINT_IGNORES = {
+    None: {"ES1001"},  # template-wide: SAM's generated SQS event source mapping
+    "OrderTimeoutDeadLetterQueue": {"ES6000"},
+    "LoopUnknownOutcomeQueue": {"ES6000"},
+    "LoopUnknownOutcomeRule": {"ES4000"},
+    "CancelFunction": {"WS1004"},
+    "PollFunction": {"WS1004"},
+}
+
+
+def test_cfn_lint_suppressions_are_the_known_ones(cfn: dict[str, Any]) -> None:
+    found: dict[str | None, set[str]] = {}
+    template_level = cfn.get("Metadata", {}).get("cfn-lint", {}).get("config", {}).get("ignore_checks")
+    if template_level:
+        found[None] = set(template_level)
+    for name, resource in cfn["Resources"].items():
+        ignored = resource.get("Metadata", {}).get("cfn-lint", {}).get("config", {}).get("ignore_checks")
+        if ignored:
+            found[name] = set(ignored)
+    assert found == CFN_LINT_IGNORES
+
+
+def test_the_template_wide_es1001_ignore_only_covers_sqs_event_sources(cfn: dict[str, Any]) -> None:
+    mappings = resources_of(cfn, "AWS::Lambda::EventSourceMapping")
+    assert mappings
+    for name, mapping in mappings.items():
+        source = mapping["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
+        assert cfn["Resources"][source]["Type"] == "AWS::SQS::Queue", name
+
+
+CHECKOV_SKIPS = {
+    ("CKV_AWS_27", "OrderTimeoutQueue"),  # SSE-SQS, not KMS
+    ("CKV_AWS_27", "OrderTimeoutDeadLetterQueue"),
+    ("CKV_AWS_27", "LoopUnknownOutcomeQueue"),
+    ("CKV_AWS_149", "QFPayCredentialsSecret"),  # AWS managed key
+    ("CKV_AWS_119", "IdempotencyTable"),  # AWS managed key
+    ("CKV_AWS_116", "CancelFunction"),  # no async invocations: no Lambda DLQ
+    ("CKV_AWS_116", "PollFunction"),
+    ("CKV_AWS_117", "CancelFunction"),  # no VPC: QFPay is on the internet
+    ("CKV_AWS_117", "PollFunction"),
+    ("CKV_AWS_115", "CancelFunction"),  # concurrency bounded by the event source mapping
+    ("CKV_AWS_173", "CancelFunction"),  # no secret in the environment
+    ("CKV_AWS_173", "PollFunction"),
+}
+
+
+def _checkov_executable() -> Path:
+    """$CHECKOV, or checkov in its pinned environment (.venv/checkov, built by `make`)."""
+    configured = os.environ.get("CHECKOV")
+    executable = Path(configured) if configured else ROOT / ".venv" / "checkov" / "bin" / "checkov"
+    if not executable.is_file():
+        pytest.fail(f"checkov not found at {executable}: run `make install` (or set $CHECKOV)")
+    return executable
+
+
+def _break_for_checkov(cfn: dict[str, Any]) -> dict[str, Any]:
+    """A copy with an unencrypted log group kept forever and the queues' skips removed."""
+    broken = copy.deepcopy(cfn)
+    group = broken["Resources"]["CancelFunctionLogGroup"]["Properties"]
+    del group["KmsKeyId"], group["RetentionInDays"]
+    for name in ("OrderTimeoutQueue", "OrderTimeoutDeadLetterQueue"):
+        broken["Resources"][name].pop("Metadata", None)
+    return broken
+
+
+@pytest.fixture(scope="module")
+def checkov(cfn: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """checkov's JSON report for the transformed template and for a broken copy (one run)."""
+    executable = _checkov_executable()
+    folder = tmp_path_factory.mktemp("checkov")
+    files = {"template": folder / "template.json", "broken": folder / "broken.json"}
+    files["template"].write_text(json.dumps(cfn, indent=1), encoding="utf-8")
+    files["broken"].write_text(json.dumps(_break_for_checkov(cfn), indent=1), encoding="utf-8")
+    command = [str(executable), "--framework", "cloudformation", "--output", "json", "--skip-download"]
+    for path in files.values():
+        command += ["--file", str(path)]
+    # --skip-download: never call Prisma Cloud (no network is needed or used).
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=folder)  # noqa: S603
+    if result.returncode not in (0, 1):
+        pytest.fail(f"checkov crashed ({result.returncode}): {result.stderr[-3000:]}")
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (cloudformation,) = [r for r in reports if r["check_type"] == "cloudformation"]
+    by_file: dict[str, dict[str, Any]] = {key: {"failed": [], "skipped": [], "passed": []} for key in files}
+    names = {path.name: key for key, path in files.items()}
+    for kind in ("failed", "skipped", "passed"):
+        for check in cloudformation["results"][f"{kind}_checks"]:
+            by_file[names[Path(check["file_path"]).name]][kind].append(check)
+    assert cloudformation["summary"]["parsing_errors"] == 0
+    return by_file
+
+
+def _resource_name(check: dict[str, Any]) -> str:
+    return str(check["resource"]).rsplit(".", 1)[-1]
+
+
+def test_checkov_finds_nothing_in_the_transformed_template(checkov: dict[str, dict[str, Any]]) -> None:
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in checkov["template"]["failed"]]
+    assert failed == []
+    assert len(checkov["template"]["passed"]) > 30
+
+
+def test_checkov_suppressions_are_the_known_ones_and_explained(checkov: dict[str, dict[str, Any]]) -> None:
+    skipped = checkov["template"]["skipped"]
+    assert {(c["check_id"], _resource_name(c)) for c in skipped} == CHECKOV_SKIPS
+    for check in skipped:
+        comment = check["check_result"].get("suppress_comment") or ""
+        assert len(comment) > 40, f"{check['check_id']} on {check['resource']} needs its reason"
+
+
+def test_checkov_can_fail(checkov: dict[str, dict[str, Any]]) -> None:
+    failed = {(c["check_id"], _resource_name(c)) for c in checkov["broken"]["failed"]}
+    assert ("CKV_AWS_27", "OrderTimeoutQueue") in failed
+    assert ("CKV_AWS_158", "CancelFunctionLogGroup") in failed  # not encrypted with KMS
+    assert ("CKV_AWS_66", "CancelFunctionLogGroup") in failed  # no retention
+
+
+def test_every_queue_log_group_and_table_is_encrypted_and_logs_expire(cfn: dict[str, Any]) -> None:
+    queues = resources_of(cfn, "AWS::SQS::Queue")
+    assert set(queues) == {"OrderTimeoutQueue", "OrderTimeoutDeadLetterQueue", "LoopUnknownOutcomeQueue"}
+    for name, queue in queues.items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
+    for name, group in resources_of(cfn, "AWS::Logs::LogGroup").items():
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["LogEncryptionKey", "Arn"]}, name
+        assert group["Properties"]["RetentionInDays"] == {
+            "Fn::FindInMap": ["StageSettings", {"Ref": "Stage"}, "LogRetentionDays"]
+        }, name
+    for table in resources_of(cfn, "AWS::DynamoDB::Table").values():
+        assert table["Properties"]["SSESpecification"] == {"SSEEnabled": True}
+
+
+def test_the_poll_function_reserves_its_concurrency_for_the_rate_limit(sam: dict[str, Any]) -> None:
+    """Containers calling QFPay are bounded: cancel by the SQS mapping, poll by reserved concurrency."""
+    poll = sam["Resources"]["PollFunction"]["Properties"]
+    assert poll["ReservedConcurrentExecutions"] == {"Ref": "PollMaximumConcurrency"}
+    defaults = {name: p.get("Default") for name, p in sam["Parameters"].items()}
+    containers = defaults["CancelMaximumConcurrency"] + defaults["PollMaximumConcurrency"]
+    # The functions' per-container defaults times the containers stay under QFPay's 100/s, 400/min.
+    fields = QFPaySettings.__dataclass_fields__
+    assert containers * fields["max_requests_per_second"].default <= 100
+    assert containers * fields["max_requests_per_minute"].default <= 400

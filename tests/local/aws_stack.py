@@ -13,6 +13,10 @@ template.yaml itself and creates, with plain boto3 clients, what the template de
   resolved to the local resources and the Parameters' defaults), each also registered with
   ``tests.local.lambda_runtime.register_function`` so our real handler runs for it;
 * the state machine from its ``DefinitionUri`` with ``DefinitionSubstitutions`` applied;
+* the EventBridge rules: ``OrderTimeoutRule`` (other services' order-timeout events -> the
+  queue, on the bus named by ``OrderTimeoutEventBusName``, with the template's pattern, retry
+  policy and dead-letter queue) and ``LoopUnknownOutcomeRule`` (the loop's UNKNOWN outcomes ->
+  ``LoopUnknownOutcomeQueue``), and the template's queue policies (moto does not enforce them);
 * an "outcome observer": an EventBridge rule on the bus (``source: qfpay.cancellation``) that
   targets an SQS queue, read back with :meth:`Stack.read_outcomes`.
 
@@ -51,6 +55,9 @@ TABLE_ID = "IdempotencyTable"
 CANCEL_ID = "CancelFunction"
 POLL_ID = "PollFunction"
 STATE_MACHINE_ID = "CancellationStateMachine"
+INGRESS_RULE_ID = "OrderTimeoutRule"
+LOOP_UNKNOWN_RULE_ID = "LoopUnknownOutcomeRule"
+LOOP_UNKNOWN_QUEUE_ID = "LoopUnknownOutcomeQueue"
 
 # CloudFormation AWS::SQS::Queue properties that are SQS queue attributes of the same name.
 _SQS_ATTRIBUTES = (
@@ -110,6 +117,14 @@ class Stack:
     outcome_queue_url: str
     outcome_queue_arn: str
     outcome_rule_name: str
+    # OrderTimeoutRule: where other services put order-timeout events, and what it matches.
+    ingress_bus_name: str
+    ingress_rule_name: str
+    ingress_rule_arn: str
+    ingress_event_pattern: dict[str, Any]
+    # LoopUnknownOutcomeRule and the queue it copies the loop's UNKNOWN outcomes to.
+    loop_unknown_rule_name: str
+    loop_unknown_queue_url: str
     _sqs: Any = field(repr=False, compare=False, default=None)
 
     @property
@@ -294,6 +309,11 @@ def _parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
     return defaults
 
 
+def _bus_name(bus: str) -> str:
+    """The name of an event bus given by name or ARN."""
+    return bus.rsplit("/", 1)[-1] if bus.startswith("arn:") else bus
+
+
 def _queue_attributes(resolver: _Resolver, properties: Mapping[str, Any]) -> dict[str, str]:
     attributes: dict[str, str] = {}
     for name in _SQS_ATTRIBUTES:
@@ -362,6 +382,57 @@ def _state_machine_definition(template_dir: Path, properties: Mapping[str, Any],
     return definition
 
 
+def _create_rule(
+    template: Mapping[str, Any], logical_id: str, resolver: _Resolver, events: Any, name: str
+) -> dict[str, Any]:
+    """One AWS::Events::Rule with an event pattern, and its targets, as the template declares them."""
+    properties = resolver.resolve(_resource(template, logical_id, "AWS::Events::Rule")["Properties"])
+    bus_name = _bus_name(str(properties.get("EventBusName", "default")))
+    if bus_name != "default":
+        try:
+            events.describe_event_bus(Name=bus_name)
+        except events.exceptions.ResourceNotFoundException:
+            events.create_event_bus(Name=bus_name)
+    pattern: dict[str, Any] = properties["EventPattern"]
+    arn = events.put_rule(
+        Name=name,
+        EventBusName=bus_name,
+        EventPattern=json.dumps(pattern),
+        State=properties.get("State", "ENABLED"),
+        Description=properties.get("Description", ""),
+    )["RuleArn"]
+    # On a custom bus, CloudFormation's Ref of a rule is "bus|rule".
+    resolver.resources[logical_id] = {
+        "Ref": name if bus_name == "default" else f"{bus_name}|{name}",
+        "Arn": arn,
+    }
+    targets = [
+        {
+            key: target[key]
+            for key in ("Id", "Arn", "RetryPolicy", "DeadLetterConfig", "Input", "InputPath")
+            if key in target
+        }
+        for target in properties.get("Targets", [])
+    ]
+    if targets:
+        answer = events.put_targets(Rule=name, EventBusName=bus_name, Targets=targets)
+        if answer.get("FailedEntryCount"):
+            raise StackTemplateError(f"{logical_id}: targets failed: {answer['FailedEntries']}")
+    return {"name": name, "arn": arn, "bus_name": bus_name, "pattern": pattern}
+
+
+def _apply_queue_policy(
+    logical_id: str, properties: Mapping[str, Any], resolver: _Resolver, sqs: Any
+) -> None:
+    """An AWS::SQS::QueuePolicy: its document becomes the Policy attribute of each of its queues."""
+    document = json.dumps(resolver.resolve(properties["PolicyDocument"]))
+    queues = resolver.resolve(properties.get("Queues", []))
+    if not queues:
+        raise StackTemplateError(f"{logical_id} names no queue")
+    for url in queues:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": document})
+
+
 def _register_with_lambda_runtime(
     function_name: str, code_dir: Path, handler: str, environment: dict[str, str]
 ) -> None:
@@ -385,11 +456,15 @@ def create_stack(
     env_overrides: dict[str, str] | None = None,
     visibility_timeout: int | None = None,
     stack_name: str = "qfpay-cancel-local",
+    parameters: dict[str, str] | None = None,
 ) -> Stack:
     """Create the template's resources with boto3 and register our handlers; see the module doc.
 
     ``qfpay_base_url`` replaces ``QFPAY_BASE_URL`` of both functions, then ``env_overrides`` is
     applied to both. ``visibility_timeout`` replaces the queue's (local runs want it short).
+    ``parameters`` replaces template Parameters' defaults (like ``sam deploy
+    --parameter-overrides``); an event bus named by ``OrderTimeoutEventBusName`` that does not
+    exist yet is created (it belongs to the producers, not to the template).
     """
     template_path = Path(template_path)
     template = load_template(template_path)
@@ -411,9 +486,14 @@ def create_stack(
     account_id = str(client("sts").get_caller_identity()["Account"])
     partition = session.get_partition_for_region(region)
 
+    parameter_values = _parameter_defaults(template)
+    unknown = set(parameters or {}) - set(parameter_values)
+    if unknown:
+        raise StackTemplateError(f"no such template parameters: {sorted(unknown)}")
+    parameter_values.update(parameters or {})
     resolver = _Resolver(
         template,
-        _parameter_defaults(template),
+        parameter_values,
         {
             "AWS::StackName": stack_name,
             "AWS::Region": region,
@@ -452,6 +532,16 @@ def create_stack(
     bus_name = resolver.scalar(bus_properties["Name"])
     bus_arn = events.create_event_bus(Name=bus_name)["EventBusArn"]
     resolver.resources[BUS_ID] = {"Ref": bus_name, "Arn": bus_arn, "Name": bus_name}
+
+    # EventBridge rules and what they deliver to; then the queue policies naming the rules.
+    create_queue(LOOP_UNKNOWN_QUEUE_ID, None)
+    ingress = _create_rule(template, INGRESS_RULE_ID, resolver, events, local_name(INGRESS_RULE_ID))
+    loop_unknown = _create_rule(
+        template, LOOP_UNKNOWN_RULE_ID, resolver, events, local_name(LOOP_UNKNOWN_RULE_ID)
+    )
+    for logical_id, resource in template.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::SQS::QueuePolicy":
+            _apply_queue_policy(logical_id, resource.get("Properties", {}), resolver, sqs)
 
     # Credentials. The template creates this secret only without ExistingQFPaySecretArn; a
     # local run always has its own, so it is created whatever the condition says.
@@ -645,5 +735,11 @@ def create_stack(
         outcome_queue_url=observer_url,
         outcome_queue_arn=observer_arn,
         outcome_rule_name=observer_name,
+        ingress_bus_name=ingress["bus_name"],
+        ingress_rule_name=ingress["name"],
+        ingress_rule_arn=ingress["arn"],
+        ingress_event_pattern=ingress["pattern"],
+        loop_unknown_rule_name=loop_unknown["name"],
+        loop_unknown_queue_url=resolver.resources[LOOP_UNKNOWN_QUEUE_ID]["QueueUrl"],
         _sqs=sqs,
     )

@@ -4,7 +4,8 @@
 every boto3 client of this process at it through the standard ``AWS_ENDPOINT_URL``. It
 switches on moto's Step Functions interpreter (real ASL executions) and its Docker-free
 Lambda, and installs :mod:`tests.local.lambda_runtime` so that invoking a registered
-function runs our real handler in-process. The server runs in this process, so the patch
+function runs our real handler in-process (and :mod:`tests.local.moto_fixes`, so that task
+tokens are answered as AWS does). The server runs in this process, so the patch
 applies to requests from any client, including the one the ASL interpreter makes itself
 (which goes to ``http://localhost:$MOTO_PORT``).
 
@@ -35,7 +36,7 @@ from typing import Any
 from moto.core.config import default_user_config
 from moto.server import ThreadedMotoServer
 
-from tests.local import lambda_runtime
+from tests.local import lambda_runtime, moto_fixes
 
 __all__ = ["ACCOUNT_ID", "DEFAULT_REGION", "MOTO_CONFIG", "LocalAws"]
 
@@ -123,6 +124,7 @@ class LocalAws:
             self._post("/moto-api/config", MOTO_CONFIG)
             if not lambda_runtime.is_installed():
                 lambda_runtime.install()
+                moto_fixes.install()
                 self._installed_hook = True
         except BaseException:
             self.stop()
@@ -141,6 +143,7 @@ class LocalAws:
             server.stop()
             if self._installed_hook:
                 lambda_runtime.uninstall()
+                moto_fixes.uninstall()
                 self._installed_hook = False
             lambda_runtime.unregister_all()
             lambda_runtime.clear_invocations()

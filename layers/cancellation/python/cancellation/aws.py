@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cancellation.outcomes import (
@@ -80,6 +81,22 @@ class EnquiryLoopStarter:
             return False
         return True
 
+    def result(self, name: str) -> LoopResult:
+        """Where the loop of that name stands; its outcome once it has decided."""
+        prefix, _, machine = self._arn.rpartition(":stateMachine:")
+        answer = self._sfn().describe_execution(executionArn=f"{prefix}:execution:{machine}:{name}")
+        output = json.loads(answer.get("output") or "null")
+        outcome = output.get("outcome") if isinstance(output, dict) else None
+        return LoopResult(answer["status"], outcome, answer.get("error"), answer.get("cause"))
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    status: str  # RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED
+    outcome: dict[str, Any] | None
+    error: str | None
+    cause: str | None
+
 
 class CallerNotifier:
     """Answers a Step Functions caller that sent the order with a task token."""
@@ -88,18 +105,24 @@ class CallerNotifier:
         self._sfn = stepfunctions or LazyClient("stepfunctions")
 
     def notify(self, task_token: str, detail: dict[str, Any]) -> bool:
-        """False if the caller is gone (token expired or invalid): the outcome is published anyway."""
-        client = self._sfn()
+        """Answer with an outcome. False if the caller is gone (token expired or invalid): the
+        outcome is published anyway."""
         status = Status(detail["status"])
+        if status in CALLER_SUCCESS_STATUSES:
+            return self._send(
+                lambda sfn: sfn.send_task_success(taskToken=task_token, output=json.dumps(detail))
+            )
+        return self.fail(task_token, CALLER_ERRORS[status], detail["reason"])
+
+    def fail(self, task_token: str, error: str, cause: str) -> bool:
+        return self._send(
+            lambda sfn: sfn.send_task_failure(taskToken=task_token, error=error, cause=cause[:32768])
+        )
+
+    def _send(self, call: Callable[[Any], Any]) -> bool:
+        client = self._sfn()
         try:
-            if status in CALLER_SUCCESS_STATUSES:
-                client.send_task_success(taskToken=task_token, output=json.dumps(detail))
-            else:
-                client.send_task_failure(
-                    taskToken=task_token,
-                    error=CALLER_ERRORS[status],
-                    cause=detail["reason"][:32768],
-                )
+            call(client)
         except (
             client.exceptions.TaskDoesNotExist,
             client.exceptions.TaskTimedOut,

@@ -7,6 +7,7 @@ or ``=`` would otherwise smuggle extra parameters into what is signed.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -17,7 +18,8 @@ CURRENCIES = frozenset(
 )
 MAX_TXAMT = 10**12  # cents; far above any real payment, below anything that overflows downstream
 MAX_BODY_BYTES = 256 * 1024  # the SQS message size limit
-MAX_ENVELOPE_DEPTH = 3  # e.g. EventBridge -> SNS -> SQS
+MAX_ENVELOPE_DEPTH = 3
+MAX_INT_DIGITS = 4000  # e.g. EventBridge -> SNS -> SQS
 
 # QFPay's own numbering is alphanumeric; merchants' out_trade_no also uses a few separators.
 _TEXT_FIELDS: dict[str, tuple[re.Pattern[str], str]] = {
@@ -58,7 +60,7 @@ class Order:
     @property
     def identity(self) -> str:
         """mchid + (out_trade_no, or syssn when there is none): what makes two messages one order."""
-        # '=' and '|' never pass validation, so the two forms cannot collide.
+        # '=' never passes validation in any field, and '|' never in mchid: the forms cannot collide.
         if self.out_trade_no:
             return f"{self.mchid or ''}|out_trade_no={self.out_trade_no}"
         return f"{self.mchid or ''}|syssn={self.syssn}"
@@ -137,6 +139,9 @@ def _txamt(value: Any, problems: list[str]) -> int | None:
         return None
     if isinstance(value, str) and _TXAMT_DIGITS.fullmatch(value):
         value = int(value)
+    if value == math.inf:  # a JSON integer too long to read (see _parse_int)
+        problems.append(f"txamt must be between 1 and {MAX_TXAMT} cents")
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         problems.append(f"txamt must be an integer number of cents, got {_kind(value)}")
         return None
@@ -163,9 +168,17 @@ def _txdtm(value: Any, problems: list[str]) -> str | None:
 
 def _loads(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        return json.loads(text, parse_int=_parse_int)
+    except RecursionError:
+        raise InvalidOrder(f"{what} nests JSON deeper than this service reads (about 900 levels)") from None
+    except ValueError:
         raise InvalidOrder(f"{what} is not valid JSON") from None
+
+
+def _parse_int(digits: str) -> int | float:
+    # Python refuses to convert integers of more than 4300 digits; JSON allows them. Such a number
+    # is read as infinity: an unknown field holding one is still ignored, and txamt is rejected.
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else math.inf
 
 
 def _kind(value: Any) -> str:

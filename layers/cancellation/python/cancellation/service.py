@@ -9,6 +9,7 @@ by SQS and replays the stored decision, so QFPay is never asked to cancel twice 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import random
 import time
@@ -107,6 +108,13 @@ class CancelService:
             config=self.idempotency,
             key_prefix="cancel-delivery",
         )
+        self._answer = idempotent_function(
+            self._answer_caller,
+            data_keyword_argument="request",
+            persistence_store=self._persistence(),
+            config=self.idempotency,
+            key_prefix="cancel-caller",
+        )
         self._slots: asyncio.Semaphore | None = None
 
     def _persistence(self) -> DynamoDBPersistenceLayer:
@@ -145,15 +153,10 @@ class CancelService:
         }
         try:
             decision = self._decide(request=request)
-            return str(
-                self._deliver(
-                    request={
-                        "order_key": order.identity,
-                        "decision": decision,
-                        "order": request["order"],
-                    }
-                )
-            )
+            status = str(self._deliver(request={"order_key": order.identity, "decision": decision}))
+            if order.task_token:
+                self._answer(request=_caller_request(order.identity, order.task_token, decision))
+            return status
         except RetryLater as exc:
             count("QFPayRetryLater")
             self._back_off(record, receive_count, throttled=exc.throttled)
@@ -201,10 +204,6 @@ class CancelService:
             logger.info("cancellation in progress: handed to the enquiry loop", extra={"started": started})
             return "IN_PROGRESS"
         detail = decision["outcome"]
-        self._publish(detail, request["order"].get("task_token"))
-        return str(detail["status"])
-
-    def _publish(self, detail: dict[str, Any], task_token: str | None) -> None:
         self.deps.publisher.publish(detail)
         count(f"Outcome{detail['status'].title().replace('_', '')}")
         logger.info(
@@ -215,8 +214,25 @@ class CancelService:
                 "reason": detail["reason"],
             },
         )
-        if task_token:
-            self.deps.notifier.notify(task_token, detail)
+        return str(detail["status"])
+
+    def _answer_caller(self, request: dict[str, Any]) -> bool:
+        """Answer one Step Functions caller, once per task token: every caller of an order hears
+        its outcome, not only the first one."""
+        token, decision = request["task_token"], request["decision"]
+        if "outcome" in decision:
+            return self.deps.notifier.notify(token, decision["outcome"])
+        handoff = decision["handoff"]
+        if handoff["input"]["order"].get("task_token") == token:
+            return True  # the loop answers the caller whose message started it
+        loop = self.deps.loop_starter.result(handoff["name"])
+        if loop.outcome is not None:
+            return self.deps.notifier.notify(token, loop.outcome)
+        if loop.status == "RUNNING":
+            # Explicit, so the caller can retry later; a later message gets the decided outcome.
+            cause = "another message for this order is being decided by the enquiry loop; retry later"
+            return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
+        return self.deps.notifier.fail(token, loop.error or "Cancellation.Unknown", loop.cause or loop.status)
 
     def _reject(self, record: SQSRecord, invalid: InvalidOrder) -> str:
         ids = invalid.identifiers
@@ -230,12 +246,11 @@ class CancelService:
         )
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
-        request = {
-            "order_key": f"rejected:{detail['outcome_id']}",
-            "decision": {"outcome": detail},
-            "order": {"task_token": ids.get("task_token")},
-        }
-        return str(self._deliver(request=request))
+        key = f"rejected:{detail['outcome_id']}"
+        status = str(self._deliver(request={"order_key": key, "decision": {"outcome": detail}}))
+        if ids.get("task_token"):
+            self._answer(request=_caller_request(key, ids["task_token"], {"outcome": detail}))
+        return status
 
     def _back_off(self, record: SQSRecord, receive_count: int, *, throttled: bool) -> None:
         """Exponential backoff with full jitter, by receive count; QFPay's 429 backs off harder."""
@@ -246,3 +261,9 @@ class CancelService:
             self.deps.redelivery.delay(record.event_source_arn, record.receipt_handle, delay)
         except Exception:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
+
+
+def _caller_request(order_key: str, task_token: str, decision: dict[str, Any]) -> dict[str, Any]:
+    # Keyed by order and caller; the token itself is not a secret but is long, so it is hashed.
+    caller = hashlib.sha256(task_token.encode("utf-8")).hexdigest()
+    return {"order_key": f"{order_key}|caller={caller}", "task_token": task_token, "decision": decision}

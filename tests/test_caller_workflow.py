@@ -1,0 +1,229 @@
+"""The example caller workflow (statemachine/examples/order_cancellation_caller.asl.json).
+
+Another team's Step Functions workflow sends an order to our queue with
+``sqs:sendMessage.waitForTaskToken`` and waits for our answer. Here it runs in moto against the
+whole local pipeline (our real handlers, the QFPay stand-in, SQS delivery): the cancel function
+or the enquiry loop answers its task token, and the caller ends with the outcome, or its Catch
+sees ``Cancellation.Rejected`` / ``Cancellation.Unknown``.
+
+moto 5.2.5 needs two fixes for this, both about answering a task token, not about our code;
+``tests/local/moto_fixes.py`` describes them and the local AWS installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import jsonschema
+import pytest
+
+from tests.conftest import PipelineFactory
+from tests.local import lambda_runtime
+from tests.local.pipeline import Pipeline
+from tests.local.qfpay_standin import Transaction
+from tests.test_template import _validate_asl
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CALLER_ASL = ROOT / "statemachine" / "examples" / "order_cancellation_caller.asl.json"
+EVENTS = ROOT / "events"
+SCHEMA = json.loads((EVENTS / "schemas" / "payment-cancellation-outcome.schema.json").read_text())
+# Every field of an order-timeout message but task_token (docs/contracts.md): the caller's input.
+ORDER_FIELDS = ("out_trade_no", "syssn", "txamt", "txdtm", "pay_type", "mchid", "udid", "txcurrcd")
+
+BROKEN_POLL_FUNCTION = """
+def lambda_handler(event, context):
+    raise RuntimeError("the poll function is broken (test)")
+"""
+
+
+def _order(event_file: str) -> dict[str, Any]:
+    message = json.loads((EVENTS / event_file).read_text(encoding="utf-8"))
+    message = message.get("detail", message)
+    return {name: message.get(name) for name in ORDER_FIELDS}
+
+
+def _transaction(event_file: str, **script: Any) -> Transaction:
+    order = _order(event_file)
+    return Transaction(
+        syssn=order["syssn"],
+        out_trade_no=order["out_trade_no"],
+        txamt=int(order["txamt"]),
+        txdtm=order["txdtm"],
+        pay_type=order["pay_type"],
+        txcurrcd=order["txcurrcd"] or "HKD",
+        **script,
+    )
+
+
+def _caller_definition(queue_url: str) -> str:
+    text = CALLER_ASL.read_text(encoding="utf-8")
+    # The value lands inside a JSON string: keep it valid JSON (as SAM's substitution does).
+    definition = text.replace("${OrderTimeoutQueueUrl}", json.dumps(queue_url)[1:-1])
+    assert "${" not in definition
+    return definition
+
+
+def _run_caller(pipeline: Pipeline, order: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    """Create the caller workflow, start it with the order, wait for it to end."""
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name=f"order-cancellation-caller-{uuid.uuid4().hex[:8]}",
+        definition=_caller_definition(pipeline.stack.queue_url),
+        roleArn=pipeline.stack.role_arn,
+    )["stateMachineArn"]
+    started = sfn.start_execution(stateMachineArn=machine, input=json.dumps({"order": order}))
+    deadline = time.monotonic() + timeout
+    while True:
+        execution: dict[str, Any] = sfn.describe_execution(executionArn=started["executionArn"])
+        if execution["status"] != "RUNNING":
+            history = sfn.get_execution_history(executionArn=started["executionArn"], maxResults=1000)
+            execution["history"] = history["events"]
+            return execution
+        if time.monotonic() > deadline:
+            pytest.fail(f"the caller workflow is still waiting after {timeout} s")
+        time.sleep(0.1)
+
+
+def _entered(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (
+            e["stateEnteredEventDetails"]["name"],
+            json.loads(e["stateEnteredEventDetails"].get("input") or "null"),
+        )
+        for e in history
+        if "stateEnteredEventDetails" in e
+    ]
+
+
+def _loop_states(pipeline: Pipeline) -> list[str]:
+    (execution,) = pipeline.executions()
+    sfn = boto3.client("stepfunctions")
+    history = sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)["events"]
+    return [name for name, _ in _entered(history)]
+
+
+# ------------------------------------------------------------------ the definition
+
+
+def test_the_caller_definition_is_valid_asl() -> None:
+    returncode, diagnostics = _validate_asl(CALLER_ASL)
+    assert diagnostics == []
+    assert returncode == 0
+
+
+def test_the_caller_sends_every_order_field_and_its_task_token() -> None:
+    definition = json.loads(CALLER_ASL.read_text(encoding="utf-8"))
+    assert set(re.findall(r"\$\{([^}]+)\}", CALLER_ASL.read_text(encoding="utf-8"))) == {
+        "OrderTimeoutQueueUrl"
+    }
+    request = definition["States"][definition["StartAt"]]
+    assert request["Resource"] == "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+    assert request["Parameters"]["QueueUrl"] == "${OrderTimeoutQueueUrl}"
+    body = request["Parameters"]["MessageBody"]
+    assert body == {
+        **{f"{name}.$": f"$.order.{name}" for name in ORDER_FIELDS},
+        "task_token.$": "$$.Task.Token",
+    }
+    assert request["TimeoutSeconds"] > 900  # longer than the loop's default deadline
+    assert "Retry" not in request  # a resent order would carry a token nobody answers
+    caught = {error for catcher in request["Catch"] for error in catcher["ErrorEquals"]}
+    assert caught == {"Cancellation.Rejected", "Cancellation.Unknown", "States.Timeout"}
+    assert request["ResultPath"] == "$.outcome"
+
+
+# ------------------------------------------------------------------ against the local pipeline
+
+
+def test_an_unpaid_order_is_cancelled_and_the_caller_gets_the_outcome(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    event_file = "orders/reversal-confirmed.json"
+    with pipeline_factory([_transaction(event_file, state="unpaid")]) as pipeline:
+        finished = _run_caller(pipeline, _order(event_file))
+        (published,) = pipeline.collect_outcomes(1, timeout=5)
+
+    assert finished["status"] == "SUCCEEDED", finished
+    output = json.loads(finished["output"])
+    outcome = output["outcome"]
+    jsonschema.validate(outcome, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert (outcome["status"], outcome["decided_by"]) == ("CANCELLED", "cancel-function")
+    assert outcome["out_trade_no"] == "DEMO-REVERSAL-0001"
+    assert outcome == published  # the same outcome as on the bus
+    assert output["order"] == _order(event_file)
+    assert [name for name, _ in _entered(finished["history"])] == [
+        "RequestCancellation",
+        "IsRefundRequired",
+        "NotCharged",
+    ]
+
+
+def test_an_in_progress_cancel_answers_the_caller_when_the_loop_decides(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    event_file = "orders/reversal-in-progress.json"
+    transaction = _transaction(event_file, state="unpaid", in_progress_enquiries=2)
+    with pipeline_factory([transaction]) as pipeline:
+        finished = _run_caller(pipeline, _order(event_file))
+        loop = _loop_states(pipeline)
+
+    assert finished["status"] == "SUCCEEDED", finished
+    outcome = json.loads(finished["output"])["outcome"]
+    jsonschema.validate(outcome, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert (outcome["status"], outcome["decided_by"]) == ("CANCELLED", "poll-loop")
+    assert outcome["polls"] >= 3
+    assert "ReportSuccessToCaller" in loop  # the loop answered the caller's token
+    assert loop[-1] == "Decided"
+
+
+def test_an_invalid_order_reaches_the_callers_rejected_catch(pipeline_factory: PipelineFactory) -> None:
+    order = _order("orders/invalid-amount.json")
+    with pipeline_factory([]) as pipeline:
+        finished = _run_caller(pipeline, order)
+        (published,) = pipeline.collect_outcomes(1, timeout=5)
+
+    entered = _entered(finished["history"])
+    assert [name for name, _ in entered] == ["RequestCancellation", "CancellationRejected", "NotCancelled"]
+    caught = entered[1][1]["cancellation_error"]
+    assert caught == {"Error": "Cancellation.Rejected", "Cause": published["reason"]}
+    assert published["status"] == "REJECTED"
+    assert "txamt" in published["reason"]
+    assert finished["status"] == "FAILED"
+    assert finished["error"] == "Cancellation.Rejected"
+
+
+def test_a_broken_loop_reaches_the_callers_unknown_catch(
+    pipeline_factory: PipelineFactory, tmp_path: Path
+) -> None:
+    event_file = "orders/reversal-in-progress.json"
+    transaction = _transaction(event_file, state="unpaid", in_progress_enquiries=2)
+    broken = tmp_path / "broken_poll"
+    broken.mkdir()
+    (broken / "app.py").write_text(BROKEN_POLL_FUNCTION)
+    with pipeline_factory([transaction]) as pipeline:
+        stack = pipeline.stack
+        lambda_runtime.register_function(
+            stack.poll_function_name, broken, "app.lambda_handler", stack.poll_environment
+        )
+        finished = _run_caller(pipeline, _order(event_file))
+        (published,) = pipeline.collect_outcomes(1, timeout=5)
+        loop = _loop_states(pipeline)
+
+    entered = _entered(finished["history"])
+    assert [name for name, _ in entered] == ["RequestCancellation", "CancellationUnknown", "NeedsAPerson"]
+    caught = entered[1][1]["cancellation_error"]
+    assert caught == {"Error": "Cancellation.Unknown", "Cause": published["reason"]}
+    jsonschema.validate(published, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert (published["status"], published["decided_by"]) == ("UNKNOWN", "poll-loop")
+    assert "failed twice" in published["reason"]
+    assert "ReportFailureToCaller" in loop
+    assert loop[-1] == "EnquiryLoopBroken"
+    assert finished["status"] == "FAILED"
+    assert finished["error"] == "Cancellation.Unknown"
