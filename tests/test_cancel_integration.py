@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import boto3
+import pytest
 
 from tests.conftest import PipelineFactory
 from tests.local.qfpay_standin import Merchant, Transaction
@@ -148,3 +149,40 @@ def test_a_redelivery_after_a_crash_asks_qfpay_before_reversing_again(
         enquiries = pipeline.qfpay.count("query", txn.syssn)
     assert [(o["status"], o["attempts"]) for o in outcomes] == [("CANCELLED", 0)]
     assert (reversals, enquiries) == (0, 1)
+
+
+def test_every_caller_of_an_order_in_the_loop_is_answered(
+    pipeline_factory: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first caller is answered by the loop; one arriving while the loop runs hears
+    Cancellation.InProgress; one arriving after the loop decided gets the loop's outcome."""
+    from cancellation.aws import CallerNotifier  # noqa: PLC0415 - the class the handler uses
+
+    answers: list[tuple[str, str]] = []
+    notify, fail = CallerNotifier.notify, CallerNotifier.fail
+
+    def spy_notify(self: CallerNotifier, task_token: str, detail: dict[str, Any]) -> bool:
+        answers.append((task_token, detail["status"]))
+        return notify(self, task_token, detail)
+
+    def spy_fail(self: CallerNotifier, task_token: str, error: str, cause: str) -> bool:
+        answers.append((task_token, error))
+        return fail(self, task_token, error, cause)
+
+    monkeypatch.setattr(CallerNotifier, "notify", spy_notify)  # the handler runs in this process
+    monkeypatch.setattr(CallerNotifier, "fail", spy_fail)
+    order, txn = order_and_txn(7, in_progress_enquiries=3)
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send({**order, "task_token": "caller-first"})
+        assert wait_for(lambda: len(pipeline.executions()) == 1, timeout=15)
+        pipeline.send({**order, "task_token": "caller-during"})
+        assert wait_for(lambda: len(answers) == 1, timeout=15)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        assert wait_for(lambda: pipeline.executions()[0]["status"] != "RUNNING", timeout=15)
+        pipeline.send({**order, "task_token": "caller-after"})
+        assert wait_for(lambda: len(answers) == 2, timeout=15)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+    assert [o["status"] for o in outcomes] == ["CANCELLED"]
+    # caller-first is answered by the state machine itself (not through this process's notifier).
+    assert answers == [("caller-during", "Cancellation.InProgress"), ("caller-after", "CANCELLED")]
+    assert reversals == 1
