@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import PipelineFactory
 from tests.local import lambda_runtime
 from tests.local.pipeline import Pipeline
-from tests.local.qfpay_standin import Transaction
+from tests.local.scenarios import order_in, transaction_for
 from tests.test_template import _validate_asl
 
 pytestmark = pytest.mark.e2e
@@ -45,22 +45,9 @@ def lambda_handler(event, context):
 
 
 def _order(event_file: str) -> dict[str, Any]:
-    message = json.loads((EVENTS / event_file).read_text(encoding="utf-8"))
-    message = message.get("detail", message)
+    """The caller's input: every order field, null when the sample does not have it."""
+    message = order_in(json.loads((EVENTS / event_file).read_text(encoding="utf-8")))
     return {name: message.get(name) for name in ORDER_FIELDS}
-
-
-def _transaction(event_file: str, **script: Any) -> Transaction:
-    order = _order(event_file)
-    return Transaction(
-        syssn=order["syssn"],
-        out_trade_no=order["out_trade_no"],
-        txamt=int(order["txamt"]),
-        txdtm=order["txdtm"],
-        pay_type=order["pay_type"],
-        txcurrcd=order["txcurrcd"] or "HKD",
-        **script,
-    )
 
 
 def _caller_definition(queue_url: str) -> str:
@@ -146,7 +133,7 @@ def test_an_unpaid_order_is_cancelled_and_the_caller_gets_the_outcome(
     pipeline_factory: PipelineFactory,
 ) -> None:
     event_file = "orders/reversal-confirmed.json"
-    with pipeline_factory([_transaction(event_file, state="unpaid")]) as pipeline:
+    with pipeline_factory([transaction_for(event_file, state="unpaid")]) as pipeline:
         finished = _run_caller(pipeline, _order(event_file))
         (published,) = pipeline.collect_outcomes(1, timeout=5)
 
@@ -169,7 +156,7 @@ def test_an_in_progress_cancel_answers_the_caller_when_the_loop_decides(
     pipeline_factory: PipelineFactory,
 ) -> None:
     event_file = "orders/reversal-in-progress.json"
-    transaction = _transaction(event_file, state="unpaid", in_progress_enquiries=2)
+    transaction = transaction_for(event_file, state="unpaid", in_progress_enquiries=2)
     with pipeline_factory([transaction]) as pipeline:
         finished = _run_caller(pipeline, _order(event_file))
         loop = _loop_states(pipeline)
@@ -203,7 +190,7 @@ def test_a_broken_loop_reaches_the_callers_unknown_catch(
     pipeline_factory: PipelineFactory, tmp_path: Path
 ) -> None:
     event_file = "orders/reversal-in-progress.json"
-    transaction = _transaction(event_file, state="unpaid", in_progress_enquiries=2)
+    transaction = transaction_for(event_file, state="unpaid", in_progress_enquiries=2)
     broken = tmp_path / "broken_poll"
     broken.mkdir()
     (broken / "app.py").write_text(BROKEN_POLL_FUNCTION)

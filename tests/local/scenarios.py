@@ -28,10 +28,10 @@ class Scenario:
         return (EVENTS / self.event_file).read_text(encoding="utf-8")
 
     def order(self) -> dict[str, Any]:
-        return _order_in(json.loads(self.body()))
+        return order_in(json.loads(self.body()))
 
 
-def _order_in(message: dict[str, Any]) -> dict[str, Any]:
+def order_in(message: dict[str, Any]) -> dict[str, Any]:
     """The order inside a sample message, read independently of the service's own unwrapping."""
     if "detail-type" in message:
         return dict(message["detail"])
@@ -40,8 +40,9 @@ def _order_in(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def _txn(event_file: str, **script: Any) -> Transaction:
-    order = _order_in(json.loads((EVENTS / event_file).read_text(encoding="utf-8")))
+def transaction_for(event_file: str, **script: Any) -> Transaction:
+    """QFPay's ledger entry for the order in a sample message, with a scripted behaviour."""
+    order = order_in(json.loads((EVENTS / event_file).read_text(encoding="utf-8")))
     return Transaction(
         syssn=order["syssn"],
         out_trade_no=order["out_trade_no"],
@@ -58,27 +59,27 @@ SCENARIOS: tuple[Scenario, ...] = (
         "reversal confirmed (800101)",
         "orders/reversal-confirmed.json",
         "CANCELLED",
-        _txn("orders/reversal-confirmed.json", state="unpaid"),
+        transaction_for("orders/reversal-confirmed.json", state="unpaid"),
     ),
     Scenario(
         "close (800208)",
         "orders/close-wechat-cpm.json",
         "CANCELLED",
-        _txn("orders/close-wechat-cpm.json", state="unpaid"),
+        transaction_for("orders/close-wechat-cpm.json", state="unpaid"),
         expected_endpoint="close",
     ),
     Scenario(
         "in progress, resolved by the loop",
         "orders/reversal-in-progress.json",
         "CANCELLED",
-        _txn("orders/reversal-in-progress.json", state="unpaid", in_progress_enquiries=2),
+        transaction_for("orders/reversal-in-progress.json", state="unpaid", in_progress_enquiries=2),
         expected_decided_by="poll-loop",
     ),
     Scenario(
         "already paid",
         "orders/already-paid.json",
         "REFUND_REQUIRED",
-        _txn("orders/already-paid.json", state="paid"),
+        transaction_for("orders/already-paid.json", state="paid"),
     ),
     Scenario(
         "invalid message",
@@ -90,39 +91,39 @@ SCENARIOS: tuple[Scenario, ...] = (
         "QFPay 500, retried by SQS",
         "orders/qfpay-500-then-success.json",
         "CANCELLED",
-        _txn("orders/qfpay-500-then-success.json", state="unpaid", http_500_first=1),
+        transaction_for("orders/qfpay-500-then-success.json", state="unpaid", http_500_first=1),
     ),
     Scenario(
         "EventBridge-wrapped order",
         "eventbridge-order-timeout.json",
         "CANCELLED",
-        _txn("eventbridge-order-timeout.json", state="unpaid"),
+        transaction_for("eventbridge-order-timeout.json", state="unpaid"),
     ),
     Scenario(
         "SNS-wrapped order",
         "sns-order-timeout.json",
         "CANCELLED",
-        _txn("sns-order-timeout.json", state="unpaid"),
+        transaction_for("sns-order-timeout.json", state="unpaid"),
     ),
     Scenario(
         "close not supported (800008)",
         "orders/close-not-supported.json",
         "REJECTED",
-        _txn("orders/close-not-supported.json", state="unpaid", close_supported=False),
+        transaction_for("orders/close-not-supported.json", state="unpaid", close_supported=False),
         expected_endpoint="close",
     ),
     Scenario(
         "duplicate delivery (sent 3 times)",
         "orders/duplicate.json",
         "CANCELLED",
-        _txn("orders/duplicate.json", state="unpaid"),
+        transaction_for("orders/duplicate.json", state="unpaid"),
         copies=3,
     ),
     Scenario(
         "key rotated to SHA256 (1108, re-read)",
         "orders/after-key-rotation.json",
         "CANCELLED",
-        _txn("orders/after-key-rotation.json", state="unpaid"),
+        transaction_for("orders/after-key-rotation.json", state="unpaid"),
         after_key_rotation=True,
     ),
 )

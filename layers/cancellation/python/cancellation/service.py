@@ -93,34 +93,25 @@ class CancelService:
             raise_on_no_idempotency_key=True,
             expires_after_seconds=settings.idempotency_expiry,
         )
-        # One persistence layer per idempotent step: Powertools keeps the key prefix on the layer.
-        self._decide = idempotent_function(
-            self._decide_order,
-            data_keyword_argument="request",
-            persistence_store=self._persistence(),
-            config=self.idempotency,
-            key_prefix="cancel-decision",
-        )
-        self._deliver = idempotent_function(
-            self._deliver_decision,
-            data_keyword_argument="request",
-            persistence_store=self._persistence(),
-            config=self.idempotency,
-            key_prefix="cancel-delivery",
-        )
-        self._answer = idempotent_function(
-            self._answer_caller,
-            data_keyword_argument="request",
-            persistence_store=self._persistence(),
-            config=self.idempotency,
-            key_prefix="cancel-caller",
-        )
+        self._decide = self._once(self._decide_order, "cancel-decision")
+        self._deliver = self._once(self._deliver_decision, "cancel-delivery")
+        self._answer = self._once(self._answer_caller, "cancel-caller")
         self._slots: asyncio.Semaphore | None = None
 
-    def _persistence(self) -> DynamoDBPersistenceLayer:
-        return DynamoDBPersistenceLayer(
+    def _once(self, step: Callable[..., Any], key_prefix: str) -> Callable[..., Any]:
+        """``step`` made idempotent on ``request["order_key"]``. One persistence layer per step:
+        Powertools keeps the key prefix on the layer, and the steps run concurrently."""
+        persistence = DynamoDBPersistenceLayer(
             table_name=self.settings.idempotency_table, boto3_client=self.deps.dynamodb()
         )
+        wrapped: Callable[..., Any] = idempotent_function(
+            step,
+            data_keyword_argument="request",
+            persistence_store=persistence,
+            config=self.idempotency,
+            key_prefix=key_prefix,
+        )
+        return wrapped
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         self.idempotency.register_lambda_context(context)
