@@ -4,6 +4,7 @@ hand-off to the enquiry loop. Partial batch failures go back to SQS."""
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -12,11 +13,16 @@ from cancellation.service import CancelDependencies, CancelService
 from cancellation.settings import cancel_settings
 
 SETTINGS = cancel_settings(os.environ)  # a bad configuration stops the function at start
-SERVICE = CancelService(SETTINGS, CancelDependencies.for_settings(SETTINGS))
+
+
+@cache
+def service() -> CancelService:
+    """Built by the first invocation, then reused: its AWS clients cost more than every import."""
+    return CancelService(SETTINGS, CancelDependencies.for_settings(SETTINGS))
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return SERVICE.handle(event, context)
+    return service().handle(event, context)

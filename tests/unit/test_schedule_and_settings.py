@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
+
 import pytest
 from cancellation.cancel import LoopPolicy
 from cancellation.qfpay import Timeouts
@@ -19,24 +23,69 @@ from cancellation.settings import (
 # --- PollSchedule ------------------------------------------------------------------------------
 
 
-def test_default_schedule_doubles_from_3_seconds_up_to_60():
+def enquiry_times(schedule: PollSchedule, count: int) -> list[int]:
+    """Seconds after the hand-off at which the first ``count`` enquiries are made."""
+    return list(itertools.accumulate(schedule.waits(count)))
+
+
+def test_default_schedule_fast_phase_then_waits_proportional_to_elapsed_time():
     schedule = PollSchedule()
-    assert [schedule.wait_after(n) for n in range(8)] == [3, 6, 12, 24, 48, 60, 60, 60]
+    assert schedule.waits(16) == [3, 6, 12, 20, 20, 20, 20, 20, 24, 29, 34, 41, 49, 59, 60, 60]
+    assert enquiry_times(schedule, 10) == [3, 9, 21, 41, 61, 81, 101, 121, 145, 174]
 
 
-def test_waits_grow_by_the_factor_and_cap_at_max_wait():
-    schedule = PollSchedule(first_wait=5, max_wait=100, factor=3.0)
-    assert [schedule.wait_after(n) for n in range(5)] == [5, 15, 45, 100, 100]
+@pytest.mark.parametrize(
+    "schedule", [PollSchedule(), PollSchedule(2, 45, 1.7), PollSchedule(1, 2, 1.5), PollSchedule(3, 3, 1.0)]
+)
+def test_wait_after_agrees_with_the_list_of_waits(schedule):
+    assert [schedule.wait_after(n) for n in range(60)] == schedule.waits(60)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [PollSchedule(), PollSchedule(3, 120, 2.0), PollSchedule(2, 300, 3.0, 0.1, 10), PollSchedule(5, 60, 1.5)],
+)
+def test_a_decision_is_noticed_at_most_max_of_floor_and_fraction_late(schedule):
+    times = [0, *enquiry_times(schedule, 200)]
+    for decided in range(1, 3000):
+        noticed = next(t for t in times if t >= decided)
+        allowed = max(schedule.late_floor, schedule.late_fraction * decided, schedule.first_wait)
+        assert noticed - decided <= allowed, decided
+
+
+def test_default_schedule_costs_a_fraction_of_a_fixed_3_second_poll_from_120_seconds_on():
+    # Each turn of the loop is 3 state transitions; the decided branch adds 4.
+    times = enquiry_times(PollSchedule(), 100)
+    for decided in range(120, 900):
+        enquiries = next(i + 1 for i, t in enumerate(times) if t >= decided)
+        fixed_enquiries = -(-decided // 3)
+        assert (3 * enquiries + 4) <= 0.3 * (3 * fixed_enquiries + 4), decided
+
+
+def test_previous_geometric_rule_is_still_expressible():
+    geometric = PollSchedule(3, 60, 2.0, late_fraction=0, late_floor=60)
+    assert geometric.waits(8) == [3, 6, 12, 24, 48, 60, 60, 60]
+
+
+def test_waits_grow_by_the_factor_up_to_the_allowed_lateness_and_max_wait():
+    assert PollSchedule(first_wait=5, max_wait=100, factor=3.0).waits(5) == [5, 15, 20, 20, 20]
+    assert PollSchedule(5, 100, 3.0, late_floor=100).waits(5) == [5, 15, 45, 100, 100]
 
 
 def test_factor_one_keeps_a_constant_wait():
     schedule = PollSchedule(first_wait=4, max_wait=4, factor=1.0)
     assert {schedule.wait_after(n) for n in range(50)} == {4}
+    # A fixed 3 s poll, whatever the lateness settings.
+    assert set(PollSchedule(3, 60, 1.0).waits(100)) == {3}
+
+
+def test_first_wait_is_a_lower_bound_even_above_the_floor():
+    assert PollSchedule(first_wait=30, max_wait=300, factor=2.0).waits(4) == [30, 30, 30, 30]
 
 
 def test_waits_never_shrink_and_are_whole_seconds():
     schedule = PollSchedule(first_wait=2, max_wait=45, factor=1.7)
-    waits = [schedule.wait_after(n) for n in range(30)]
+    waits = schedule.waits(30)
     assert waits == sorted(waits)
     assert all(type(w) is int for w in waits)
     assert waits[0] == 2
@@ -45,24 +94,43 @@ def test_waits_never_shrink_and_are_whole_seconds():
 
 @pytest.mark.parametrize(
     ("first_wait", "max_wait", "factor"),
-    [(0, 60, 2.0), (-1, 60, 2.0), (10, 5, 2.0), (3, 60, 0.5), (3, 60, 0.0), (3, 60, -2.0)],
+    [(0, 60, 2.0), (-1, 60, 2.0), (10, 5, 2.0), (3, 60, 0.5), (3, 60, 0.0), (3, 60, -2.0), (3, 60, math.nan)],
 )
 def test_bad_schedules_are_rejected(first_wait, max_wait, factor):
     with pytest.raises(ValueError, match="first_wait <= max_wait and factor >= 1"):
         PollSchedule(first_wait, max_wait, factor)
 
 
+@pytest.mark.parametrize(("late_fraction", "late_floor"), [(-0.1, 20), (1.5, 20), (math.inf, 20), (0.2, 0)])
+def test_bad_lateness_is_rejected(late_fraction, late_floor):
+    with pytest.raises(ValueError, match="0 <= late_fraction <= 1 and late_floor >= 1"):
+        PollSchedule(late_fraction=late_fraction, late_floor=late_floor)
+
+
 def test_schedule_round_trips_through_its_dict():
     schedule = PollSchedule(first_wait=2, max_wait=30, factor=1.5)
+    # Default lateness settings are left out: the execution input keeps its documented shape.
     assert schedule.to_dict() == {"first_wait": 2, "max_wait": 30, "factor": 1.5}
     assert PollSchedule.from_dict(schedule.to_dict()) == schedule
     # As the state machine may hand numbers back (JSON has no int/float distinction).
     assert PollSchedule.from_dict({"first_wait": 2.0, "max_wait": 30.0, "factor": 2}) == PollSchedule(
         2, 30, 2.0
     )
+    custom = PollSchedule(3, 60, 2.0, late_fraction=0, late_floor=60)
+    assert custom.to_dict() == {
+        "first_wait": 3,
+        "max_wait": 60,
+        "factor": 2.0,
+        "late_fraction": 0.0,
+        "late_floor": 60,
+    }
+    assert PollSchedule.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
 
 
-@pytest.mark.parametrize(("schedule", "polls"), [(PollSchedule(), 1100), (PollSchedule(1, 5, 10.0), 400)])
+@pytest.mark.parametrize(
+    ("schedule", "polls"),
+    [(PollSchedule(), 1100), (PollSchedule(1, 5, 10.0), 400), (PollSchedule(3, 3600, 1.1, 0.01, 1), 5000)],
+)
 def test_wait_after_many_polls_stays_at_max_wait(schedule, polls):
     assert schedule.wait_after(polls) == schedule.max_wait
 

@@ -1,16 +1,45 @@
 """When the wait-and-poll loop asks the Transaction Enquiry again.
 
-Waits grow geometrically from ``first_wait`` by ``factor`` up to ``max_wait``: early answers are
-noticed quickly (QFPay suggests re-querying after 3-5 s) while a long-running cancellation costs few
-state transitions. The schedule travels in the execution input so a test can shorten it without
-touching the state machine.
+The rule: a short fast phase, then waits proportional to the time already waited.
+
+- The first enquiry comes ``first_wait`` seconds after the hand-off (QFPay suggests asking again
+  after 3-5 s), and the waits grow from there by ``factor``: most in-progress cancellations are
+  decided within seconds and are noticed within seconds.
+- No wait is longer than ``max(late_floor, late_fraction * elapsed)``, ``elapsed`` being the
+  scheduled time since the hand-off. A decision QFPay makes ``T`` seconds after the hand-off is
+  therefore noticed at most ``max(late_floor, late_fraction * T)`` seconds late (plus one enquiry's
+  latency): with the defaults, within 20 s up to 100 s, and within 20 % of ``T`` after that.
+- No wait is longer than ``max_wait`` and none shorter than ``first_wait``.
+
+With the defaults (3 s, factor 2, 20 s, 20 %) the enquiries come at 3, 9, 21, 41, 61, 81, 101, 121,
+145, 174, ... s. Why this shape: Standard Step Functions bill per state transition, and each turn of
+the loop is three (wait, enquiry, choice), so the cost is the number of enquiries. A fixed 3 s poll
+spends about one transition per second; a pure geometric backoff (the previous rule: 3 s doubling up
+to 60 s) is cheap but, right after a long wait, notices a decision up to 100 % late (a decision at
+50 s is seen at 93 s). Waits proportional to the elapsed time make lateness relative by
+construction, and make the number of enquiries grow with the logarithm of the time instead of
+linearly: a cancellation decided after 120 s costs 8 enquiries (40 with a fixed 3 s poll; with the
+state machine's closing states, 23 % of its transitions) and is noticed at 121 s; one decided after
+600 s costs 19 enquiries (200) with ``max_wait`` 60. Keeping lateness within 20 % from the first
+seconds on (``late_floor`` = ``first_wait``) would cost 17 enquiries by 120 s (45 % of a fixed 3 s
+poll's transitions): ``late_floor`` trades those early enquiries for a bounded absolute lateness.
+``tests/benchmarks/bench.py`` measures all this on the real state machine (``make bench``).
+
+The schedule travels in the execution input (``to_dict``), so a test can shorten it without
+touching the state machine. ``late_fraction`` and ``late_floor`` are left out of that dict while
+they have their default values, so the execution input keeps its documented shape (and an execution
+started with the defaults follows the defaults of the code that polls it). ``late_fraction=0`` with
+``late_floor >= max_wait`` gives the plain geometric backoff.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+DEFAULT_LATE_FRACTION = 0.2
+DEFAULT_LATE_FLOOR = 20
 
 
 @dataclass(frozen=True)
@@ -18,6 +47,8 @@ class PollSchedule:
     first_wait: int = 3
     max_wait: int = 60
     factor: float = 2.0
+    late_fraction: float = DEFAULT_LATE_FRACTION
+    late_floor: int = DEFAULT_LATE_FLOOR
 
     def __post_init__(self) -> None:
         if (
@@ -27,12 +58,35 @@ class PollSchedule:
             or self.factor < 1
         ):
             raise ValueError("poll schedule needs 1 <= first_wait <= max_wait and factor >= 1")
+        if not math.isfinite(self.late_fraction) or not 0 <= self.late_fraction <= 1 or self.late_floor < 1:
+            raise ValueError("poll schedule needs 0 <= late_fraction <= 1 and late_floor >= 1")
 
     def wait_after(self, polls: int) -> int:
         """Seconds to wait after ``polls`` enquiries (0 = before the first one)."""
-        # Cap the exponent: past the cap the wait is max_wait anyway, and factor**polls can overflow.
-        steps = min(polls, self._steps_to_cap)
-        return int(min(self.max_wait, round(self.first_wait * self.factor**steps)))
+        elapsed = 0
+        wait = self._wait(0, 0)
+        for step in range(1, max(polls, 0) + 1):
+            if wait >= self.max_wait or self.factor == 1:
+                break  # waits never shrink: from here on they stay as they are
+            elapsed += wait
+            wait = self._wait(step, elapsed)
+        return wait
+
+    def waits(self, count: int) -> list[int]:
+        """The first ``count`` waits (the schedule as a list, for reading and for tests)."""
+        waits: list[int] = []
+        elapsed = 0
+        for step in range(count):
+            wait = self._wait(step, elapsed)
+            waits.append(wait)
+            elapsed += wait
+        return waits
+
+    def _wait(self, step: int, elapsed: int) -> int:
+        # Cap the exponent: past the cap the term exceeds max_wait anyway, and factor**step can overflow.
+        geometric = round(self.first_wait * self.factor ** min(step, self._steps_to_cap))
+        allowed_lateness = max(self.late_floor, math.floor(self.late_fraction * elapsed))
+        return int(min(self.max_wait, max(self.first_wait, min(geometric, allowed_lateness))))
 
     @property
     def _steps_to_cap(self) -> int:
@@ -41,8 +95,23 @@ class PollSchedule:
         return math.ceil(math.log(self.max_wait / self.first_wait, self.factor)) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data: dict[str, Any] = {
+            "first_wait": self.first_wait,
+            "max_wait": self.max_wait,
+            "factor": self.factor,
+        }
+        if self.late_fraction != DEFAULT_LATE_FRACTION:
+            data["late_fraction"] = float(self.late_fraction)
+        if self.late_floor != DEFAULT_LATE_FLOOR:
+            data["late_floor"] = self.late_floor
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PollSchedule:
-        return cls(int(data["first_wait"]), int(data["max_wait"]), float(data["factor"]))
+        return cls(
+            int(data["first_wait"]),
+            int(data["max_wait"]),
+            float(data["factor"]),
+            float(data.get("late_fraction", DEFAULT_LATE_FRACTION)),
+            int(data.get("late_floor", DEFAULT_LATE_FLOOR)),
+        )

@@ -9,11 +9,13 @@ by SQS and replays the stored decision, so QFPay is never asked to cancel twice 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +98,9 @@ class CancelService:
         self._decide = self._once(self._decide_order, "cancel-decision")
         self._deliver = self._once(self._deliver_decision, "cancel-delivery")
         self._answer = self._once(self._answer_caller, "cancel-caller")
+        # Our own pool, as wide as the batch may run: asyncio's default one has min(32, cpus + 4)
+        # threads, which on Lambda's 2 vCPUs would quietly cap the batch at 6 orders.
+        self._pool = ThreadPoolExecutor(max_workers=settings.batch_concurrency, thread_name_prefix="order")
         self._slots: asyncio.Semaphore | None = None
 
     def _once(self, step: Callable[..., Any], key_prefix: str) -> Callable[..., Any]:
@@ -125,7 +130,10 @@ class CancelService:
     async def _record(self, record: SQSRecord) -> str:
         assert self._slots is not None  # noqa: S101 - set by handle() before any record runs
         async with self._slots:
-            return await asyncio.to_thread(self.process_record, record)
+            run = contextvars.copy_context().run  # what asyncio.to_thread does, on our pool
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, run, self.process_record, record
+            )
 
     def process_record(self, record: SQSRecord) -> str:
         """One message; returns the status it ended in, raises to have SQS deliver it again."""

@@ -1,0 +1,1 @@
+"""Benchmarks of the cancellation service (``make bench``: ``python -m tests.benchmarks.bench``)."""
