@@ -26,7 +26,6 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 from cancellation.qfpay import (
     ENQUIRY_PATH,
     REVERSAL_PATH,
@@ -38,12 +37,12 @@ from cancellation.qfpay import (
     QFPayUnavailable,
     ResponseSignatureInvalid,
     Timeouts,
-    new_session,
+    new_pool,
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from requests.adapters import BaseAdapter
 
+from tests.canned_http import CannedPool
 from tests.conftest import PipelineFactory
 from tests.local import lambda_runtime
 from tests.local.pipeline import LOCAL_APP_CODE, LOCAL_CLIENT_KEY, Pipeline
@@ -372,34 +371,14 @@ def test_a_bad_secret_is_reported_without_its_values(app_code: Any, client_key: 
     assert "S3CR3T<" not in text, text
 
 
-class _Canned(BaseAdapter):
+def _canned_session(body: bytes, headers: dict[str, str] | None = None) -> CannedPool:
     """A QFPay answering with a fixed response (for answers the stand-in never gives)."""
-
-    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
-        super().__init__()
-        self.body, self.headers = body, headers
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        response = requests.Response()
-        response.status_code = 200
-        response._content = self.body
-        response.headers.update(self.headers)
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        pass
+    return CannedPool(body=body, headers=headers or {})
 
 
-def _canned_session(body: bytes, headers: dict[str, str] | None = None) -> requests.Session:
-    session = requests.Session()
-    session.mount("https://", _Canned(body, headers or {}))
-    return session
-
-
-def _client(base_url: str, session: requests.Session | None = None, **kwargs: Any) -> QFPayClient:
+def _client(base_url: str, http: Any = None, **kwargs: Any) -> QFPayClient:
     credentials = Credentials.from_secret(OLD_SECRET)
-    return QFPayClient(base_url, lambda force: credentials, session=session or new_session(), **kwargs)
+    return QFPayClient(base_url, lambda force: credentials, http=http or new_pool(), **kwargs)
 
 
 def _unused_port() -> int:
@@ -470,14 +449,12 @@ def _failures(standin: QFPayStandIn) -> list[tuple[str, type[QFPayError], Callab
         (
             "signature rejected twice",
             CredentialsRejected,
-            lambda: QFPayClient(url, lambda force: wrong_key, session=new_session()).reversal(slow),
+            lambda: QFPayClient(url, lambda force: wrong_key, http=new_pool()).reversal(slow),
         ),
         (
             "unknown app code",
             CredentialsRejected,
-            lambda: QFPayClient(url, lambda force: unknown_app, session=new_session()).enquiry(
-                {"syssn": "1"}
-            ),
+            lambda: QFPayClient(url, lambda force: unknown_app, http=new_pool()).enquiry({"syssn": "1"}),
         ),
         (
             "answer not JSON",

@@ -2,8 +2,9 @@
 
 The oracle for "the documented signature" is the QFPay stand-in's ``expected_signature``, written
 independently of ``cancellation.signing``. At the HTTP boundary the client is checked two ways: a
-requests adapter captures the request actually sent (body or query string, headers), and the
-stand-in records the parameters it received over real HTTP and verifies the signature itself.
+connection pool stand-in (tests/canned_http.py) captures the request actually sent (body or query
+string, headers), and the QFPay stand-in records the parameters it received over real HTTP and
+verifies the signature itself.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from typing import Any
 
 import pytest
 import requests
+import urllib3
 from cancellation.cancel import cancel_params
 from cancellation.enquiry import enquiry_params
 from cancellation.orders import InvalidOrder, validate_order
-from cancellation.qfpay import CLOSE_PATH, ENQUIRY_PATH, REVERSAL_PATH, Credentials, QFPayClient, new_session
+from cancellation.qfpay import CLOSE_PATH, ENQUIRY_PATH, REVERSAL_PATH, Credentials, QFPayClient, new_pool
 from cancellation.signing import SIGN_TYPES, SignType, sign, signed_parameters, signing_string
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from requests.adapters import BaseAdapter
 
+from tests.canned_http import CannedPool
 from tests.local.qfpay_standin import Merchant, QFPayStandIn, expected_signature
 
 # Any text UTF-8 can carry (no lone surrogates): separators, spaces, controls, non-ASCII included.
@@ -188,41 +190,8 @@ def test_every_accepted_order_signs_unambiguously(data, reversal_syssn):
 # --------------------------------------------------------------------------- what the client sends
 
 
-class CapturingAdapter(BaseAdapter):
-    """Answers every request with a success and keeps the prepared request as it would be sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[requests.PreparedRequest] = []
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        self.sent.append(request)
-        response = requests.Response()
-        response.status_code = 200
-        response._content = b'{"respcd": "0000", "resperr": "success"}'
-        response.headers["Content-Type"] = "application/json"
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        pass
-
-
-def received_parameters(request: requests.PreparedRequest) -> dict[str, str]:
-    """What a server decodes from the request: the query string plus a form body."""
-    split = urllib.parse.urlsplit(request.url or "")
-    pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True, strict_parsing=False)
-    body = request.body
-    if body:
-        text_body = body.decode("ascii") if isinstance(body, bytes) else body
-        pairs += urllib.parse.parse_qsl(text_body, keep_blank_values=True, strict_parsing=False)
-    received = dict(pairs)
-    assert len(received) == len(pairs), "no parameter is sent twice"
-    return received
-
-
-def client_for(session: requests.Session, credentials: Credentials, base_url: str) -> QFPayClient:
-    return QFPayClient(base_url, lambda force: credentials, session=session)
+def client_for(http: Any, credentials: Credentials, base_url: str) -> QFPayClient:
+    return QFPayClient(base_url, lambda force: credentials, http=http)
 
 
 ENDPOINTS = [("POST", REVERSAL_PATH), ("POST", ENQUIRY_PATH), ("GET", CLOSE_PATH), ("POST", CLOSE_PATH)]
@@ -238,12 +207,10 @@ credentials_strategy = st.builds(
 @given(params=params_strategy, credentials=credentials_strategy, endpoint=st.sampled_from(ENDPOINTS))
 def test_the_client_signs_exactly_the_parameters_it_sends(params, credentials, endpoint):
     method, path = endpoint
-    adapter = CapturingAdapter()
-    session = requests.Session()
-    session.mount("https://", adapter)
-    client_for(session, credentials, "https://qfpay.invalid").call(method, path, params)
-    (request,) = adapter.sent
-    received = received_parameters(request)
+    pool = CannedPool()
+    client_for(pool, credentials, "https://qfpay.invalid").call(method, path, params)
+    (request,) = pool.sent
+    received = request.parameters()
     assert received == signed_parameters(params)
     assert request.method == method
     assert request.headers["X-QF-SIGN"] == sign(received, credentials.client_key, credentials.sign_type)
@@ -268,8 +235,8 @@ def standin() -> Iterator[QFPayStandIn]:
 
 
 @pytest.fixture(scope="module")
-def session() -> Iterator[requests.Session]:
-    with new_session() as reused:
+def session() -> Iterator[urllib3.PoolManager]:
+    with new_pool() as reused:
         yield reused
 
 

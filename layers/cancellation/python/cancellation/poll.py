@@ -15,7 +15,7 @@ from cancellation.cancel import answer_text, send_cancel
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.orders import Order
 from cancellation.outcomes import Status, build_outcome
-from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable, new_session
+from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable, new_pool
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
@@ -37,7 +37,7 @@ class EnquiryStep:
         qfpay = QFPayClient(
             settings.base_url,
             QFPayCredentials(settings.secret_id, settings.secret_max_age),
-            session=new_session(pool_size=2),
+            http=new_pool(2),
             timeouts=settings.timeouts,
             verify_response_signature=settings.verify_response_signature,
             rate_limit=settings.rate_limit(),

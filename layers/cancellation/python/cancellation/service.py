@@ -1,6 +1,6 @@
 """The cancel function's work on one SQS batch: validate, decide once, deliver the decision once.
 
-Orders of one batch run concurrently (bounded by ``batch_concurrency``) over one HTTP session.
+Orders of one batch run concurrently (bounded by ``batch_concurrency``) over one HTTP connection pool.
 Idempotency is two steps keyed on the order identity: deciding (the only step that talks to
 QFPay) and delivering (publishing the outcome or starting the loop). A failed delivery is retried
 by SQS and replays the stored decision, so QFPay is never asked to cancel twice for one order.
@@ -43,7 +43,7 @@ from cancellation.cancel import CancelAttempt, RetryLater
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id, rejected_outcome
-from cancellation.qfpay import CredentialsRejected, QFPayClient, new_session
+from cancellation.qfpay import CredentialsRejected, QFPayClient, new_pool
 from cancellation.respcd import meaning_of
 from cancellation.settings import CancelSettings
 
@@ -84,7 +84,7 @@ class CancelService:
         self.qfpay = QFPayClient(
             settings.qfpay.base_url,
             deps.credentials,
-            session=new_session(pool_size=settings.batch_concurrency),
+            http=new_pool(settings.batch_concurrency),
             timeouts=settings.qfpay.timeouts,
             verify_response_signature=settings.qfpay.verify_response_signature,
             rate_limit=settings.qfpay.rate_limit(),
