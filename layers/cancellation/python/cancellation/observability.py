@@ -7,7 +7,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
+# Only what we call: AWS (botocore) and QFPay (http.client, under urllib3). Patching everything
+# would import whatever else happens to be installed (requests, sqlite3, ...) at every cold start.
+tracer = Tracer(patch_modules=["botocore", "httplib"])
 
 
 def count(name: str) -> None:
