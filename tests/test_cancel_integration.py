@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.conftest import PipelineFactory
-from tests.local.qfpay_standin import Merchant, Transaction
+from tests.local.qfpay_standin import Fault, Merchant, Transaction
 
 FAST_RETRIES = {"RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "4"}
 
@@ -186,3 +186,39 @@ def test_every_caller_of_an_order_in_the_loop_is_answered(
     # caller-first is answered by the state machine itself (not through this process's notifier).
     assert answers == [("caller-during", "Cancellation.InProgress"), ("caller-after", "CANCELLED")]
     assert reversals == 1
+
+
+def test_a_reversal_applied_but_unanswered_is_decided_by_the_enquiry_not_resent(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay reversed the payment but the answer never arrived (read timeout): the loop's Enquiry
+    finds it reversed. Nothing is sent blindly a second time."""
+    order, txn = order_and_txn(
+        8, faults=(Fault("applied_then_timeout", endpoints=("reversal",), seconds=3.0),)
+    )
+    with pipeline_factory([txn], env_overrides={"QFPAY_READ_TIMEOUT_SECONDS": "1"}) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert [(o["status"], o["decided_by"], o["resent"]) for o in outcomes] == [
+        ("CANCELLED", "poll-loop", False)
+    ]
+    assert (reversals, applied) == (1, 1)
+
+
+def test_a_reversal_lost_on_the_way_is_resent_once_after_the_enquiry_shows_it_live(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The connection was reset before QFPay acted: the Enquiry shows the payment still live and
+    no cancel pending, so the loop resends the reversal once, and the outcome says so."""
+    order, txn = order_and_txn(9, faults=(Fault("reset", endpoints=("reversal",)),))
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert [(o["status"], o["decided_by"], o["resent"], o["attempts"]) for o in outcomes] == [
+        ("CANCELLED", "poll-loop", True, 2)
+    ]
+    assert (reversals, applied) == (2, 1)

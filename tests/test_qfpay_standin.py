@@ -14,9 +14,25 @@ from typing import Any
 
 import pytest
 import requests
+from cancellation.qfpay import (
+    Credentials,
+    QFPayAmbiguous,
+    QFPayClient,
+    QFPayUnavailable,
+    Timeouts,
+    new_pool,
+)
 from cancellation.signing import response_signature, sign
 
-from tests.local.qfpay_standin import Merchant, QFPayStandIn, Transaction
+from tests.local.qfpay_standin import (
+    CANCEL_ENDPOINTS,
+    FAULT_KINDS,
+    Fault,
+    FaultPlan,
+    Merchant,
+    QFPayStandIn,
+    Transaction,
+)
 
 PLAIN = Merchant(app_code="APPCODE-PLAIN", client_key="KEY-PLAIN-0123456789")
 AGENT = Merchant(app_code="APPCODE-AGENT", client_key="KEY-AGENT-9876543210", mchid="MCH-A1")
@@ -670,3 +686,241 @@ def test_lifecycle():
         standin.stop()
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.post(f"{base_url}/trade/v1/query", timeout=1)
+
+
+# --------------------------------------------------------------------------- fault modes
+
+
+def our_client(qf: QFPayStandIn, read_timeout: float = 5.0) -> QFPayClient:
+    """The service's own client, to see each fault as the cancel function sees it."""
+    credentials = Credentials(app_code=PLAIN.app_code, client_key=PLAIN.client_key)
+    return QFPayClient(
+        qf.base_url,
+        lambda _force: credentials,
+        http=new_pool(),
+        timeouts=Timeouts(connect=1.0, read=read_timeout),
+    )
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_fault_http_5xx_changes_nothing(qf, status):
+    txn = qf.add(make_txn(faults=(Fault("http_5xx", CANCEL_ENDPOINTS, status=status),)))
+    response = send(qf, "reversal", cancel_params(txn))
+    assert response.status_code == status
+    assert "X-QF-SIGN" not in response.headers
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert only_row(qf, txn)["cancel"] == "0"
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"  # consumed
+    first = qf.calls[0]
+    assert (first.http_status, first.fault, first.delivered) == (status, "http_5xx", True)
+
+
+def test_fault_http_429_answers_retry_after_and_changes_nothing(qf):
+    txn = qf.add(make_txn(faults=(Fault("http_429"),)))
+    response = send(qf, "reversal", cancel_params(txn))
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert qf.cancellations_applied(txn.syssn) == 0
+    qf.update(txn.syssn, faults=(Fault("http_429"),))
+    with pytest.raises(QFPayUnavailable) as refused:  # what the cancel function makes of it
+        our_client(qf).reversal(cancel_params(txn))
+    assert refused.value.http_status == 429
+    assert qf.cancellations_applied(txn.syssn) == 0
+
+
+def test_fault_slow_answers_late_and_takes_effect(qf):
+    txn = qf.add(make_txn(faults=(Fault("slow", seconds=0.4),)))
+    started = time.monotonic()
+    body = send(qf, "reversal", cancel_params(txn)).json()
+    assert time.monotonic() - started >= 0.4
+    assert body["respcd"] == "0000"
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert (qf.calls[0].fault, qf.calls[0].delivered) == ("slow", True)
+
+
+def test_fault_reset_drops_the_connection_before_any_effect(qf):
+    txn = qf.add(make_txn(faults=(Fault("reset", CANCEL_ENDPOINTS),)))
+    with pytest.raises(requests.exceptions.ConnectionError):
+        send(qf, "reversal", cancel_params(txn))
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert only_row(qf, txn)["cancel"] == "0"
+    call = qf.calls[0]
+    assert (call.http_status, call.respcd, call.fault, call.delivered) == (0, None, "reset", False)
+    # The cancel function cannot tell: the request was sent, so it is ambiguous, never "unavailable".
+    qf.update(txn.syssn, faults=(Fault("reset"),))
+    with pytest.raises(QFPayAmbiguous):
+        our_client(qf).reversal(cancel_params(txn))
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"
+
+
+def test_fault_applied_then_timeout_reverses_but_the_client_times_out(qf):
+    txn = qf.add(make_txn(faults=(Fault("applied_then_timeout", CANCEL_ENDPOINTS, seconds=1.0),)))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(qf, "reversal", cancel_params(txn), timeout=0.3)
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert only_row(qf, txn)["cancel"] == "1"
+    call = qf.calls[0]
+    assert (call.http_status, call.respcd, call.fault, call.delivered) == (
+        200,
+        "0000",
+        "applied_then_timeout",
+        False,
+    )
+    assert call.answer is not None
+    assert call.answer["syssn"]  # the reversal's own number, decided but never read
+    qf.update(txn.syssn, faults=(Fault("applied_then_timeout", seconds=1.0),))
+    with pytest.raises(QFPayAmbiguous):
+        our_client(qf, read_timeout=0.3).reversal(cancel_params(txn))
+    assert qf.cancellations_applied(txn.syssn) == 1  # the repeat answered 1264, applied nothing
+
+
+def test_fault_applied_then_reset_reverses_and_drops_the_answer(qf):
+    txn = qf.add(make_txn(faults=(Fault("applied_then_reset", ("close",)),)))
+    with pytest.raises(requests.exceptions.ConnectionError):
+        send(qf, "close", cancel_params(txn))
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert only_row(qf, txn)["cancel"] == "2"
+    call = qf.calls[0]
+    assert (call.http_status, call.respcd, call.fault, call.delivered) == (
+        200,
+        "0000",
+        "applied_then_reset",
+        False,
+    )
+
+
+def test_fault_applied_then_reset_starts_an_in_progress_reversal(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=1, faults=(Fault("applied_then_reset", CANCEL_ENDPOINTS),)))
+    with pytest.raises(QFPayAmbiguous):
+        our_client(qf).reversal(cancel_params(txn))
+    assert qf.cancellations_applied(txn.syssn) == 0  # started, not yet applied
+    assert only_row(qf, txn)["cancel"] == "0"
+    assert only_row(qf, txn)["cancel"] == "1"
+    assert qf.cancellations_applied(txn.syssn) == 1
+
+
+def test_fault_on_the_enquiry_only_leaves_cancels_alone(qf):
+    txn = qf.add(make_txn(faults=(Fault("http_5xx", ("query",), status=502), Fault("reset", ("reversal",)))))
+    # The head of the script aims at the Enquiry: a reversal passes and leaves the script alone.
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "0000"
+    assert send(qf, "query", {"syssn": txn.syssn}).status_code == 502
+    with pytest.raises(requests.exceptions.ConnectionError):
+        send(qf, "reversal", cancel_params(txn))
+    assert only_row(qf, txn)["cancel"] == "1"  # the script is used up
+    assert [c.fault for c in qf.calls] == [None, "http_5xx", "reset", None]
+
+
+def test_fault_applied_then_timeout_on_an_enquiry_still_advances_the_countdown(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=1, faults=(Fault("applied_then_timeout", ("query",), 1.0),)))
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1143"
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(qf, "query", {"syssn": txn.syssn}, timeout=0.3)
+    assert only_row(qf, txn)["cancel"] == "1"
+
+
+def test_bad_signatures_are_never_faulted(qf):
+    txn = qf.add(make_txn(faults=(Fault("reset"),)))
+    assert send(qf, "reversal", cancel_params(txn), signature="BAD").json()["respcd"] == "1108"
+    with pytest.raises(requests.exceptions.ConnectionError):
+        send(qf, "reversal", cancel_params(txn))
+
+
+def test_fault_validation():
+    with pytest.raises(ValueError, match="kind"):
+        Fault("teapot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="endpoints"):
+        Fault("reset", frozenset({"refund"}))
+    with pytest.raises(ValueError, match="500"):
+        Fault("http_5xx", status=404)
+    assert Fault("slow").delay == 0.5
+    assert Fault("applied_then_timeout").delay == 3.0
+    assert Fault("reset").delay == 0.0
+    assert Fault("reset", ("reversal", "/trade/v1/close")).endpoints == CANCEL_ENDPOINTS
+    with pytest.raises(ValueError, match="share"):
+        FaultPlan(share=1.5)
+    with pytest.raises(ValueError, match="weights"):
+        FaultPlan(share=0.5, weights={"teapot": 1.0})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="in_progress_range"):
+        make_txn(in_progress_range=(3, 1))
+
+
+def test_in_progress_length_is_drawn_from_the_seed():
+    def lengths(seed: int) -> list[int]:
+        standin = QFPayStandIn([PLAIN], seed=seed)
+        return [
+            standin.add(make_txn(n, in_progress_range=(1, 6))).in_progress_enquiries for n in range(1, 21)
+        ]
+
+    assert lengths(7) == lengths(7)
+    assert lengths(7) != lengths(8)
+    assert set(lengths(7)) <= set(range(1, 7))
+    assert len(set(lengths(7))) > 1
+
+
+def test_drawn_in_progress_length_is_what_the_enquiry_shows():
+    with QFPayStandIn([PLAIN], seed=3) as standin:
+        txn = standin.add(make_txn(in_progress_range=(2, 5)))
+        drawn = txn.in_progress_enquiries
+        assert 2 <= drawn <= 5
+        assert send(standin, "reversal", cancel_params(txn)).json()["respcd"] == "1143"
+        for _ in range(drawn):
+            assert only_row(standin, txn)["cancel"] == "0"
+        assert only_row(standin, txn)["cancel"] == "1"
+        assert standin.cancellations_applied(txn.syssn) == 1
+
+
+def test_fault_plan_is_reproducible_from_the_seed():
+    plan = FaultPlan(share=0.5, max_faults=3)
+
+    def scripts(seed: int) -> list[tuple[Fault, ...]]:
+        standin = QFPayStandIn([PLAIN], seed=seed, fault_plan=plan)
+        return [standin.add(make_txn(n)).faults for n in range(1, 201)]
+
+    first = scripts(11)
+    assert first == scripts(11)
+    assert first != scripts(12)
+    faulty = [s for s in first if s]
+    assert 60 < len(faulty) < 140  # about half
+    assert all(1 <= len(s) <= 3 for s in faulty)
+    drawn = [f for s in faulty for f in s]
+    assert {f.kind for f in drawn} == set(FAULT_KINDS)
+    assert all(f.endpoints == CANCEL_ENDPOINTS for f in drawn if f.kind.startswith("applied"))
+    assert any(f.endpoints == frozenset({"/trade/v1/query"}) for f in drawn)
+    assert {f.status for f in drawn if f.kind == "http_5xx"} <= {500, 502, 503, 504}
+
+
+def test_fault_plan_spares_scripted_transactions_and_share_zero():
+    scripted = (Fault("http_429"),)
+    standin = QFPayStandIn([PLAIN], seed=1, fault_plan=FaultPlan(share=1.0))
+    assert standin.add(make_txn(1, faults=scripted)).faults == scripted
+    assert standin.add(make_txn(2)).faults != ()
+    standin.configure_faults(seed=1, plan=FaultPlan(share=0.0))
+    assert all(standin.add(make_txn(n)).faults == () for n in range(3, 30))
+
+
+def test_fault_plan_over_http_with_every_kind():
+    """A drawn script is served exactly as a hand-written one: one call per fault, in order."""
+    plan = FaultPlan(share=1.0, max_faults=1, query_share=0.0, slow_seconds=0.05, timeout_seconds=0.6)
+    with QFPayStandIn([PLAIN], seed=5, fault_plan=plan) as standin:
+        seen: set[str] = set()
+        n = 0
+        while seen != set(FAULT_KINDS):
+            n += 1
+            txn = standin.add(make_txn(n))
+            (fault,) = txn.faults
+            seen.add(fault.kind)
+            try:
+                status = send(standin, "reversal", cancel_params(txn), timeout=0.3).status_code
+            except requests.exceptions.RequestException:
+                status = 0
+            applied = standin.cancellations_applied(txn.syssn)
+            if fault.kind in ("http_5xx", "http_429"):
+                assert (status, applied) == (fault.status if fault.kind == "http_5xx" else 429, 0)
+            elif fault.kind == "reset":
+                assert (status, applied) == (0, 0)
+            elif fault.kind == "slow":
+                assert (status, applied) == (200, 1)
+            else:
+                assert (status, applied) == (0, 1)
+            assert standin.calls[-1].fault == fault.kind

@@ -20,6 +20,20 @@ it in this process, the way the Lambda Python runtime would:
   "stackTrace"}``); a handler that ran longer than its ``Timeout`` is reported as
   ``Sandbox.Timedout`` (its side effects cannot be undone here) and gets a fresh cold start.
 
+Crash injection (:func:`inject_crashes`, for soak tests): a plan chooses invocations that die
+mid-way, as a sandbox killed by a timeout or by the kernel does. From the planned point on
+(after the handler's k-th outbound HTTP request has been sent, or once the handler returned),
+every thread of that invocation gets :class:`SandboxKilled` (a ``BaseException``: nothing in the
+handler catches it and carries on) at its next outbound request, and a request on the wire has
+its answer thrown away (the far end did the work). So the records that finished stay finished,
+the ones in flight stop where they were (their idempotency records stay IN_PROGRESS until their
+expiry), and the rest never start. The invocation is reported as ``Sandbox.Timedout`` after
+holding until the function's deadline, or at once as ``Runtime.ExitError`` (``signal: killed``);
+the sandbox is thrown away. Requests are counted and stopped in
+``urllib3.connectionpool.HTTPConnectionPool.urlopen`` (both requests and botocore send through
+it), patched only while a plan is set; the invocation is known through a ``ContextVar``, which
+asyncio tasks and ``asyncio.to_thread`` copy into the threads that work for it.
+
 Unregistered functions keep moto's own behaviour. Every invocation of a registered function
 is recorded (see :func:`invocations`). Safe to use from several threads: the Step Functions
 interpreter runs each execution in its own thread, and the moto server answers each request
@@ -29,6 +43,7 @@ in its own thread.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import decimal
 import importlib.util
@@ -48,12 +63,17 @@ from typing import Any
 
 from moto.awslambda.exceptions import LambdaClientError
 from moto.awslambda_simple.models import LambdaSimpleBackend
+from urllib3.connectionpool import HTTPConnectionPool
 
 __all__ = [
     "PATCH_TARGET",
+    "Crash",
+    "CrashPlan",
     "Invocation",
     "LambdaContext",
+    "SandboxKilled",
     "clear_invocations",
+    "inject_crashes",
     "install",
     "installed",
     "invocations",
@@ -144,6 +164,87 @@ _functions: dict[str, _Function] = {}
 _invocations: list[Invocation] = []
 _original_invoke: Callable[..., Any] | None = None
 _module_counter = 0
+
+
+class SandboxKilled(BaseException):
+    """Raised in the threads of an invocation whose sandbox died (crash injection)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Crash:
+    """How one invocation dies (see the module docstring)."""
+
+    after_requests: int | None = None
+    """Die once this many outbound HTTP requests were sent; None (or fewer sent): when the
+    handler returns, its result lost."""
+    error_type: str = "Sandbox.Timedout"
+    """``Sandbox.Timedout`` (held until the deadline) or ``Runtime.ExitError`` (at once)."""
+
+    def __post_init__(self) -> None:
+        if self.error_type not in ("Sandbox.Timedout", "Runtime.ExitError"):
+            raise ValueError(f"unsupported crash error type {self.error_type!r}")
+        if self.after_requests is not None and self.after_requests < 0:
+            raise ValueError("after_requests must not be negative")
+
+
+#: ``plan(function_name, event)`` -> the crash of that invocation, or None to let it live.
+CrashPlan = Callable[[str, Any], Crash | None]
+
+
+class _Dying:
+    """The state of one invocation planned to crash, shared by the threads working for it."""
+
+    def __init__(self, crash: Crash) -> None:
+        self.crash = crash
+        self.requests = 0
+        self.dead = crash.after_requests == 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        with self._lock:
+            if self.dead:
+                raise SandboxKilled("the sandbox died")
+
+    def count_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+            limit = self.crash.after_requests
+            self.dead = self.dead or (limit is not None and self.requests >= limit)
+        self.check()
+
+    def kill(self) -> None:
+        with self._lock:
+            self.dead = True
+
+
+_crash_plan: CrashPlan | None = None
+_dying: contextvars.ContextVar[_Dying | None] = contextvars.ContextVar("lambda_runtime_dying", default=None)
+_original_urlopen: Callable[..., Any] | None = None
+
+
+def inject_crashes(plan: CrashPlan | None) -> None:
+    """Ask ``plan`` before every invocation of a registered function; None stops injecting."""
+    global _crash_plan, _original_urlopen  # noqa: PLW0603
+    with _lock:
+        _crash_plan = plan
+        if plan is not None and _original_urlopen is None:
+            _original_urlopen = HTTPConnectionPool.urlopen
+            HTTPConnectionPool.urlopen = _guarded_urlopen  # type: ignore[method-assign]
+        elif plan is None and _original_urlopen is not None:
+            HTTPConnectionPool.urlopen = _original_urlopen  # type: ignore[method-assign]
+            _original_urlopen = None
+
+
+def _guarded_urlopen(self: HTTPConnectionPool, *args: Any, **kwargs: Any) -> Any:
+    original = _original_urlopen or HTTPConnectionPool.urlopen
+    dying = _dying.get()
+    if dying is None:
+        return original(self, *args, **kwargs)
+    dying.check()
+    try:
+        return original(self, *args, **kwargs)
+    finally:
+        dying.count_request()  # raises once the sandbox is dead: the answer is thrown away
 
 
 class _InitError(Exception):
@@ -431,8 +532,27 @@ def _run(
         context = LambdaContext(**context_args, aws_request_id=request_id)
         started = time.time()
         t0 = time.monotonic()
+        with _lock:
+            plan = _crash_plan
+        crash = plan(fn.name, event) if plan is not None else None
+        dying = _Dying(crash) if crash is not None else None
+        token = _dying.set(dying)
         try:
             result = handler_fn(event, context)
+            if dying is not None:  # it did not die on the way: it dies now, the result lost
+                dying.kill()
+                raise SandboxKilled("the sandbox died after the handler returned")
+        except SandboxKilled:
+            discard = True
+            if crash is not None and crash.error_type == "Runtime.ExitError":
+                error = {
+                    "errorMessage": (
+                        f"RequestId: {request_id} Error: Runtime exited with error: signal: killed"
+                    ),
+                    "errorType": "Runtime.ExitError",
+                }
+            else:  # hung until the deadline: reported as the timeout below
+                time.sleep(context.get_remaining_time_in_millis() / 1000 + 0.01)
         except Exception as exc:
             error = _error_object(exc)
         except SystemExit as exc:  # the runtime process would exit: a fresh sandbox next time
@@ -443,6 +563,8 @@ def _run(
                 "errorType": "Runtime.ExitError",
             }
             discard = True
+        finally:
+            _dying.reset(token)
         elapsed = time.monotonic() - t0
 
     timeout = float(context_args["timeout_seconds"])

@@ -79,6 +79,58 @@ Scripted behaviour (fields of ``Transaction``)
     ``1143`` or ``1145`` the answer carries a new ``syssn``, as a real success-like answer would.
 ``sysdtm`` (default: ``txdtm``)
     The system time shown in Enquiry rows.
+``in_progress_range`` (default None)
+    ``(low, high)``: when the transaction is added, ``in_progress_enquiries`` is drawn uniformly
+    from ``low..high`` (inclusive) with the stand-in's seeded random generator (see below),
+    replacing whatever the field held: in-progress sequences of random, reproducible length.
+``faults`` (default ``()``)
+    A script of ``Fault`` values for this transaction (see "Fault modes").
+
+Fault modes (seedable)
+======================
+A ``Fault(kind, endpoints=None, seconds=None, status=503)`` is one misbehaviour of QFPay's side.
+``Transaction.faults`` is consumed in order: an authenticated call concerning the transaction, to
+an endpoint the script's *next* fault applies to (``endpoints``: paths or short names such as
+``"reversal"``; None = every endpoint; ``CANCEL_ENDPOINTS`` = reversal and close), suffers that
+fault and consumes it. A call to another endpoint passes untouched and leaves the script where it
+is. An enquiry concerning several transactions suffers the fault of the first of them (ledger
+order) whose next fault applies; only that one is consumed. Faults are looked at after
+``http_500_first`` and after authentication (a refused signature is never faulted); a call that
+concerns no transaction is never faulted. Kinds:
+
+``http_5xx``
+    HTTP ``status`` (500..599, default 503), plain-text body; nothing takes effect.
+``http_429``
+    HTTP 429 (QFPay's rate limit) with ``Retry-After: 1``; nothing takes effect.
+``slow``
+    The call takes effect at once; its (normal) answer is sent ``seconds`` later (default 0.5).
+    Slower than the client's read timeout it is the same as ``applied_then_timeout``.
+``reset``
+    The connection is reset (TCP RST, ``SO_LINGER`` 0) without an answer, BEFORE anything takes
+    effect: the request was sent, so the client cannot tell whether it did.
+``applied_then_timeout``
+    The call takes effect (a reversal/close is applied or started, an enquiry advances the
+    in-progress countdown), then its answer is held ``seconds`` (default 3.0: choose more than
+    the client's read timeout): the client gives up although QFPay did the work.
+``applied_then_reset``
+    The call takes effect, then the connection is reset without an answer.
+
+A faulted call is logged with ``Call.fault`` = the kind. For ``reset`` ``Call.http_status`` is 0
+and ``respcd`` None (nothing was decided); for the ``applied_*`` kinds ``http_status``, ``respcd``
+and ``answer`` are what QFPay decided, which the client never reads: ``Call.delivered`` is False
+for ``reset``, ``applied_then_timeout`` and ``applied_then_reset``.
+
+Seeds and the server-wide fault plan: ``QFPayStandIn(..., seed=S, fault_plan=FaultPlan(...))``, or
+``configure_faults(seed=..., plan=...)`` before transactions are added. The stand-in owns
+``random.Random(seed)`` (``.random``). Every draw happens in ``add`` (under the lock, in the order
+transactions are added), never while serving, so one seed and one add order always give the same
+ledger and the same fault scripts, whatever the timing of the clients' threads.
+``FaultPlan(share, weights=DEFAULT_FAULT_WEIGHTS, max_faults=2, query_share=0.25,
+slow_seconds=0.5, timeout_seconds=3.0)``: a transaction added without scripted ``faults`` gets,
+with probability ``share``, a script of 1..``max_faults`` faults whose kinds are drawn by
+``weights``; ``applied_*`` faults aim at reversal/close, the others at the Enquiry with
+probability ``query_share`` and else at reversal/close; ``http_5xx`` draws its status from 500,
+502, 503, 504. ``transaction(key).faults`` shows the script drawn.
 
 Reversal and close: respcds, in the order they are decided
 ==========================================================
@@ -133,7 +185,8 @@ Counting
 ========
 Every request is recorded in ``calls`` (a ``Call``: endpoint path, HTTP method, app code,
 parameters as received, HTTP status, respcd, the ``syssn`` of the transactions concerned,
-timestamp). Headers, hence signatures and keys, are never stored or logged. Helpers: ``count``,
+timestamp, the fault suffered and the JSON answer decided, sent or not). Headers, hence
+signatures and keys, are never stored or logged. Helpers: ``count``,
 ``cancellations_applied`` (how many times a reversal/close actually took effect: the evidence for
 "no payment reversed twice"), ``transaction`` (a snapshot), ``add``, ``update``, ``reset_calls``.
 Wherever a transaction key is taken it may be its ``syssn`` or its ``out_trade_no``.
@@ -141,15 +194,19 @@ Wherever a transaction key is taken it may be its ``syssn`` or its ``out_trade_n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import json
+import random
 import re
+import socket
+import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,6 +220,30 @@ REVERSAL = "/trade/v1/reversal"
 CLOSE = "/trade/v1/close"
 QUERY = "/trade/v1/query"
 ENDPOINTS = (REVERSAL, CLOSE, QUERY)
+CANCEL_ENDPOINTS: frozenset[str] = frozenset({REVERSAL, CLOSE})
+
+FaultKind = Literal["http_5xx", "http_429", "slow", "reset", "applied_then_timeout", "applied_then_reset"]
+FAULT_KINDS: tuple[FaultKind, ...] = (
+    "http_5xx",
+    "http_429",
+    "slow",
+    "reset",
+    "applied_then_timeout",
+    "applied_then_reset",
+)
+#: Kinds whose answer the client never reads (no answer, or one held past its read timeout).
+UNANSWERED_FAULTS: frozenset[str] = frozenset({"reset", "applied_then_timeout", "applied_then_reset"})
+#: Kinds that let the call take effect before the answer is lost.
+APPLIED_FAULTS: frozenset[str] = frozenset({"applied_then_timeout", "applied_then_reset"})
+DEFAULT_FAULT_WEIGHTS: Mapping[FaultKind, float] = {
+    "http_5xx": 3.0,
+    "http_429": 2.0,
+    "slow": 2.0,
+    "reset": 2.0,
+    "applied_then_timeout": 2.0,
+    "applied_then_reset": 2.0,
+}
+_DEFAULT_FAULT_SECONDS = {"slow": 0.5, "applied_then_timeout": 3.0}
 
 RESPERR: dict[str, str] = {
     "0000": "success",
@@ -206,6 +287,88 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True)
+class Fault:
+    """One misbehaviour of QFPay's side (see "Fault modes" in the module docstring)."""
+
+    kind: FaultKind
+    endpoints: Collection[str] | None = None
+    """Paths (or short names: "reversal", "close", "query") it applies to; None: every endpoint.
+    Kept as a frozenset of paths."""
+    seconds: float | None = None
+    """How late the answer is (``slow``, ``applied_then_timeout``); None: the kind's default."""
+    status: int = 503
+    """The HTTP status of ``http_5xx``."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {FAULT_KINDS}, not {self.kind!r}")
+        if isinstance(self.endpoints, str):
+            raise ValueError("endpoints must be a collection of endpoints, not one string")
+        if self.endpoints is not None:
+            paths = frozenset(e if e.startswith("/") else f"/trade/v1/{e}" for e in self.endpoints)
+            unknown = sorted(paths - set(ENDPOINTS))
+            if unknown or not paths:
+                raise ValueError(f"unknown or no endpoints for a fault: {unknown}")
+            object.__setattr__(self, "endpoints", paths)
+        if self.kind == "http_5xx" and not 500 <= self.status <= 599:
+            raise ValueError(f"http_5xx needs a status in 500..599, not {self.status}")
+        if self.seconds is not None and self.seconds < 0:
+            raise ValueError("seconds must not be negative")
+
+    @property
+    def delay(self) -> float:
+        """Seconds the answer is held (0 for kinds that do not hold it)."""
+        if self.kind not in _DEFAULT_FAULT_SECONDS:
+            return 0.0
+        return _DEFAULT_FAULT_SECONDS[self.kind] if self.seconds is None else self.seconds
+
+    def applies_to(self, path: str) -> bool:
+        return self.endpoints is None or path in self.endpoints
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """A server-wide plan: which transactions get a fault script, drawn from the stand-in's seed."""
+
+    share: float
+    """Probability that a transaction added without scripted faults gets a script."""
+    weights: Mapping[FaultKind, float] = field(default_factory=lambda: dict(DEFAULT_FAULT_WEIGHTS))
+    max_faults: int = 2
+    """A script has 1..max_faults faults."""
+    query_share: float = 0.25
+    """Share of the non-``applied_*`` faults aimed at the Enquiry instead of reversal/close."""
+    slow_seconds: float = 0.5
+    timeout_seconds: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0 or not 0.0 <= self.query_share <= 1.0:
+            raise ValueError("share and query_share must be between 0 and 1")
+        if self.max_faults < 1:
+            raise ValueError("max_faults must be at least 1")
+        unknown = sorted(set(self.weights) - set(FAULT_KINDS))
+        if unknown or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError(f"weights need known kinds and a positive total (unknown: {unknown})")
+
+    def draw(self, rng: random.Random) -> tuple[Fault, ...]:
+        """A script for one transaction (often empty), drawn from ``rng``."""
+        if rng.random() >= self.share:
+            return ()
+        kinds = [k for k in FAULT_KINDS if self.weights.get(k, 0.0) > 0]
+        weights = [self.weights[k] for k in kinds]
+        script: list[Fault] = []
+        for _ in range(rng.randint(1, self.max_faults)):
+            kind = rng.choices(kinds, weights)[0]
+            if kind in APPLIED_FAULTS or rng.random() >= self.query_share:
+                endpoints = CANCEL_ENDPOINTS
+            else:
+                endpoints = frozenset({QUERY})
+            seconds = {"slow": self.slow_seconds, "applied_then_timeout": self.timeout_seconds}.get(kind)
+            status = rng.choice((500, 502, 503, 504)) if kind == "http_5xx" else 503
+            script.append(Fault(kind, endpoints, seconds, status))
+        return tuple(script)
+
+
+@dataclass(frozen=True)
 class Merchant:
     """One set of credentials. ``client_key`` is kept out of ``repr``."""
 
@@ -233,10 +396,17 @@ class Transaction:
     close_supported: bool = True
     cancel_respcd: str | None = None
     sysdtm: str | None = None
+    in_progress_range: tuple[int, int] | None = None
+    faults: tuple[Fault, ...] = ()
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
             raise ValueError(f"state must be one of {STATES}, not {self.state!r}")
+        if self.in_progress_range is not None:
+            low, high = self.in_progress_range
+            if not 0 <= low <= high:
+                raise ValueError(f"in_progress_range needs 0 <= low <= high, not {(low, high)}")
+        self.faults = tuple(self.faults)
 
 
 @dataclass(frozen=True)
@@ -251,11 +421,20 @@ class Call:
     respcd: str | None
     keys: tuple[str, ...]
     timestamp: float
+    fault: str | None = None
+    """The fault kind this call suffered, else None."""
+    answer: dict[str, Any] | None = None
+    """The JSON answer decided (sent, or lost to a fault); None for plain-text or no answer."""
 
     @property
     def key(self) -> str | None:
         """The ``syssn`` of the one transaction concerned, else None."""
         return self.keys[0] if len(self.keys) == 1 else None
+
+    @property
+    def delivered(self) -> bool:
+        """False when the client never read the answer (``UNANSWERED_FAULTS``)."""
+        return self.fault not in UNANSWERED_FAULTS
 
 
 @dataclass
@@ -265,6 +444,7 @@ class _Runtime:
     pending_cancel: int = 0  # 1 reversal / 2 close in progress, 0 none
     pending_syssn: str = ""
     pending_remaining: int = 0
+    faults_used: int = 0  # how much of Transaction.faults has been consumed
 
 
 @dataclass
@@ -277,6 +457,9 @@ class _Answer:
     delay: float
     client_key: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    payload: dict[str, Any] | None = None
+    fault: str | None = None
+    drop: bool = False  # reset the connection instead of answering
 
 
 class _Reject(Exception):
@@ -338,6 +521,8 @@ class QFPayStandIn:
         close_methods: Sequence[str] = ("GET", "POST"),
         *,
         transactions: Iterable[Transaction] = (),
+        seed: int | None = None,
+        fault_plan: FaultPlan | None = None,
     ) -> None:
         self._merchants: dict[str, Merchant] = {m.app_code: m for m in merchants}
         self._host = host
@@ -351,6 +536,9 @@ class QFPayStandIn:
         self._reversal_counter = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.random = random.Random(seed)
+        """The stand-in's own generator: every draw (in ``add``) comes from it."""
+        self.fault_plan = fault_plan
         for txn in transactions:
             self.add(txn)
 
@@ -417,9 +605,20 @@ class QFPayStandIn:
                 if other.out_trade_no == txn.out_trade_no and other.mchid == txn.mchid:
                     raise ValueError(f"duplicate out_trade_no {txn.out_trade_no}")
             # The ledger keeps its own copy: a scenario's Transaction can be reused across runs.
-            self._ledger[txn.syssn] = dataclasses.replace(txn)
+            own = dataclasses.replace(txn)
+            if own.in_progress_range is not None:
+                own.in_progress_enquiries = self.random.randint(*own.in_progress_range)
+            if not own.faults and self.fault_plan is not None:
+                own.faults = self.fault_plan.draw(self.random)
+            self._ledger[txn.syssn] = own
             self._runtime[txn.syssn] = _Runtime()
-            return dataclasses.replace(txn)
+            return dataclasses.replace(own)
+
+    def configure_faults(self, *, seed: int | None = None, plan: FaultPlan | None = None) -> None:
+        """Reseed the stand-in's generator and set the fault plan for transactions added from now."""
+        with self._lock:
+            self.random = random.Random(seed)
+            self.fault_plan = plan
 
     def update(self, key: str, **changes: Any) -> Transaction:
         """Change fields of a transaction (e.g. ``state="paid"``); returns a snapshot."""
@@ -431,6 +630,8 @@ class QFPayStandIn:
                     raise TypeError(f"cannot update {name!r}")
                 setattr(txn, name, value)
             txn.__post_init__()
+            if "faults" in changes:  # a new script starts from its beginning
+                self._runtime[txn.syssn].faults_used = 0
             return dataclasses.replace(txn)
 
     def transaction(self, key: str) -> Transaction:
@@ -503,6 +704,8 @@ class QFPayStandIn:
                     respcd=answer.respcd,
                     keys=answer.keys,
                     timestamp=time.time(),
+                    fault=answer.fault,
+                    answer=answer.payload,
                 )
             )
             return answer
@@ -562,6 +765,9 @@ class QFPayStandIn:
             fail = fail or runtime.calls_seen <= self._ledger[syssn].http_500_first
         if fail:
             return _plain(500, "500 Internal Server Error", delay, concerned)
+        fault = self._take_fault(path, concerned)
+        if fault is not None and (early := _early_fault_answer(fault, delay, concerned)) is not None:
+            return early
 
         try:
             self._check_mchid(params, merchant)
@@ -571,7 +777,21 @@ class QFPayStandIn:
                 payload, keys = self._cancel(path, params, merchant)
         except _Reject as rejection:
             payload, keys = _error(rejection), concerned
-        return _json(payload, merchant.client_key, keys, delay)
+        answer = _json(payload, merchant.client_key, keys, delay)
+        if fault is not None:  # the call has taken effect; now its answer is late or lost
+            answer.fault = fault.kind
+            answer.delay += fault.delay
+            answer.drop = fault.kind == "applied_then_reset"
+        return answer
+
+    def _take_fault(self, path: str, concerned: tuple[str, ...]) -> Fault | None:
+        """Consume the next scripted fault of the first concerned transaction it applies to."""
+        for syssn in concerned:
+            script, runtime = self._ledger[syssn].faults, self._runtime[syssn]
+            if runtime.faults_used < len(script) and script[runtime.faults_used].applies_to(path):
+                runtime.faults_used += 1
+                return script[runtime.faults_used - 1]
+        return None
 
     @staticmethod
     def _read_pairs(
@@ -760,6 +980,21 @@ def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _early_fault_answer(fault: Fault, delay: float, keys: tuple[str, ...]) -> _Answer | None:
+    """The answer of a fault that strikes before anything takes effect, else None."""
+    if fault.kind == "http_5xx":
+        answer = _plain(fault.status, f"{fault.status} Server Error", delay, keys)
+    elif fault.kind == "http_429":
+        answer = _plain(429, "429 Too Many Requests", delay, keys)
+        answer.extra_headers["Retry-After"] = "1"
+    elif fault.kind == "reset":
+        answer = _Answer(0, b"", "", None, keys, delay, drop=True)
+    else:
+        return None
+    answer.fault = fault.kind
+    return answer
+
+
 def _error(rejection: _Reject) -> dict[str, Any]:
     return {"respcd": rejection.respcd, "resperr": rejection.resperr, "respmsg": ""}
 
@@ -774,6 +1009,7 @@ def _json(payload: Mapping[str, Any], client_key: str | None, keys: tuple[str, .
         keys=keys,
         delay=delay,
         client_key=client_key,
+        payload=dict(payload),
     )
 
 
@@ -812,15 +1048,29 @@ def _make_handler(standin: QFPayStandIn) -> type[BaseHTTPRequestHandler]:
             answer = standin._handle(method, self.path, headers, body)
             if answer.delay > 0:
                 time.sleep(answer.delay)
-            self.send_response(answer.status)
-            self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(len(answer.body)))
-            if answer.client_key is not None:
-                self.send_header("X-QF-SIGN", response_sign(answer.body, answer.client_key))
-            for name, value in answer.extra_headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(answer.body)
+            if answer.drop:
+                self._reset()
+                return
+            try:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.content_type)
+                self.send_header("Content-Length", str(len(answer.body)))
+                if answer.client_key is not None:
+                    self.send_header("X-QF-SIGN", response_sign(answer.body, answer.client_key))
+                for name, value in answer.extra_headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(answer.body)
+            except OSError:  # the client gave up (read timeout) and closed its end
+                self.close_connection = True
+
+        def _reset(self) -> None:
+            """Close with SO_LINGER 0: the kernel sends RST, the client reads no answer."""
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.rfile.close()
+                self.connection.close()
 
         def log_message(self, format: str, *args: Any) -> None:
             """Silent: nothing about requests (or credentials) reaches the test output."""

@@ -28,6 +28,8 @@ CANCEL_FLAGS = {
 ENQUIRY_WINDOW = timedelta(days=1)
 # A partial refund leaves part of the payment with the customer charged: not "not charged".
 _STILL_CHARGED_FLAGS = frozenset({"4", "5"})
+# A refund is not our cancellation: the customer is not charged, but nothing was cancelled.
+_REFUNDED_FLAGS = frozenset({"3"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def read_enquiry(answer: Mapping[str, Any], order: Order) -> Finding:
         what = CANCEL_FLAGS.get(cancel, f"cancel flag {cancel}")
         if cancel in _STILL_CHARGED_FLAGS:
             return Finding(Status.REFUND_REQUIRED, f"payment completed and {what}", row_respcd)
+        if cancel in _REFUNDED_FLAGS:
+            return Finding(Status.NOT_CHARGED, f"Enquiry shows the payment was {what}", row_respcd)
         return Finding(Status.CANCELLED, f"Enquiry confirms the payment is {what}", row_respcd)
     if row_respcd == "0000":
         if refunded and refunded >= _cents(payment.get("txamt")):

@@ -1,0 +1,477 @@
+"""The soak (``tests/local/soak.py``): its judge, its crash injection, and a small run of it.
+
+The judge's rules are checked on fabricated evidence (a lost order, a double reversal, an
+undocumented resend, a contradiction are each detected; documented retries are not flagged);
+crash injection is checked on a tiny handler; then a small soak runs the whole pipeline with
+faults, duplicates and crashes and must find nothing lost, nothing reversed twice, nothing
+contradicting the ledger, and a real reason for every dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import boto3
+import pytest
+from urllib3.connectionpool import HTTPConnectionPool
+
+from tests.local import lambda_runtime, soak
+from tests.local.moto_server import LocalAws
+from tests.local.qfpay_standin import Call, Transaction
+from tests.local.soak import Ledger, OrderEvidence, SoakConfig, contradiction, judge, undocumented_cancels
+
+SYSSN = "20261126000100020000000001"
+REVERSAL = "/trade/v1/reversal"
+QUERY = "/trade/v1/query"
+
+
+def call(
+    endpoint: str,
+    *,
+    status: int = 200,
+    respcd: str | None = "0000",
+    fault: str | None = None,
+    rows: list[dict[str, str]] | None = None,
+) -> Call:
+    answer: dict[str, Any] | None = None
+    if status == 200 and respcd is not None:
+        answer = {"respcd": respcd}
+        if endpoint == QUERY:
+            answer["data"] = rows or []
+    return Call(
+        endpoint=endpoint,
+        method="POST",
+        app_code="APP",
+        params={"syssn": SYSSN},
+        http_status=status,
+        respcd=respcd,
+        keys=(SYSSN,),
+        timestamp=time.time(),
+        fault=fault,
+        answer=answer,
+    )
+
+
+def row(cancel: str = "0", respcd: str = "1143") -> dict[str, str]:
+    return {"syssn": SYSSN, "out_trade_no": "ORDER-1", "cancel": cancel, "respcd": respcd}
+
+
+def evidence(**changes: Any) -> OrderEvidence:
+    fields: dict[str, Any] = {
+        "key": "ORDER-1",
+        "category": "unpaid",
+        "expected": frozenset({"CANCELLED"}),
+        "statuses": ["CANCELLED"],
+        "dead_lettered": 0,
+        "ledger": Ledger(exists=True, state="unpaid", cancel=1, applied=1),
+        "calls": [call(REVERSAL), call(QUERY, rows=[row(cancel="1")])],
+        "names": (SYSSN, "ORDER-1"),
+    }
+    fields.update(changes)
+    return OrderEvidence(**fields)
+
+
+# --------------------------------------------------------------------------- the judge
+
+
+def test_a_clean_order_is_not_flagged():
+    verdict = judge([evidence()])
+    assert (verdict.lost, verdict.double_reversals, verdict.contradictions, verdict.unexpected) == (
+        [],
+        [],
+        [],
+        [],
+    )
+
+
+def test_a_lost_order_is_detected():
+    verdict = judge([evidence(statuses=[], calls=[])])
+    assert len(verdict.lost) == 1
+    assert "ORDER-1" in verdict.lost[0]
+
+
+def test_a_dead_lettered_order_without_outcome_is_not_lost():
+    assert judge([evidence(statuses=[], dead_lettered=1)]).lost == []
+
+
+def test_two_cancellations_applied_are_a_double_reversal():
+    verdict = judge([evidence(ledger=Ledger(exists=True, state="unpaid", cancel=1, applied=2))])
+    assert verdict.double_reversals == ["ORDER-1 (unpaid): 2 cancellations applied"]
+
+
+def test_a_second_cancel_without_an_enquiry_showing_the_payment_live_is_a_double_reversal():
+    calls = [call(REVERSAL, respcd="0000"), call(REVERSAL, respcd="1264")]
+    verdict = judge([evidence(calls=calls)])
+    assert len(verdict.double_reversals) == 1
+    assert "reversal #2 (respcd 1264) sent after reversal #1 (respcd 0000)" in verdict.double_reversals[0]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(call(REVERSAL, status=0, respcd=None, fault="reset"), id="no-answer"),
+        pytest.param(call(REVERSAL, respcd="1143"), id="in-progress"),
+        pytest.param(call(REVERSAL, respcd="1260"), id="final-answer"),
+        pytest.param(call(REVERSAL, fault="applied_then_timeout"), id="timed-out"),
+    ],
+)
+def test_a_resend_after_a_cancel_that_may_have_worked_needs_a_live_enquiry(first):
+    blind = [first, call(REVERSAL)]
+    assert len(undocumented_cancels(blind, (SYSSN,))) == 1
+    checked = [first, call(QUERY, rows=[row()]), call(REVERSAL)]
+    assert undocumented_cancels(checked, (SYSSN,)) == []
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(call(REVERSAL, status=503, respcd=None), id="http-503"),
+        pytest.param(call(REVERSAL, status=429, respcd=None), id="http-429"),
+        pytest.param(call(REVERSAL, respcd="1296"), id="try-later"),
+        pytest.param(call(REVERSAL, respcd="1108"), id="signature"),
+    ],
+)
+def test_a_retry_after_an_answer_that_did_nothing_is_documented(first):
+    assert undocumented_cancels([first, call(REVERSAL)], (SYSSN,)) == []
+
+
+def test_an_enquiry_that_shows_the_payment_cancelled_or_was_not_read_allows_no_resend():
+    cancelled = [call(REVERSAL, fault="reset", status=0, respcd=None), call(QUERY, rows=[row(cancel="1")])]
+    assert len(undocumented_cancels([*cancelled, call(REVERSAL)], (SYSSN,))) == 1
+    unread = [
+        call(REVERSAL, fault="reset", status=0, respcd=None),
+        call(QUERY, rows=[row()], fault="applied_then_reset"),
+        call(REVERSAL),
+    ]
+    assert len(undocumented_cancels(unread, (SYSSN,))) == 1
+    failed = [call(REVERSAL, fault="reset", status=0, respcd=None), call(QUERY, status=502, respcd=None)]
+    assert len(undocumented_cancels([*failed, call(REVERSAL)], (SYSSN,))) == 1
+
+
+def test_an_enquiry_with_no_record_allows_a_resend():
+    calls = [call(REVERSAL, respcd="1136"), call(QUERY, rows=[]), call(REVERSAL, respcd="1136")]
+    assert undocumented_cancels(calls, (SYSSN,)) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "ledger", "contradicts"),
+    [
+        ("CANCELLED", Ledger(True, "unpaid", cancel=1, applied=1), False),
+        ("CANCELLED", Ledger(True, "unpaid"), True),  # still live
+        ("CANCELLED", Ledger(True, "paid"), True),
+        ("CANCELLED", Ledger(True, "closed"), False),  # closed by itself: unexpected, not contradictory
+        ("NOT_CHARGED", Ledger(True, "paid"), True),
+        ("NOT_CHARGED", Ledger(True, "unpaid"), True),
+        ("NOT_CHARGED", Ledger(True, "expired"), False),
+        ("NOT_CHARGED", Ledger(True, "refunded"), False),
+        ("NOT_CHARGED", Ledger(True, "unpaid", cancel=2), False),
+        ("REFUND_REQUIRED", Ledger(True, "paid"), False),
+        ("REFUND_REQUIRED", Ledger(True, "failed"), True),
+        ("REFUND_REQUIRED", Ledger(True, "unpaid"), True),
+        ("REFUND_REQUIRED", Ledger(True, "unpaid", cancel=1, applied=1), True),
+        ("UNKNOWN", Ledger(True, "unpaid"), False),
+        ("REJECTED", Ledger(True, "paid"), False),
+        ("REJECTED", Ledger(False), False),
+        ("NOT_CHARGED", Ledger(False), False),
+        ("CANCELLED", Ledger(False), True),
+        ("REFUND_REQUIRED", Ledger(False), True),
+    ],
+)
+def test_contradiction_rules(status, ledger, contradicts):
+    assert (contradiction(status, ledger) is not None) is contradicts
+
+
+def test_a_contradiction_is_detected():
+    verdict = judge([evidence(statuses=["CANCELLED"], ledger=Ledger(True, "paid"), calls=[])])
+    assert verdict.contradictions == [
+        "ORDER-1 (unpaid): CANCELLED but the ledger shows paid, not cancelled, cancellations applied 0"
+    ]
+
+
+def test_outcomes_that_disagree_are_a_contradiction_and_repeats_are_counted():
+    verdict = judge([evidence(statuses=["CANCELLED", "UNKNOWN"])])
+    assert len(verdict.contradictions) == 1
+    assert "outcomes disagree" in verdict.contradictions[0]
+    agreeing = judge([evidence(statuses=["CANCELLED", "CANCELLED"])])
+    assert (agreeing.contradictions, agreeing.repeated_outcomes) == ([], 1)
+
+
+def test_an_allowed_but_unexpected_outcome_is_reported_apart():
+    verdict = judge([evidence(statuses=["UNKNOWN"], ledger=Ledger(True, "unpaid"), calls=[])])
+    assert verdict.contradictions == []
+    assert verdict.unexpected == ["ORDER-1 (unpaid): UNKNOWN, expected CANCELLED"]
+
+
+def test_dead_letter_reason_is_the_last_failure():
+    logs = [
+        {
+            "message_id": "M1",
+            "level": "WARNING",
+            "message": "cancel will be retried",
+            "reason": "HTTP 503",
+            "_at": 1.0,
+        },
+        {
+            "message_id": "M1",
+            "level": "WARNING",
+            "message": "cancel will be retried",
+            "reason": "HTTP 429",
+            "_at": 3.0,
+        },
+        {"message_id": "M2", "level": "WARNING", "message": "other", "_at": 9.0},
+    ]
+    crash = lambda_runtime.Invocation(
+        function_name="cancel",
+        payload={"Records": [{"messageId": "M1"}]},
+        request_id="R1",
+        started_at=4.0,
+        duration=1.0,
+        cold_start=False,
+        error="Runtime.ExitError",
+        response={"errorMessage": "RequestId: R1 Error: Runtime exited with error: signal: killed"},
+    )
+    assert soak.dead_letter_reason("M1", logs, []) == "log (WARNING): cancel will be retried: HTTP 429"
+    assert soak.dead_letter_reason("M1", logs, [crash]).startswith("invocation R1 failed: Runtime.ExitError")
+    assert soak.dead_letter_reason("M3", logs, [crash]) == "no failed attempt recorded for this message"
+
+
+def test_dead_letter_reason_pairs_each_record_failure_with_its_log_line():
+    logs = [{"message_id": "M1", "level": "INFO", "message": "order already being cancelled", "_at": 1.0}]
+    failures = [
+        {"message_id": "M1", "_at": 1.1, "error": "IdempotencyAlreadyInProgressError: busy"},
+        {"message_id": "M1", "_at": 2.0, "error": "KeyError: 'x'"},
+    ]
+    assert soak.dead_letter_reason("M1", logs, [], failures[:1]) == (
+        "log (INFO): order already being cancelled [IdempotencyAlreadyInProgressError: busy]"
+    )
+    # The last attempt left no log line: the exception itself is the reason, and it says so.
+    assert soak.dead_letter_reason("M1", logs, [], failures) == (
+        "record failed, the service logged nothing: KeyError: 'x'"
+    )
+
+
+def test_dead_letter_reason_prefers_the_log_line_of_a_partial_batch_failure():
+    logs = [{"message_id": "M1", "level": "WARNING", "message": "cancel will be retried", "_at": 4.5}]
+    partial = lambda_runtime.Invocation(
+        function_name="cancel",
+        payload={"Records": [{"messageId": "M1"}, {"messageId": "M2"}]},
+        request_id="R2",
+        started_at=4.0,
+        duration=1.0,
+        cold_start=False,
+        error=None,
+        response={"batchItemFailures": [{"itemIdentifier": "M1"}]},
+    )
+    assert soak.dead_letter_reason("M1", logs, [partial]) == "log (WARNING): cancel will be retried"
+    assert (
+        soak.dead_letter_reason("M1", [], [partial]) == "invocation R2 reported it failed, without a log line"
+    )
+
+
+def test_the_plan_is_reproducible_and_has_the_requested_shares():
+    config = SoakConfig(n=1000, seed=5)
+    first = soak.plan_orders(config)
+    assert [(o.category, o.message, o.duplicate) for o in first] == [
+        (o.category, o.message, o.duplicate) for o in soak.plan_orders(config)
+    ]
+    categories = [o.category for o in first]
+    assert categories.count("in_progress") == 200
+    assert sum(1 for o in first if o.duplicate) == 100
+    assert len({o.key for o in first}) == 1000
+    assert {o.duplicate for o in first} == {"", "same batch", "later"}
+
+
+# --------------------------------------------------------------------------- crash injection
+
+CRASHING_HANDLER = """
+import asyncio
+import os
+
+import urllib3
+
+POOL = urllib3.PoolManager()
+
+
+def get(path):
+    # Two requests in a row per thread: the second is what a crash must stop.
+    first = POOL.request("GET", os.environ["TARGET"] + "/first" + path, timeout=5)
+    second = POOL.request("GET", os.environ["TARGET"] + "/second" + path, timeout=5)
+    return first.data.decode() + second.data.decode()
+
+
+async def batch(paths):
+    return await asyncio.gather(*(asyncio.to_thread(get, p) for p in paths))
+
+
+def lambda_handler(event, context):
+    return asyncio.run(batch(event["paths"]))
+"""
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent."""
+
+
+@pytest.fixture
+def crashing_function(local_aws: LocalAws, tmp_path: Path) -> Any:
+    _Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = tmp_path / "crashing"
+    code.mkdir()
+    (code / "app.py").write_text(textwrap.dedent(CRASHING_HANDLER))
+    local_aws.create_function(
+        "crashing",
+        code,
+        "app.lambda_handler",
+        {"TARGET": f"http://127.0.0.1:{server.server_address[1]}"},
+        timeout=2,
+    )
+    yield boto3.client("lambda")
+    lambda_runtime.inject_crashes(None)
+    server.shutdown()
+    server.server_close()
+
+
+def invoke(client: Any, paths: list[str]) -> tuple[str | None, Any]:
+    answer = client.invoke(FunctionName="crashing", Payload=json.dumps({"paths": paths}).encode())
+    return answer.get("FunctionError"), json.loads(answer["Payload"].read())
+
+
+def test_urllib_is_not_patched_without_a_plan(crashing_function):
+    original = HTTPConnectionPool.urlopen
+    assert invoke(crashing_function, ["/a"]) == (None, ["okok"])
+    assert HTTPConnectionPool.urlopen is original
+    lambda_runtime.inject_crashes(lambda name, event: None)
+    assert HTTPConnectionPool.urlopen is not original
+    lambda_runtime.inject_crashes(None)
+    assert HTTPConnectionPool.urlopen is original
+
+
+def test_a_crash_after_k_requests_stops_every_thread_and_exits(crashing_function):
+    lambda_runtime.inject_crashes(lambda name, event: lambda_runtime.Crash(1, "Runtime.ExitError"))
+    error, payload = invoke(crashing_function, [f"/r{i}" for i in range(6)])
+    lambda_runtime.inject_crashes(None)
+    assert error == "Unhandled"
+    assert payload["errorType"] == "Runtime.ExitError"
+    assert "signal: killed" in payload["errorMessage"]
+    # The first requests were on the wire together and reached the server; once the first
+    # answer came back the sandbox was dead: no thread sent its second request.
+    assert 1 <= len(_Recorder.seen) <= 6
+    assert all(path.startswith("/first/") for path in _Recorder.seen), _Recorder.seen
+    crashed = lambda_runtime.invocations("crashing")[-1]
+    assert crashed.error == "Runtime.ExitError"
+    # The sandbox was thrown away: the next invocation is a cold start, and lives.
+    assert invoke(crashing_function, ["/after"]) == (None, ["okok"])
+    assert lambda_runtime.invocations("crashing")[-1].cold_start
+
+
+def test_a_crash_after_the_handler_returned_loses_the_result_and_times_out(crashing_function):
+    lambda_runtime.inject_crashes(lambda name, event: lambda_runtime.Crash(None))
+    started = time.monotonic()
+    error, payload = invoke(crashing_function, ["/a", "/b"])
+    assert time.monotonic() - started >= 2.0  # held until the function's 2 s timeout
+    assert (error, payload["errorType"]) == ("Unhandled", "Sandbox.Timedout")
+    assert "Task timed out after 2.00 seconds" in payload["errorMessage"]
+    assert sorted(_Recorder.seen) == ["/first/a", "/first/b", "/second/a", "/second/b"]  # all done
+
+
+def test_the_plan_sees_the_event_and_may_spare_an_invocation(crashing_function):
+    seen: list[Any] = []
+
+    def plan(name: str, event: Any) -> lambda_runtime.Crash | None:
+        seen.append((name, event))
+        return None
+
+    lambda_runtime.inject_crashes(plan)
+    assert invoke(crashing_function, ["/a"]) == (None, ["okok"])
+    assert seen == [("crashing", {"paths": ["/a"]})]
+
+
+def test_crash_validation():
+    with pytest.raises(ValueError, match="error type"):
+        lambda_runtime.Crash(1, "Sandbox.Exploded")
+    with pytest.raises(ValueError, match="negative"):
+        lambda_runtime.Crash(-1)
+
+
+def test_a_sandbox_killed_outside_a_crash_plan_is_not_caught_by_handlers():
+    assert not issubclass(lambda_runtime.SandboxKilled, Exception)
+    with pytest.raises(lambda_runtime.SandboxKilled):
+        asyncio.run(_raise_in_thread())
+
+
+async def _raise_in_thread() -> None:
+    def die() -> None:
+        raise lambda_runtime.SandboxKilled("gone")
+
+    await asyncio.to_thread(die)
+
+
+# --------------------------------------------------------------------------- a small soak
+
+SMALL = {
+    "SOAK_N": "60",
+    "SOAK_SEED": "7",
+    "SOAK_RATE": "15",
+    "SOAK_VISIBILITY_TIMEOUT": "20",
+    "SOAK_LATER_SECONDS": "12",
+    "SOAK_MIN_CRASHES": "2",
+    "SOAK_TIME_LIMIT": "150",
+    "SOAK_PROGRESS_SECONDS": "30",
+}
+
+
+@pytest.mark.e2e
+def test_a_small_soak_loses_nothing_reverses_nothing_twice_and_contradicts_nothing(
+    moto_server: LocalAws,
+) -> None:
+    moto_server.reset()
+    out = io.StringIO()
+    try:
+        code = soak.main(SMALL, out)
+    finally:
+        moto_server.reset()
+    text = out.getvalue()
+    last = text.strip().splitlines()[-3:]
+    assert last == ["lost: 0", "double_reversals: 0", "contradictions: 0"], text
+    assert code == 0, text
+    assert "HARNESS ERROR" not in text
+    assert re.search(r"cancel-function crashes: [1-9]", text), text
+    entries = re.findall(r"^  (\S+) .*received \S+ times: (.*)$", text, flags=re.MULTILINE)
+    assert len(entries) == int(re.search(r"^DLQ entries: (\d+)$", text, flags=re.MULTILINE)[1])  # type: ignore[index]
+    for _, reason in entries:
+        assert reason, text
+        assert reason != "no failed attempt recorded for this message", text
+
+
+def test_transaction_planning_matches_the_stand_in():
+    """Every planned ledger entry is a valid stand-in Transaction with the order's numbers."""
+    for order in soak.plan_orders(SoakConfig(n=300, seed=9)):
+        if order.transaction is None:
+            assert order.category in ("unknown_to_qfpay", "invalid_message")
+            continue
+        assert isinstance(order.transaction, Transaction)
+        assert order.key in (order.transaction.out_trade_no, order.transaction.syssn)
+        if order.category == "in_progress":
+            assert order.transaction.in_progress_range == (1, 5)
