@@ -222,3 +222,25 @@ def test_a_reversal_lost_on_the_way_is_resent_once_after_the_enquiry_shows_it_li
         ("CANCELLED", "poll-loop", True, 2)
     ]
     assert (reversals, applied) == (2, 1)
+
+
+def test_a_first_delivery_after_an_attempt_died_still_asks_before_cancelling(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """A duplicate message (receive count 1) arrives after an attempt for the same order died
+    mid-way and its idempotency lock expired. The attempt's intent record makes the new one ask
+    the Enquiry first, so the cancel already at QFPay is not sent again."""
+    order, txn = order_and_txn(10, cancel=1)  # QFPay's ledger: the dead attempt's reversal took effect
+    with pipeline_factory([txn]) as pipeline:
+        boto3.client("dynamodb").put_item(  # what the dead attempt wrote before sending
+            TableName=pipeline.stack.table_name,
+            Item={
+                "id": {"S": f"cancel-intent#|out_trade_no={order['out_trade_no']}"},
+                "expiration": {"N": str(int(time.time()) + 3600)},
+            },
+        )
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=15)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+    assert [(o["status"], o["attempts"]) for o in outcomes] == [("CANCELLED", 0)]
+    assert reversals == 0

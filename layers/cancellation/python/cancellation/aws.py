@@ -156,6 +156,36 @@ class QFPayCredentials:
         return Credentials.from_secret(value)
 
 
+class CancelIntentLog:
+    """Records, before a cancel is sent, that one is about to be: an intent log in the idempotency
+    table. An order whose intent is already there may have reached QFPay in an attempt that died
+    (its idempotency record expired unfinished), even if this message is a first delivery (a
+    duplicate sent later): such an order asks the Enquiry before sending anything."""
+
+    def __init__(
+        self, table_name: str, expiry_seconds: int, dynamodb: Callable[[], Any] | None = None
+    ) -> None:
+        self._table = table_name
+        self._expiry = expiry_seconds
+        self._dynamodb = dynamodb or LazyClient("dynamodb")
+
+    def first_intent(self, identity: str, now: float) -> bool:
+        """True if no earlier attempt for this order recorded an intent (and records this one)."""
+        client = self._dynamodb()
+        try:
+            client.put_item(
+                TableName=self._table,
+                Item={
+                    "id": {"S": f"cancel-intent#{identity}"},
+                    "expiration": {"N": str(int(now) + self._expiry)},
+                },
+                ConditionExpression="attribute_not_exists(id)",
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+
 class RedeliveryDelay:
     """Backs off one SQS record by extending its visibility (the message reappears later)."""
 

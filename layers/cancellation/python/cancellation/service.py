@@ -33,6 +33,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAl
 
 from cancellation.aws import (
     CallerNotifier,
+    CancelIntentLog,
     EnquiryLoopStarter,
     LazyClient,
     OutcomePublisher,
@@ -61,19 +62,22 @@ class CancelDependencies:
     notifier: CallerNotifier
     credentials: QFPayCredentials
     redelivery: RedeliveryDelay
+    intents: CancelIntentLog
     dynamodb: Callable[[], Any]
     clock: Callable[[], float] = time.time
 
     @classmethod
     def for_settings(cls, settings: CancelSettings) -> CancelDependencies:
         sfn = LazyClient("stepfunctions")
+        dynamodb = LazyClient("dynamodb")
         return cls(
             publisher=OutcomePublisher(settings.event_bus_name),
             loop_starter=EnquiryLoopStarter(settings.state_machine_arn, sfn),
             notifier=CallerNotifier(sfn),
             credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
             redelivery=RedeliveryDelay(),
-            dynamodb=LazyClient("dynamodb"),
+            intents=CancelIntentLog(settings.idempotency_table, settings.idempotency_expiry, dynamodb),
+            dynamodb=dynamodb,
         )
 
 
@@ -178,13 +182,17 @@ class CancelService:
             logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
 
     def _decide_order(self, request: dict[str, Any]) -> dict[str, Any]:
+        order = Order.from_dict(request["order"])
+        # A first delivery of this message is not enough: an attempt for the same order may have
+        # died after sending (a duplicate message can arrive after its lock expired).
+        first = self.deps.intents.first_intent(order.identity, self.deps.clock())
         attempt = CancelAttempt(
-            order=Order.from_dict(request["order"]),
+            order=order,
             qfpay=self.qfpay,
             routing=self.settings.qfpay.routing,
             loop=self.settings.loop,
             clock=self.deps.clock,
-            redelivered=bool(request["redelivered"]),
+            redelivered=bool(request["redelivered"]) or not first,
         )
         decision = attempt.decide()
         # Counted here, where QFPay answered, not when a duplicate replays the stored decision.
