@@ -1538,9 +1538,8 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
         f" with moto's CPU removed (estimate): {', '.join(estimated) if estimated else 'none'}"
     )
     print(
-        f"   asyncio's default executor has min(32, cpus + 4) = {pool} threads on this {os.cpu_count()}-CPU"
-        " machine (Lambda shows 2 CPUs at small memory sizes, to my knowledge): BATCH_CONCURRENCY=10 runs"
-        f" at most {pool} orders at once unless the loop's executor has as many threads."
+        f"   asyncio's default executor would have min(32, cpus + 4) = {pool} threads on this"
+        f" {os.cpu_count()}-CPU machine; the service runs orders on its own pool, BATCH_CONCURRENCY wide."
     )
     if seed is not None:
         best = min(median(r["wall"] for r in v["warm10"]) for v in variants if v is not seed)
