@@ -178,7 +178,7 @@ def test_functions_match_the_template(stack: Stack, template: dict[str, Any]) ->
         assert config["Handler"] == properties["Handler"] == "app.lambda_handler"
         assert config["Runtime"] == globals_["Runtime"] == "python3.13"
         assert config["Timeout"] == properties["Timeout"]
-        assert config["MemorySize"] == globals_["MemorySize"]
+        assert config["MemorySize"] == properties.get("MemorySize", globals_["MemorySize"])
         assert config["Architectures"] == globals_["Architectures"]
         assert config["Environment"]["Variables"] == stack.function_environments[name]
     assert stack.cancel_function_arn.endswith(f":function:{stack.cancel_function_name}")

@@ -417,6 +417,15 @@ def template_environment(template: Mapping[str, Any], logical_id: str = "CancelF
     return resolved
 
 
+def template_memory(logical_id: str) -> int:
+    """The function's MemorySize in template.yaml (its own, else the Globals')."""
+    from tests.local.aws_stack import load_template  # noqa: PLC0415 - cfn-lint is slow to import
+
+    template = load_template(TEMPLATE)
+    own = template["Resources"][logical_id]["Properties"].get("MemorySize")
+    return int(own if own is not None else template["Globals"]["Function"]["MemorySize"])
+
+
 def lambda_like_environment(code_dir: Path, layer_dir: Path) -> dict[str, str]:
     """A fresh process's environment as Lambda would give the cancel function (X-Ray active)."""
     from tests.local.aws_stack import load_template  # noqa: PLC0415 - cfn-lint is slow to import
@@ -1744,8 +1753,8 @@ def report_memory(result: Mapping[str, Any]) -> dict[str, float]:
     poll_mb = recommend_memory(poll_cpu, poll_wall, rss["rss_warm"])
     print(
         f"   recommendation: CancelFunction MemorySize {cancel_mb} MB, PollFunction {poll_mb} MB (template:"
-        " 256"
-        " for both). Memory is not the constraint: peak RSS"
+        f" {template_memory('CancelFunction')} and {template_memory('PollFunction')})."
+        " Memory is not the constraint: peak RSS"
         f" {rss['rss_warm']:.0f} MB (the runtime adds ~10-20 MB). CPU is: a warm batch of 10 needs"
         f" {rss['warm_cpu_s'] * 1000:.0f} ms of CPU (X-Ray on), which at 256 MB's CPU share is"
         f" {rss['warm_cpu_s'] * MB_PER_VCPU / 256 * 1000:.0f} ms against ~{io_bound * 1000:.0f} ms of"
@@ -1767,13 +1776,14 @@ def report_memory(result: Mapping[str, Any]) -> dict[str, float]:
 @dataclass(frozen=True)
 class CostInputs:
     batch_size: int
-    memory_mb: int
+    memory_mb: int  # the cancel function's
     batch_duration: float  # one warm batch of ``batch_size`` at ``memory_mb``
-    poll_duration: float  # one enquiry at ``memory_mb``
+    poll_duration: float  # one enquiry at ``poll_memory_mb``
     writes_per_order: float
     write_units_per_write: float
     reads_per_order: float
     events_per_order: float
+    poll_memory_mb: int = 256
     containers: int = 4  # warm containers of both functions reading the secret
     secret_refresh_seconds: int = 300
     orders_per_month: int = 1_000_000
@@ -1799,7 +1809,7 @@ def loop_usage(inputs: CostInputs, polls: int, transitions: int) -> Usage:
     return direct_usage(inputs).plus(
         Usage(
             lambda_requests=polls,
-            lambda_gb_seconds=polls * lambda_gb_seconds(inputs.poll_duration, inputs.memory_mb),
+            lambda_gb_seconds=polls * lambda_gb_seconds(inputs.poll_duration, inputs.poll_memory_mb),
             transitions=transitions,
         )
     )
@@ -1809,12 +1819,13 @@ def report_cost(batch: Mapping[str, Any], poll: Mapping[str, Any], memory: Mappi
     headline = _headline_variant(batch["variants"])
     calls = headline["api_calls_per_order"]
     sizes = [size for prefix, size in batch["item_sizes"]]
-    memory_mb = 256
+    memory_mb, poll_mb = template_memory("CancelFunction"), template_memory("PollFunction")
     inputs = CostInputs(
         batch_size=10,
         memory_mb=memory_mb,
+        poll_memory_mb=poll_mb,
         batch_duration=estimated_duration(memory["io_bound"], memory["cancel_warm_cpu"], memory_mb),
-        poll_duration=estimated_duration(memory["poll_wall"], memory["poll_cpu"], memory_mb),
+        poll_duration=estimated_duration(memory["poll_wall"], memory["poll_cpu"], poll_mb),
         writes_per_order=calls.get("dynamodb:PutItem", 0) + calls.get("dynamodb:UpdateItem", 0),
         write_units_per_write=max(write_units(s) for s in sizes) if sizes else 1,
         reads_per_order=calls.get("dynamodb:GetItem", 0) + calls.get("dynamodb:Query", 0),
