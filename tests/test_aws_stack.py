@@ -18,6 +18,8 @@ from moto import mock_aws
 from tests.local import lambda_runtime
 from tests.local.aws_stack import Stack, StackTemplateError, create_stack, load_template
 from tests.local.moto_server import LocalAws
+from tests.test_lambda_runtime_canary import wait_for_execution
+from tests.test_template import CANCEL_VARIABLES, POLL_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -25,26 +27,6 @@ CREDENTIALS = {"app_code": "LOCALAPPCODE", "client_key": "LOCALCLIENTKEY", "sign
 BASE_URL = "http://127.0.0.1:8765"
 
 # docs/contracts.md, "Environment of the functions".
-CANCEL_VARIABLES = {
-    "QFPAY_BASE_URL",
-    "QFPAY_SECRET_ID",
-    "STATE_MACHINE_ARN",
-    "IDEMPOTENCY_TABLE",
-    "EVENT_BUS_NAME",
-    "CLOSE_PAY_TYPES",
-    "CLOSE_HTTP_METHOD",
-    "POLL_FIRST_WAIT_SECONDS",
-    "POLL_MAX_WAIT_SECONDS",
-    "POLL_DEADLINE_SECONDS",
-    "RETRY_BASE_DELAY_SECONDS",
-}
-POLL_VARIABLES = {
-    "QFPAY_BASE_URL",
-    "QFPAY_SECRET_ID",
-    "EVENT_BUS_NAME",
-    "CLOSE_PAY_TYPES",
-    "CLOSE_HTTP_METHOD",
-}
 
 
 @pytest.fixture
@@ -435,18 +417,6 @@ def _handoff_state(order: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return state
 
 
-def _wait_for_execution(execution_arn: str, timeout: float = 60) -> dict[str, Any]:
-    sfn = boto3.client("stepfunctions")
-    deadline = time.monotonic() + timeout
-    while True:
-        execution: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
-        if execution["status"] != "RUNNING":
-            return execution
-        if time.monotonic() > deadline:
-            pytest.fail(f"execution still running after {timeout} s")
-        time.sleep(0.1)
-
-
 def test_a_poll_function_failing_twice_still_ends_in_an_explained_unknown_outcome(
     local_aws: LocalAws, tmp_path: Path
 ) -> None:
@@ -479,7 +449,7 @@ def test_a_poll_function_failing_twice_still_ends_in_an_explained_unknown_outcom
         stateMachineArn=stack.state_machine_arn, name="order-broken", input=json.dumps(state)
     )
 
-    finished = _wait_for_execution(started["executionArn"])
+    finished = wait_for_execution(started["executionArn"])
 
     assert finished["status"] == "FAILED"
     assert finished["error"] == "Cancellation.EnquiryLoopBroken"

@@ -5,12 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from cancellation.orders import Order
 from cancellation.qfpay import QFPayClient
 
 SYSSN = "20261126000101000001"
 REVERSAL_SYSSN = "20261126000200020000000001"
 OUT_TRADE_NO = "SHOP-2026-0001"
 NOW = 1795600000.0
+ORDER = Order(
+    txamt=1250,
+    txdtm="2026-11-26 10:00:00",
+    out_trade_no=OUT_TRADE_NO,
+    syssn=SYSSN,
+    pay_type="800101",
+    mchid="MCH1",
+    txcurrcd="HKD",
+)
 
 
 class Clock:

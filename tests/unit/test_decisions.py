@@ -23,6 +23,7 @@ from cancellation.schedule import PollSchedule
 
 from tests.unit.fakes import (
     NOW,
+    ORDER,
     OUT_TRADE_NO,
     REVERSAL_SYSSN,
     SYSSN,
@@ -40,15 +41,6 @@ VALIDATOR = jsonschema.Draft202012Validator(
     SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
 )
 
-ORDER = Order(
-    txamt=1250,
-    txdtm="2026-11-26 10:00:00",
-    out_trade_no=OUT_TRADE_NO,
-    syssn=SYSSN,
-    pay_type="800101",
-    mchid="MCH1",
-    txcurrcd="HKD",
-)
 CLOSE_ORDER = Order(
     txamt=3000,
     txdtm="2026-11-26 10:01:00",

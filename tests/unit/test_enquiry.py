@@ -10,38 +10,19 @@ from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.orders import Order
 from cancellation.outcomes import Status
 
-SYSSN = "20261126000101000001"
-REVERSAL_SYSSN = "20261126000200020000000001"
-OUT_TRADE_NO = "SHOP-2026-0001"
+from tests.unit import fakes
+from tests.unit.fakes import ORDER, OUT_TRADE_NO, REVERSAL_SYSSN, SYSSN
 
-ORDER = Order(
-    txamt=1250,
-    txdtm="2026-11-26 10:00:00",
-    out_trade_no=OUT_TRADE_NO,
-    syssn=SYSSN,
-    pay_type="800101",
-    mchid="MCH1",
-    txcurrcd="HKD",
-)
 ORDER_BY_OUT_TRADE_NO = Order(txamt=1250, txdtm="2026-11-26 10:00:00", out_trade_no=OUT_TRADE_NO)
 ORDER_BY_SYSSN = Order(txamt=1250, txdtm="2026-11-26 10:00:00", syssn=SYSSN)
 
 
 def payment_row(**changes: Any) -> dict[str, Any]:
-    """A payment row as QFPay's /trade/v1/query returns it (values are strings, as in QFPay's examples)."""
-    row = {
-        "syssn": SYSSN,
-        "out_trade_no": OUT_TRADE_NO,
-        "order_type": "payment",
-        "pay_type": "800101",
-        "txamt": "1250",
-        "txcurrcd": "HKD",
-        "txdtm": "2026-11-26 10:00:00",
-        "sysdtm": "2026-11-26 10:00:01",
+    """A completed payment row as QFPay's /trade/v1/query returns it (values are strings)."""
+    completed = {
         "paydtm": "2026-11-26 10:00:06",
         "respcd": "0000",
         "errmsg": "success",
-        "cancel": "0",
         "chnlsn": "2026112622001400000000000001",
         "cash_fee": "1250",
         "cash_fee_type": "HKD",
@@ -49,8 +30,7 @@ def payment_row(**changes: Any) -> dict[str, Any]:
         "cash_refund_fee_type": "",
         "exchange_rate": "",
     }
-    row.update(changes)
-    return row
+    return fakes.payment_row(**{**completed, **changes})
 
 
 def refund_row(**changes: Any) -> dict[str, Any]:
@@ -66,16 +46,7 @@ def refund_row(**changes: Any) -> dict[str, Any]:
 
 
 def answer(*rows: Any, **top: Any) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "respcd": "0000",
-        "resperr": "success",
-        "respmsg": "",
-        "page": "1",
-        "page_size": "10",
-        "data": list(rows),
-    }
-    result.update(top)
-    return result
+    return {**fakes.enquiry_answer(*rows), "resperr": "success", **top}
 
 
 # --- the cancel flag ---------------------------------------------------------------------------
