@@ -433,7 +433,7 @@ def test_functions_and_state_machine_log_to_their_own_groups_and_trace(cfn: dict
         assert properties["TracingConfig"] == {"Mode": "Active"}
         assert properties["Runtime"] == "python3.13"
         assert properties["Architectures"] == ["arm64"]
-        assert properties["MemorySize"] == {"CancelFunction": 512, "PollFunction": 256}[name]
+        assert properties["MemorySize"] == {"CancelFunction": 1024, "PollFunction": 256}[name]
         assert properties["Handler"] == "app.lambda_handler"
     assert cfn["Resources"]["PollFunction"]["Properties"]["Timeout"] == 15
     machine = cfn["Resources"]["CancellationStateMachine"]["Properties"]

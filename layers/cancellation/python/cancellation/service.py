@@ -206,7 +206,15 @@ class CancelService:
         decision = request["decision"]
         if "handoff" in decision:
             handoff = decision["handoff"]
-            started = self.deps.loop_starter.start(handoff["name"], handoff["input"])
+            # The loop's time counts from the hand-off, not from the decision: a decision replayed
+            # after a crash must not start a loop with its deadline mostly spent.
+            now = self.deps.clock()
+            state = {
+                **handoff["input"],
+                "started_at": now,
+                "deadline_at": now + self.settings.loop.deadline_seconds,
+            }
+            started = self.deps.loop_starter.start(handoff["name"], state)
             count("HandedToEnquiryLoop")
             logger.info("cancellation in progress: handed to the enquiry loop", extra={"started": started})
             return "IN_PROGRESS"
