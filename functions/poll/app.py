@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cancellation.observability import logger, tracer
+from cancellation.observability import logger, metrics, tracer
 from cancellation.poll import EnquiryStep
 from cancellation.settings import poll_settings
 
@@ -16,5 +16,6 @@ STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuratio
 
 @logger.inject_lambda_context(correlation_id_path="outcome_id")
 @tracer.capture_lambda_handler
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return STEP.run(event)
