@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,14 @@ import pytest
 
 from tests.conftest import PipelineFactory
 from tests.local import lambda_runtime
-from tests.local.pipeline import Pipeline
+from tests.local.pipeline import CALLER_ASL, Pipeline
 from tests.local.scenarios import order_in, transaction_for
 from tests.test_template import _validate_asl
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLER_ASL = ROOT / "statemachine" / "examples" / "order_cancellation_caller.asl.json"
+
 EVENTS = ROOT / "events"
 SCHEMA = json.loads((EVENTS / "schemas" / "payment-cancellation-outcome.schema.json").read_text())
 # Every field of an order-timeout message but task_token (docs/contracts.md): the caller's input.
@@ -50,33 +48,11 @@ def _order(event_file: str) -> dict[str, Any]:
     return {name: message.get(name) for name in ORDER_FIELDS}
 
 
-def _caller_definition(queue_url: str) -> str:
-    text = CALLER_ASL.read_text(encoding="utf-8")
-    # The value lands inside a JSON string: keep it valid JSON (as SAM's substitution does).
-    definition = text.replace("${OrderTimeoutQueueUrl}", json.dumps(queue_url)[1:-1])
-    assert "${" not in definition
-    return definition
-
-
 def _run_caller(pipeline: Pipeline, order: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
-    """Create the caller workflow, start it with the order, wait for it to end."""
-    sfn = boto3.client("stepfunctions")
-    machine = sfn.create_state_machine(
-        name=f"order-cancellation-caller-{uuid.uuid4().hex[:8]}",
-        definition=_caller_definition(pipeline.stack.queue_url),
-        roleArn=pipeline.stack.role_arn,
-    )["stateMachineArn"]
-    started = sfn.start_execution(stateMachineArn=machine, input=json.dumps({"order": order}))
-    deadline = time.monotonic() + timeout
-    while True:
-        execution: dict[str, Any] = sfn.describe_execution(executionArn=started["executionArn"])
-        if execution["status"] != "RUNNING":
-            history = sfn.get_execution_history(executionArn=started["executionArn"], maxResults=1000)
-            execution["history"] = history["events"]
-            return execution
-        if time.monotonic() > deadline:
-            pytest.fail(f"the caller workflow is still waiting after {timeout} s")
-        time.sleep(0.1)
+    try:
+        return pipeline.run_caller(order, timeout)
+    except TimeoutError as waited:
+        pytest.fail(str(waited))
 
 
 def _entered(history: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

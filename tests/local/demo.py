@@ -6,6 +6,7 @@ outcome, or if anything ended in the dead-letter queue.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -16,6 +17,9 @@ from typing import Any
 
 from tests.local.pipeline import Pipeline, local_pipeline
 from tests.local.scenarios import SCENARIOS, Scenario
+
+# Every field of an order message but task_token: the example caller's input (null when absent).
+ORDER_FIELDS = ("out_trade_no", "syssn", "txamt", "txdtm", "pay_type", "mchid", "udid", "txcurrcd")
 
 TIMEOUT_SECONDS = 45
 ROTATED_CLIENT_KEY = "LOCALROTATEDKEY00000000000000002"
@@ -32,16 +36,24 @@ class DemoRun:
 def run_scenarios(pipeline: Pipeline) -> DemoRun:
     """Send every scenario (the key-rotation ones after rotating the key) and check the outcomes."""
     sent_at: dict[str, float] = {}
-    before = [s for s in SCENARIOS if not s.after_key_rotation]
+    before = [s for s in SCENARIOS if not s.after_key_rotation and not s.via_caller]
     after = [s for s in SCENARIOS if s.after_key_rotation]
     _send(pipeline, before, sent_at)
     seen = pipeline.collect_outcomes(len(before), timeout=TIMEOUT_SECONDS)
+    callers: dict[str, str] = {}
+    for scenario in (s for s in SCENARIOS if s.via_caller):
+        print(f"Starting the example caller workflow for {scenario.order()['out_trade_no']} ...", flush=True)
+        sent_at[scenario.name] = time.time()
+        execution = pipeline.run_caller({name: scenario.order().get(name) for name in ORDER_FIELDS})
+        output = json.loads(execution.get("output") or "{}")
+        answer = (output.get("outcome") or {}).get("status")
+        callers[scenario.name] = f"caller {execution['status'].lower()}, heard {answer}"
     print("Rotating the merchant's key (QFPay and the secret; the functions' cache is stale) ...")
     pipeline.rotate_credentials(ROTATED_CLIENT_KEY, sign_type="SHA256")
     _send(pipeline, after, sent_at)
     seen += pipeline.collect_outcomes(len(SCENARIOS), timeout=TIMEOUT_SECONDS)
     seen += pipeline.collect_outcomes(len(SCENARIOS) + 1, timeout=1)  # any repeat outcome
-    rows, failures = _rows(pipeline, seen, sent_at)
+    rows, failures = _rows(pipeline, seen, sent_at, callers)
     return DemoRun(rows, failures, seen, pipeline.dead_letters())
 
 
@@ -70,7 +82,7 @@ def _send(pipeline: Pipeline, scenarios: Sequence[Scenario], sent_at: dict[str, 
 
 
 def _rows(
-    pipeline: Pipeline, seen: list[dict[str, Any]], sent_at: dict[str, float]
+    pipeline: Pipeline, seen: list[dict[str, Any]], sent_at: dict[str, float], callers: dict[str, str]
 ) -> tuple[list[tuple[str, ...]], int]:
     per_order = Counter(d["out_trade_no"] for d in seen)
     by_order = {d["out_trade_no"]: d for d in seen}
@@ -89,10 +101,17 @@ def _rows(
             continue
         took = datetime.fromisoformat(detail["decided_at"]).timestamp() - sent_at[scenario.name]
         check = _check(scenario, detail, per_order[key])
+        if scenario.via_caller and check == "ok":
+            heard = callers.get(scenario.name, "caller did not run")
+            check = (
+                "ok" if heard == f"caller succeeded, heard {scenario.expected_status}" else f"FAIL ({heard})"
+            )
         failures += check != "ok"
         path = f"{detail['endpoint'] or '-'} / {detail['decided_by']}"
         if detail["polls"]:
             path += f" ({detail['polls']} polls)"
+        if scenario.via_caller:
+            path += f", {callers.get(scenario.name, 'no caller')}"
         rows.append((scenario.name, path, f"{calls}+{enquiries}", detail["status"], f"{took:.1f} s", check))
     return rows, failures
 

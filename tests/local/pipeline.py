@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tests.local.sqs_delivery import SqsEventSource
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
+CALLER_ASL = REPO / "statemachine" / "examples" / "order_cancellation_caller.asl.json"
 # What Lambda mounts at /opt/python from the layer: our handlers import the layer's package.
 LAYER_PYTHON = REPO / "layers" / "cancellation" / "python"
 if str(LAYER_PYTHON) not in sys.path:
@@ -97,6 +99,27 @@ class Pipeline:
         )
         return list(answer.get("Messages", []))
 
+    def run_caller(self, order: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        """Run the example caller workflow (statemachine/examples) with ``order``: it sends the order
+        with a task token and waits for our answer. Returns the finished execution and its history."""
+        sfn = boto3.client("stepfunctions")
+        machine = sfn.create_state_machine(
+            name=f"order-cancellation-caller-{uuid.uuid4().hex[:8]}",
+            definition=caller_definition(self.stack.queue_url),
+            roleArn=self.stack.role_arn,
+        )["stateMachineArn"]
+        started = sfn.start_execution(stateMachineArn=machine, input=json.dumps({"order": order}))
+        deadline = time.monotonic() + timeout
+        while True:
+            execution: dict[str, Any] = sfn.describe_execution(executionArn=started["executionArn"])
+            if execution["status"] != "RUNNING":
+                history = sfn.get_execution_history(executionArn=started["executionArn"], maxResults=1000)
+                execution["history"] = history["events"]
+                return execution
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the caller workflow is still waiting after {timeout} s")
+            time.sleep(0.1)
+
     def dead_letters_count(self) -> int:
         attributes = boto3.client("sqs").get_queue_attributes(
             QueueUrl=self.stack.dlq_url,
@@ -109,6 +132,16 @@ class Pipeline:
     def executions(self) -> list[dict[str, Any]]:
         sfn = boto3.client("stepfunctions")
         return list(sfn.list_executions(stateMachineArn=self.stack.state_machine_arn)["executions"])
+
+
+def caller_definition(queue_url: str) -> str:
+    """The example caller's ASL with our queue URL substituted (as SAM would)."""
+    text = CALLER_ASL.read_text(encoding="utf-8")
+    # The value lands inside a JSON string: keep it valid JSON.
+    definition = text.replace("${OrderTimeoutQueueUrl}", json.dumps(queue_url)[1:-1])
+    if "${" in definition:
+        raise ValueError("the caller definition has a substitution this helper does not know")
+    return definition
 
 
 @contextmanager

@@ -23,6 +23,7 @@ class Scenario:
     expected_endpoint: str | None = "reversal"
     copies: int = 1  # >1: the same message is delivered that many times
     after_key_rotation: bool = False  # sent after QFPay and the secret got a new key
+    via_caller: bool = False  # sent by the example Step Functions caller, which waits for our answer
 
     def body(self) -> str:
         return (EVENTS / self.event_file).read_text(encoding="utf-8")
@@ -118,6 +119,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         "CANCELLED",
         transaction_for("orders/duplicate.json", state="unpaid"),
         copies=3,
+    ),
+    Scenario(
+        "task-token caller (Step Functions)",
+        "orders/task-token-caller.json",
+        "CANCELLED",
+        transaction_for("orders/task-token-caller.json", state="unpaid"),
+        via_caller=True,
     ),
     Scenario(
         "key rotated to SHA256 (1108, re-read)",
