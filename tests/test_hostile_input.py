@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PipelineFactory
+from tests.envelopes import eventbridge, sns
 from tests.local import lambda_runtime
 from tests.local.pipeline import Pipeline
 from tests.local.qfpay_standin import Transaction
@@ -72,7 +73,6 @@ ENVELOPE_KEYS = ("detail", "detail-type", "source", "Type", "TopicArn", "Message
 RESERVED_KEYS = frozenset(ORDER_FIELDS + ENVELOPE_KEYS)
 _TXDTM_SHAPE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})")
 VALID_TXDTM = "2026-11-26 10:00:00"
-SNS_TOPIC = "arn:aws:sns:ap-east-1:123456789012:order-timeouts"
 
 
 def acceptable(name: str, value: Any) -> bool:
@@ -134,31 +134,6 @@ def is_json(text: str) -> bool:
 # --------------------------------------------------------------------------- envelopes
 
 ENVELOPES = ("raw", "eventbridge", "sns", "sns+eventbridge")
-
-
-def eventbridge(detail: Any) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Order Timed Out",
-        "source": "shop.checkout",
-        "account": "123456789012",
-        "time": "2026-11-26T10:06:00Z",
-        "region": "ap-east-1",
-        "resources": [],
-        "detail": detail,
-    }
-
-
-def sns(message: Any) -> dict[str, Any]:
-    return {
-        "Type": "Notification",
-        "MessageId": str(uuid.uuid4()),
-        "TopicArn": SNS_TOPIC,
-        "Message": message,
-        "Timestamp": "2026-11-26T10:06:01.000Z",
-        "SignatureVersion": "1",
-    }
 
 
 def dumps(value: Any, ascii_only: bool = True) -> str:

@@ -1385,6 +1385,24 @@ def _handoff_states(standin: Any, environment: Mapping[str, str], count: int, pr
 _TRACE_HEADER = "Root=1-67890abc-0123456789abcdef01234567;Parent=0123456789abcdef;Sampled=1"
 
 
+def _run_child(label: str, code: str, env: Mapping[str, str], payload: Any, *args: str) -> tuple[Any, str]:
+    """Run ``code`` in a fresh interpreter with ``payload`` as JSON on stdin; its last result line."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=dict(env),
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{label} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_MARK) :]), done.stdout
+
+
 def _memory_worker(mode: Mode) -> dict[str, Any]:
     sink, real_stdout = _CountingSink(), sys.stdout
     sys.stdout = sink
@@ -1420,22 +1438,9 @@ def _memory_worker(mode: Mode) -> dict[str, Any]:
             ledger = _Ledger(standin, "77")
             for kind in ("rss", "tracemalloc"):
                 events = [sqs_event(ledger.orders(10), stack.queue_arn) for _ in range(2)]
-                done = subprocess.run(  # noqa: S603 - our own interpreter
-                    [sys.executable, "-c", MEMORY_CHILD, kind],
-                    cwd=REPO,
-                    env=env,
-                    input=json.dumps(events),
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                    timeout=120,
-                )
-                lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-                if done.returncode != 0 or not lines:
-                    raise RuntimeError(f"memory child ({kind}) failed:\n{done.stderr[-3000:]}")
-                result[kind] = json.loads(lines[-1][len(RESULT_MARK) :])
+                result[kind], stdout = _run_child(f"memory child ({kind})", MEMORY_CHILD, env, events, kind)
                 result[kind]["log_bytes"] = sum(
-                    len(line) + 1 for line in done.stdout.splitlines() if not line.startswith(RESULT_MARK)
+                    len(line) + 1 for line in stdout.splitlines() if not line.startswith(RESULT_MARK)
                 )
             poll_env = {
                 **env,
@@ -1446,20 +1451,7 @@ def _memory_worker(mode: Mode) -> dict[str, Any]:
                 "AWS_LAMBDA_FUNCTION_NAME": "qfpay-cancellation-poll",
             }
             states = _handoff_states(standin, stack.cancel_environment, 5 if mode.quick else 15, "78")
-            done = subprocess.run(  # noqa: S603 - our own interpreter
-                [sys.executable, "-c", POLL_CHILD],
-                cwd=REPO,
-                env=poll_env,
-                input=json.dumps(states),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=120,
-            )
-            lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
-            if done.returncode != 0 or not lines:
-                raise RuntimeError(f"poll child failed:\n{done.stderr[-3000:]}")
-            result["poll"] = json.loads(lines[-1][len(RESULT_MARK) :])
+            result["poll"], _ = _run_child("poll child", POLL_CHILD, poll_env, states)
         finally:
             standin.stop()
     _emit(result, real_stdout)

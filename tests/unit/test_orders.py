@@ -18,6 +18,8 @@ from cancellation.orders import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.envelopes import eventbridge, sns
+
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 VALID: dict[str, Any] = {
@@ -30,7 +32,6 @@ VALID: dict[str, Any] = {
     "udid": "pos-01:lane.2",
     "txcurrcd": "HKD",
 }
-SNS_TOPIC = "arn:aws:sns:ap-east-1:123456789012:order-timeouts"
 
 
 def order_with(**changes: Any) -> dict[str, Any]:
@@ -48,31 +49,6 @@ def rejection(data: Any) -> InvalidOrder:
     with pytest.raises(InvalidOrder) as caught:
         validate_order(data)
     return caught.value
-
-
-def eventbridge(detail: Any) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
-        "detail-type": "Order Timed Out",
-        "source": "shop.checkout",
-        "account": "123456789012",
-        "time": "2026-11-26T10:06:00Z",
-        "region": "ap-east-1",
-        "resources": [],
-        "detail": detail,
-    }
-
-
-def sns(message: Any) -> dict[str, Any]:
-    return {
-        "Type": "Notification",
-        "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
-        "TopicArn": SNS_TOPIC,
-        "Message": message,
-        "Timestamp": "2026-11-26T10:06:01.000Z",
-        "SignatureVersion": "1",
-    }
 
 
 # --- accepted shapes ---------------------------------------------------------------------------
