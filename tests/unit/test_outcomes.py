@@ -187,17 +187,21 @@ def test_rejected_outcome_keeps_only_validated_identifiers():
     )
 
 
-def test_rejected_outcome_id_is_stable_but_apart_from_the_order():
-    """A rejected message that names its order keeps one id per order, but not the order's own:
-    consumers dropping repeats must not drop a later valid cancellation of that order."""
-    detail = rejected_outcome("bad", now=NOW, out_trade_no=ORDER.out_trade_no, mchid=ORDER.mchid)
-    again = rejected_outcome("other", now=NOW + 1, out_trade_no=ORDER.out_trade_no, mchid=ORDER.mchid)
-    assert detail["outcome_id"] == again["outcome_id"]
-    assert detail["outcome_id"] != outcome_id(ORDER.identity)
-    by_syssn = Order(txamt=1, txdtm="2026-11-26 10:00:00", syssn="S1", mchid="M1")
-    assert rejected_outcome("bad", now=NOW, syssn="S1", mchid="M1")["outcome_id"] != outcome_id(
-        by_syssn.identity
+def test_rejected_outcome_id_is_per_message_and_apart_from_the_order():
+    """Each invalid message gets its own rejection (a redelivery of it keeps its id), and it never
+    shares the order's id: consumers dropping repeats must not drop a later valid cancellation."""
+    one = rejected_outcome(
+        "bad", now=NOW, out_trade_no=ORDER.out_trade_no, mchid=ORDER.mchid, message_id="m-1"
     )
+    again = rejected_outcome(
+        "bad", now=NOW + 1, out_trade_no=ORDER.out_trade_no, mchid=ORDER.mchid, message_id="m-1"
+    )
+    other = rejected_outcome(
+        "worse", now=NOW, out_trade_no=ORDER.out_trade_no, mchid=ORDER.mchid, message_id="m-2"
+    )
+    assert one["outcome_id"] == again["outcome_id"] != other["outcome_id"]
+    assert one["outcome_id"] != outcome_id(ORDER.identity)
+    assert one["out_trade_no"] == ORDER.out_trade_no
 
 
 def test_rejected_outcome_without_identifiers_is_keyed_by_message():

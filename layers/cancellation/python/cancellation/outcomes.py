@@ -83,16 +83,13 @@ def rejected_outcome(
     mchid: str | None = None,
     message_id: str | None = None,
 ) -> dict[str, Any]:
-    """The outcome of a message that is not a valid order: only identifiers that validated are kept."""
-    # Its own id, apart from the order's: a later valid message for the same order must not be
-    # dropped as a repeat of this rejection.
-    named = (
-        f"out_trade_no={out_trade_no}"
-        if out_trade_no
-        else f"syssn={syssn}"
-        if syssn
-        else f"message={message_id}"
-    )
-    identity = f"rejected|{mchid or ''}|{named}"
+    """The outcome of a message that is not a valid order: only identifiers that validated are kept.
+
+    Keyed by the message, not the order: every invalid message gets its own explained outcome (two
+    different bad messages naming one order are two rejections), a redelivery of the same message
+    does not, and a later valid message for the order is never dropped as a repeat of a rejection.
+    """
+    named = f"out_trade_no={out_trade_no}" if out_trade_no else f"syssn={syssn}" if syssn else ""
+    identity = f"rejected|message={message_id}" if message_id else f"rejected|{mchid or ''}|{named}"
     subject = {"out_trade_no": out_trade_no, "syssn": syssn, "mchid": mchid}
     return build_outcome(subject, identity, Status.REJECTED, reason, now=now, decided_by="cancel-function")

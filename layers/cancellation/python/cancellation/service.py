@@ -143,6 +143,13 @@ class CancelService:
         """One message; returns the status it ended in, raises to have SQS deliver it again."""
         logger.thread_safe_append_keys(message_id=record.message_id)
         try:
+            return self._process(record)
+        finally:
+            # Threads are reused across orders: no key may outlive its message.
+            logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
+
+    def _process(self, record: SQSRecord) -> str:
+        try:
             order = parse_order_message(record.body)
         except InvalidOrder as invalid:
             return self._reject(record, invalid)
@@ -178,8 +185,6 @@ class CancelService:
             self._back_off(record, receive_count, throttled=False)
             logger.error("QFPay rejected our signature after the secret was re-read")
             raise
-        finally:
-            logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
 
     def _decide_order(self, request: dict[str, Any]) -> dict[str, Any]:
         order = Order.from_dict(request["order"])
