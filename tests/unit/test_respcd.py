@@ -1,7 +1,7 @@
 """Every respcd of QFPay's documented table, and what a cancellation does with it.
 
-The expectations below are written from QFPay's table (see /work/shared/qfpay-api.md), not copied from
-the code's table: a disposition (what the caller does next) and, for final answers, the status the
+The expectations below are written from QFPay's table (the API digest in ../shared/qfpay-api.md,
+beside the repository), not copied from the code's table: a disposition (what the caller does next) and, for final answers, the status the
 customer's order ends in.
 """
 
@@ -95,7 +95,7 @@ EXPECTED: dict[str, tuple[Disposition, Status | None]] = {
     "1272": REJECTED,
 }
 
-QFPAY_DIGEST = Path("/work/shared/qfpay-api.md")
+QFPAY_DIGEST = Path(__file__).resolve().parents[3] / "shared" / "qfpay-api.md"  # beside the repository
 
 
 @pytest.mark.parametrize(("respcd", "expected"), sorted(EXPECTED.items()), ids=sorted(EXPECTED))
