@@ -1,8 +1,8 @@
 """Every respcd of QFPay's documented table, and what a cancellation does with it.
 
 The expectations below are written from QFPay's table (the API digest in ../shared/qfpay-api.md,
-beside the repository), not copied from the code's table: a disposition (what the caller does next) and, for final answers, the status the
-customer's order ends in.
+beside the repository), not copied from the code's table: a disposition (what the caller does
+next) and, for final answers, the status the customer's order ends in.
 """
 
 from __future__ import annotations
