@@ -509,6 +509,14 @@ def _parse_form(text: str) -> list[tuple[str, str]]:
         raise _Reject("1103", "format error: malformed form data") from exc
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's backlog of 5 overflows when a batch's 10 orders connect at once; the kernel
+    # then retries the dropped SYN a second (and three seconds) later, which reads as QFPay
+    # unreachable to a client with a 3 s connect timeout.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class QFPayStandIn:
     """The stand-in server. Thread-safe: one lock guards the ledger and the call log."""
 
@@ -547,7 +555,7 @@ class QFPayStandIn:
     def start(self) -> QFPayStandIn:
         if self._server is not None:
             raise RuntimeError("already started")
-        server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
+        server = _Server((self._host, self._port), _make_handler(self))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
