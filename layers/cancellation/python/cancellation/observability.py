@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -12,5 +14,10 @@ metrics = Metrics()
 tracer = Tracer(patch_modules=["botocore", "httplib"])
 
 
+_metrics_lock = threading.Lock()
+
+
 def count(name: str) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    # Orders of a batch run on several threads; Powertools' metric set is a plain dict.
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
