@@ -1122,7 +1122,6 @@ def _poll_worker(mode: Mode) -> dict[str, Any]:
     sink, real_stdout = _CountingSink(), sys.stdout
     sys.stdout = sink
     from cancellation.cancel import CancelAttempt, LoopPolicy  # noqa: PLC0415
-    from cancellation.orders import parse_order_message  # noqa: PLC0415
     from cancellation.qfpay import Credentials, QFPayClient, new_pool  # noqa: PLC0415
     from cancellation.settings import cancel_settings  # noqa: PLC0415
 
@@ -1172,17 +1171,7 @@ def _poll_worker(mode: Mode) -> dict[str, Any]:
                     in_progress_enquiries=10**9,  # in progress until the bench says otherwise
                 )
                 standin.add(txn)
-                order = parse_order_message(
-                    json.dumps(
-                        {
-                            "out_trade_no": txn.out_trade_no,
-                            "syssn": txn.syssn,
-                            "txamt": txn.txamt,
-                            "txdtm": txn.txdtm,
-                            "pay_type": txn.pay_type,
-                        }
-                    )
-                )
+                order = _order_for(txn)
                 decision = CancelAttempt(
                     order=order,
                     qfpay=client,
@@ -1347,7 +1336,6 @@ sys.__stdout__.write("BENCH-RESULT " + json.dumps({"runs": runs}) + "\\n")
 def _handoff_states(standin: Any, environment: Mapping[str, str], count: int, prefix: str) -> list[Any]:
     """Hand-off states of in-progress cancellations, made by our own CancelAttempt."""
     from cancellation.cancel import CancelAttempt  # noqa: PLC0415
-    from cancellation.orders import parse_order_message  # noqa: PLC0415
     from cancellation.qfpay import Credentials, QFPayClient, new_pool  # noqa: PLC0415
     from cancellation.settings import cancel_settings  # noqa: PLC0415
 
@@ -1366,23 +1354,21 @@ def _handoff_states(standin: Any, environment: Mapping[str, str], count: int, pr
             in_progress_enquiries=10**9,
         )
         standin.add(txn)
-        order = parse_order_message(
-            json.dumps(
-                {
-                    "out_trade_no": txn.out_trade_no,
-                    "syssn": txn.syssn,
-                    "txamt": txn.txamt,
-                    "txdtm": txn.txdtm,
-                    "pay_type": txn.pay_type,
-                }
-            )
-        )
+        order = _order_for(txn)
         decision = CancelAttempt(order, client, settings.qfpay.routing, settings.loop, time.time).decide()
         states.append(decision["handoff"]["input"])
     return states
 
 
 _TRACE_HEADER = "Root=1-67890abc-0123456789abcdef01234567;Parent=0123456789abcdef;Sampled=1"
+
+
+def _order_for(txn: Any) -> Any:
+    """The validated order for a stand-in transaction, as the cancel function would read it."""
+    from cancellation.orders import parse_order_message  # noqa: PLC0415
+
+    fields = ("out_trade_no", "syssn", "txamt", "txdtm", "pay_type")
+    return parse_order_message(json.dumps({name: getattr(txn, name) for name in fields}))
 
 
 def _run_child(label: str, code: str, env: Mapping[str, str], payload: Any, *args: str) -> tuple[Any, str]:
