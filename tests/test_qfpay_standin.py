@@ -702,6 +702,24 @@ def our_client(qf: QFPayStandIn, read_timeout: float = 5.0) -> QFPayClient:
     )
 
 
+def test_our_client_reports_every_calls_latency_answered_or_not(qf):
+    """The QFPayLatency metric: one figure per request sent, also when QFPay answered an error."""
+    txn = qf.add(make_txn(faults=(Fault("http_5xx", CANCEL_ENDPOINTS, status=503),)))
+    qf.latency = 0.05
+    seen: list[float] = []
+    client = QFPayClient(
+        qf.base_url,
+        lambda _force: Credentials(app_code=PLAIN.app_code, client_key=PLAIN.client_key),
+        http=new_pool(),
+        observe_latency=seen.append,
+    )
+    with pytest.raises(QFPayUnavailable, match="HTTP 503"):
+        client.reversal(cancel_params(txn))
+    assert client.reversal(cancel_params(txn))["respcd"] == "0000"
+    assert len(seen) == 2
+    assert all(0.05 <= seconds < 5 for seconds in seen)
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_fault_http_5xx_changes_nothing(qf, status):
     txn = qf.add(make_txn(faults=(Fault("http_5xx", CANCEL_ENDPOINTS, status=status),)))

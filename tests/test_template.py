@@ -451,6 +451,13 @@ def test_function_environments_follow_the_contract(cfn: dict[str, Any]) -> None:
     assert cancel["STATE_MACHINE_ARN"] == {"Ref": "CancellationStateMachine"}
     assert cancel["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
     assert cancel["POWERTOOLS_SERVICE_NAME"] == "qfpay-cancellation"
+    # Call tracing (the X-Ray SDK) only when the CallTracing parameter asks for it.
+    assert (
+        cancel["POWERTOOLS_TRACE_DISABLED"]
+        == poll["POWERTOOLS_TRACE_DISABLED"]
+        == {"Fn::If": ["TraceCalls", "false", "true"]}
+    )
+    assert cfn["Conditions"]["TraceCalls"] == {"Fn::Equals": [{"Ref": "CallTracing"}, "Enabled"]}
     secret_id = {
         "Fn::If": [
             "CreateQFPaySecret",
@@ -483,8 +490,10 @@ def test_parameters_and_defaults(sam: dict[str, Any]) -> None:
         "OrderTimeoutDetailType": "Order Timed Out",
         "OrderTimeoutEventBusName": "default",
         "AlarmTopicArn": "",
+        "CallTracing": "Disabled",
     }
     assert parameters["Stage"]["AllowedValues"] == ["dev", "staging", "prod"]
+    assert parameters["CallTracing"]["AllowedValues"] == ["Enabled", "Disabled"]
     assert parameters["CloseHttpMethod"]["AllowedValues"] == ["GET", "POST"]
     url_pattern = re.compile(parameters["QFPayBaseUrl"]["AllowedPattern"])
     assert url_pattern.fullmatch("https://openapi-hk.qfapi.com")

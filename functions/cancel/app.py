@@ -8,9 +8,9 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cancellation.observability import logger, metrics, tracer
+from cancellation.observability import logger, metrics, traced
 from cancellation.service import CancelDependencies, CancelService
-from cancellation.settings import cancel_settings
+from cancellation.settings import call_tracing, cancel_settings
 
 SETTINGS = cancel_settings(os.environ)  # a bad configuration stops the function at start
 
@@ -22,7 +22,7 @@ def service() -> CancelService:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@traced(call_tracing(os.environ))
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return service().handle(event, context)

@@ -7,15 +7,15 @@ import os
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cancellation.observability import logger, metrics, tracer
+from cancellation.observability import logger, metrics, traced
 from cancellation.poll import EnquiryStep
-from cancellation.settings import poll_settings
+from cancellation.settings import call_tracing, poll_settings
 
 STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuration stops it at start
 
 
 @logger.inject_lambda_context(correlation_id_path="outcome_id")
-@tracer.capture_lambda_handler
+@traced(call_tracing(os.environ))
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return STEP.run(event)

@@ -961,10 +961,6 @@ def dead_letter_reason(
             response = invocation.response if isinstance(invocation.response, dict) else {}
             lines = [x.strip() for x in str(response.get("errorMessage", "")).splitlines() if x.strip()]
             message, at = " ".join(lines)[:200], ended
-            if invocation.error == "BatchProcessingError" and lines:
-                # Every record failed: Powertools wraps their exceptions; the last line is the
-                # record's own, and what the record itself left says more.
-                message, at = lines[-1][:200], invocation.started_at
             candidates.append(
                 (at, f"invocation {invocation.request_id} failed: {invocation.error}: {message}")
             )

@@ -15,6 +15,7 @@ from cancellation.settings import (
     CancelSettings,
     ConfigurationError,
     QFPaySettings,
+    call_tracing,
     cancel_settings,
     check_base_url,
     poll_settings,
@@ -367,3 +368,27 @@ def test_all_problems_are_reported_together():
 def test_non_finite_numbers_are_reported(value):
     message = problems_of(cancel_settings, {**CANCEL_ENV, "POLL_DEADLINE_SECONDS": value})
     assert "POLL_DEADLINE_SECONDS" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "traced"),
+    [
+        (None, True),
+        ("", True),
+        ("false", True),
+        ("0", True),
+        ("true", False),
+        ("1", False),
+        (" TRUE ", False),
+    ],
+)
+def test_call_tracing_follows_powertools_switch(value: str | None, traced: bool) -> None:
+    env = {} if value is None else {"POWERTOOLS_TRACE_DISABLED": value}
+    assert call_tracing(env) is traced
+
+
+def test_call_tracing_refuses_a_value_it_cannot_read() -> None:
+    with pytest.raises(
+        ConfigurationError, match="POWERTOOLS_TRACE_DISABLED must be true or false, got 'maybe'"
+    ):
+        call_tracing({"POWERTOOLS_TRACE_DISABLED": "maybe"})

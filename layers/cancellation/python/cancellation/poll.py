@@ -16,7 +16,7 @@ from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.observability import count
 from cancellation.orders import Order
 from cancellation.outcomes import Status, build_outcome
-from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable, new_pool
+from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
@@ -35,14 +35,8 @@ class EnquiryStep:
     def for_settings(cls, settings: QFPaySettings, clock: Callable[[], float] = time.time) -> EnquiryStep:
         from cancellation.aws import QFPayCredentials  # noqa: PLC0415 - keeps AWS out of the logic
 
-        qfpay = QFPayClient(
-            settings.base_url,
-            QFPayCredentials(settings.secret_id, settings.secret_max_age),
-            http=new_pool(2),
-            timeouts=settings.timeouts,
-            verify_response_signature=settings.verify_response_signature,
-            rate_limit=settings.rate_limit(),
-        )
+        credentials = QFPayCredentials(settings.secret_id, settings.secret_max_age)
+        qfpay = QFPayClient.for_settings(settings, credentials, pool_size=2)
         return cls(qfpay, settings.routing, clock)
 
     def run(self, state: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError, SSLError
 
 from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
+
+if TYPE_CHECKING:
+    from cancellation.settings import QFPaySettings
 
 REVERSAL_PATH = "/trade/v1/reversal"
 CLOSE_PATH = "/trade/v1/close"
@@ -146,6 +149,7 @@ class QFPayClient:
         timeouts: Timeouts = Timeouts(),
         verify_response_signature: bool = False,
         rate_limit: RateLimit | None = None,
+        observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._credentials = credentials
@@ -153,6 +157,25 @@ class QFPayClient:
         self._timeouts = timeouts
         self._verify_response_signature = verify_response_signature
         self._rate_limit = rate_limit
+        self._observe_latency = observe_latency
+
+    @classmethod
+    def for_settings(
+        cls, settings: QFPaySettings, credentials: CredentialsSource, pool_size: int
+    ) -> QFPayClient:
+        """The functions' client: pooled connections, the container's rate limit, and every
+        call's latency as the ``QFPayLatency`` metric."""
+        from cancellation.observability import record_latency  # noqa: PLC0415 - Powertools stays out of the client
+
+        return cls(
+            settings.base_url,
+            credentials,
+            http=new_pool(pool_size),
+            timeouts=settings.timeouts,
+            verify_response_signature=settings.verify_response_signature,
+            rate_limit=settings.rate_limit(),
+            observe_latency=lambda seconds: record_latency("QFPayLatency", seconds),
+        )
 
     def reversal(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         return self.call("POST", REVERSAL_PATH, params)
@@ -190,6 +213,7 @@ class QFPayClient:
         form = urlencode(sent)
         url = self._base_url + path
         timeout = urllib3.Timeout(connect=self._timeouts.connect, read=self._timeouts.read)
+        started = time.monotonic()
         try:
             if method == "GET":
                 response = self._http.request(
@@ -208,6 +232,9 @@ class QFPayClient:
         except HTTPError as exc:
             # The connection broke after the request went out: QFPay may have acted on it.
             raise QFPayAmbiguous(f"{path}: connection dropped after sending ({type(exc).__name__})") from None
+        finally:
+            if self._observe_latency is not None:
+                self._observe_latency(time.monotonic() - started)
         return self._read(path, response, credentials)
 
     def _read(

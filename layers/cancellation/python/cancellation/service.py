@@ -8,8 +8,6 @@ by SQS and replays the stored decision, so QFPay is never asked to cancel twice 
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hashlib
 import math
 import random
@@ -19,11 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import (
-    AsyncBatchProcessor,
-    EventType,
-    async_process_partial_response,
-)
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -40,16 +33,16 @@ from cancellation.aws import (
     QFPayCredentials,
     RedeliveryDelay,
 )
+from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.cancel import CancelAttempt, RetryLater
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id, rejected_outcome
-from cancellation.qfpay import CredentialsRejected, QFPayClient, new_pool
+from cancellation.qfpay import CredentialsRejected, QFPayClient
 from cancellation.respcd import meaning_of
 from cancellation.settings import CancelSettings
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
@@ -85,15 +78,7 @@ class CancelService:
     def __init__(self, settings: CancelSettings, deps: CancelDependencies) -> None:
         self.settings = settings
         self.deps = deps
-        self.qfpay = QFPayClient(
-            settings.qfpay.base_url,
-            deps.credentials,
-            http=new_pool(settings.batch_concurrency),
-            timeouts=settings.qfpay.timeouts,
-            verify_response_signature=settings.qfpay.verify_response_signature,
-            rate_limit=settings.qfpay.rate_limit(),
-        )
-        self.processor = AsyncBatchProcessor(event_type=EventType.SQS)
+        self.qfpay = QFPayClient.for_settings(settings.qfpay, deps.credentials, settings.batch_concurrency)
         self.idempotency = IdempotencyConfig(
             event_key_jmespath="order_key",
             raise_on_no_idempotency_key=True,
@@ -102,10 +87,8 @@ class CancelService:
         self._decide = self._once(self._decide_order, "cancel-decision")
         self._deliver = self._once(self._deliver_decision, "cancel-delivery")
         self._answer = self._once(self._answer_caller, "cancel-caller")
-        # Our own pool, as wide as the batch may run: asyncio's default one has min(32, cpus + 4)
-        # threads, which on Lambda's 2 vCPUs would quietly cap the batch at 6 orders.
+        # As wide as the batch may run at once: the bound that keeps QFPay's rate limits.
         self._pool = ThreadPoolExecutor(max_workers=settings.batch_concurrency, thread_name_prefix="order")
-        self._slots: asyncio.Semaphore | None = None
 
     def _once(self, step: Callable[..., Any], key_prefix: str) -> Callable[..., Any]:
         """``step`` made idempotent on ``request["order_key"]``. One persistence layer per step:
@@ -124,38 +107,30 @@ class CancelService:
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         self.idempotency.register_lambda_context(context)
-        # Per invocation: a semaphore belongs to the event loop that first waits on it.
-        self._slots = asyncio.Semaphore(self.settings.batch_concurrency)
-        response = async_process_partial_response(
-            event=event, record_handler=self._record, processor=self.processor, context=context
-        )
-        return dict(response)
+        return process_batch(queue_messages(event), self.process_record, self._pool)
 
-    async def _record(self, record: SQSRecord) -> str:
-        assert self._slots is not None  # noqa: S101 - set by handle() before any record runs
-        async with self._slots:
-            run = contextvars.copy_context().run  # what asyncio.to_thread does, on our pool
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, run, self.process_record, record
-            )
-
-    def process_record(self, record: SQSRecord) -> str:
+    def process_record(self, message: QueueMessage) -> str:
         """One message; returns the status it ended in, raises to have SQS deliver it again."""
-        logger.thread_safe_append_keys(message_id=record.message_id)
+        logger.thread_safe_append_keys(message_id=message.message_id)
         try:
-            return self._process(record)
+            return self._process(message)
+        except _RETRIED:
+            raise  # logged where it was understood
+        except Exception:
+            logger.exception("order failed unexpectedly; SQS will deliver it again")
+            raise
         finally:
             # Threads are reused across orders: no key may outlive its message.
             logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
 
-    def _process(self, record: SQSRecord) -> str:
+    def _process(self, message: QueueMessage) -> str:
         try:
-            order = parse_order_message(record.body)
+            order = parse_order_message(message.body)
         except InvalidOrder as invalid:
-            return self._reject(record, invalid)
+            return self._reject(message, invalid)
         # The outcome_id is the order's correlation id in both functions' logs and in the event.
         logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
-        receive_count = int(record.attributes.approximate_receive_count or "1")
+        receive_count = message.receive_count
         request = {
             "order_key": order.identity,
             "order": order.to_dict(),
@@ -169,20 +144,20 @@ class CancelService:
             return status
         except RetryLater as exc:
             count("QFPayRetryLater")
-            self._back_off(record, receive_count, throttled=exc.throttled)
+            self._back_off(message, receive_count, throttled=exc.throttled)
             logger.warning(
                 "cancel will be retried", extra={"reason": str(exc), "receive_count": receive_count}
             )
             raise
         except IdempotencyAlreadyInProgressError:
             # A duplicate of this order is being decided right now (same batch or another poller).
-            self._back_off(record, receive_count, throttled=False)
+            self._back_off(message, receive_count, throttled=False)
             logger.info("order already being cancelled elsewhere; will look again")
             raise
         except CredentialsRejected:
             # A configuration error must not drop orders: retried slowly, then the DLQ, and alarmed.
             count("SignatureRejected")
-            self._back_off(record, receive_count, throttled=False)
+            self._back_off(message, receive_count, throttled=False)
             logger.error("QFPay rejected our signature after the secret was re-read")
             raise
 
@@ -254,7 +229,7 @@ class CancelService:
             return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
         return self.deps.notifier.fail(token, loop.error or "Cancellation.Unknown", loop.cause or loop.status)
 
-    def _reject(self, record: SQSRecord, invalid: InvalidOrder) -> str:
+    def _reject(self, message: QueueMessage, invalid: InvalidOrder) -> str:
         ids = invalid.identifiers
         detail = rejected_outcome(
             invalid.reason,
@@ -262,7 +237,7 @@ class CancelService:
             out_trade_no=ids.get("out_trade_no"),
             syssn=ids.get("syssn"),
             mchid=ids.get("mchid"),
-            message_id=record.message_id,
+            message_id=message.message_id,
         )
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
@@ -272,15 +247,19 @@ class CancelService:
             self._answer(request=_caller_request(key, ids["task_token"], {"outcome": detail}))
         return status
 
-    def _back_off(self, record: SQSRecord, receive_count: int, *, throttled: bool) -> None:
+    def _back_off(self, message: QueueMessage, receive_count: int, *, throttled: bool) -> None:
         """Exponential backoff with full jitter, by receive count; QFPay's 429 backs off harder."""
         base = self.settings.retry_base_delay * (4 if throttled else 1)
         ceiling = min(self.settings.retry_max_delay, base * 2 ** min(receive_count - 1, 16))
         delay = math.ceil(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
         try:
-            self.deps.redelivery.delay(record.event_source_arn, record.receipt_handle, delay)
+            self.deps.redelivery.delay(message.queue_arn, message.receipt_handle, delay)
         except Exception:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
+
+
+# Raised to have SQS deliver the message again, after being logged where they were understood.
+_RETRIED = (RetryLater, IdempotencyAlreadyInProgressError, CredentialsRejected)
 
 
 def _caller_request(order_key: str, task_token: str, decision: dict[str, Any]) -> dict[str, Any]:

@@ -148,6 +148,14 @@ def _qfpay(read: _Reader) -> QFPaySettings:
     )
 
 
+def call_tracing(env: Mapping[str, str]) -> bool:
+    """Powertools' own switch, POWERTOOLS_TRACE_DISABLED: call tracing unless it is true."""
+    read = _Reader(env)
+    disabled = read.flag("POWERTOOLS_TRACE_DISABLED", False)
+    read.done()
+    return not disabled
+
+
 def poll_settings(env: Mapping[str, str]) -> QFPaySettings:
     read = _Reader(env)
     settings = _qfpay(read)
