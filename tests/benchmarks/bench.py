@@ -7,7 +7,7 @@ sides alike:
    ``sys.path``, a Lambda-like environment with the template's variables; the module builds its
    service at import) against fresh processes running ``import boto3``; medians, runs alternated,
    interpreter start (``python -c pass``) subtracted. Then ``-X importtime`` of the handler and
-   measured what-ifs (no X-Ray SDK, the module body, compiling our modules, requests).
+   measured what-ifs (call tracing on, the module body, compiling our modules, requests).
 2. Batch concurrency: one warm invocation of the real handler with 10 orders against one with 1;
    QFPay is the stand-in answering every call after 100 ms, AWS is moto in-process. Variants:
    ``BATCH_CONCURRENCY`` 4 and 10 (the service runs orders on its own pool that wide), and the
@@ -28,7 +28,6 @@ Sections 2-4 run in worker processes (``--worker batch|poll|memory``, which prin
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import io
 import itertools
@@ -44,7 +43,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -400,19 +398,20 @@ _RESOURCE_PLACEHOLDERS = {
 
 def template_environment(template: Mapping[str, Any], logical_id: str = "CancelFunction") -> dict[str, str]:
     """A function's variables from template.yaml (Globals first): parameters at their defaults,
-    resource references replaced by placeholders."""
+    conditions evaluated, resource references replaced by placeholders."""
+    from tests.local.aws_stack import StackTemplateError, _Resolver  # noqa: PLC0415
+
     parameters = {name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()}
+    resolver = _Resolver(template, parameters, {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT})
     variables = {
         **template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}),
         **template["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {}),
     }
     resolved: dict[str, str] = {}
     for name, value in variables.items():
-        if isinstance(value, str | int | float):
-            resolved[name] = str(value)
-        elif isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
-            resolved[name] = parameters[value["Ref"]]
-        else:
+        try:
+            resolved[name] = resolver.scalar(value)
+        except StackTemplateError:  # a resource of the stack: not created here
             resolved[name] = _RESOURCE_PLACEHOLDERS.get(name, f"bench-{name.lower()}")
     return resolved
 
@@ -506,30 +505,12 @@ def _run_worker(
 
 _ON_PATH = "import os, sys; sys.path[:0] = [os.environ['BENCH_CODE_DIR'], os.environ['BENCH_LAYER_DIR']]\n"
 HANDLER_IMPORT = _ON_PATH + "import app\n"
-# Stands in for the X-Ray SDK so that Powertools' Tracer loads nothing: what a handler without the
-# SDK (Lambda's own Active tracing only) would import.
-NO_XRAY_SDK = """
-import sys, types
-class _Recorder:
-    def patch(self, *args, **kwargs): pass
-    def patch_all(self, *args, **kwargs): pass
-_Recorder.__module__ = "bench_stub"
-_sdk, _core = types.ModuleType("aws_xray_sdk"), types.ModuleType("aws_xray_sdk.core")
-_core.xray_recorder = _Recorder()
-_core.patch, _core.patch_all = _core.xray_recorder.patch, _core.xray_recorder.patch_all
-class _Config:
-    @staticmethod
-    def set_sdk_enabled(value): pass
-_sdk.global_sdk_config, _sdk.core = _Config(), _core
-sys.modules["aws_xray_sdk"], sys.modules["aws_xray_sdk.core"] = _sdk, _core
-"""
 # The handler's own import statements, then its module body (settings + CancelService).
 HANDLER_BODY = (
     _ON_PATH
     + """import json, time
 t0 = time.process_time()
-import aws_lambda_powertools.utilities.typing, cancellation.observability, cancellation.service
-import cancellation.settings
+import cancellation.observability, cancellation.service, cancellation.settings
 t1 = time.process_time()
 import app
 t2 = time.process_time()
@@ -607,7 +588,7 @@ def cold_start(mode: Mode) -> dict[str, Any]:
         # The floor for any handler that makes its DynamoDB client at start.
         Command("boto3 + a DynamoDB client", "import boto3\nboto3.client('dynamodb')", env),
         Command("handler, imports and body timed", HANDLER_BODY, env),
-        Command("the same without the X-Ray SDK", NO_XRAY_SDK + HANDLER_BODY, env),
+        Command("the same with call tracing on", HANDLER_BODY, {**env, "POWERTOOLS_TRACE_DISABLED": "false"}),
         Command("requests after boto3 and urllib3", REQUESTS_ON_TOP, env),
     ]
     for command in commands:  # warm the file cache and write the .pyc files
@@ -626,19 +607,15 @@ def cold_start(mode: Mode) -> dict[str, Any]:
     parsed.sort(key=lambda entries: next((e.cumulative_us for e in entries if e.name == "app"), 0))
     entries = parsed[len(parsed) // 2]
     timed = {label: [x.output for x in xs if x.output] for label, xs in samples.items()}
-    with_xray, without_xray = (
-        timed["handler, imports and body timed"],
-        timed["the same without the X-Ray SDK"],
-    )
+    untraced, traced = timed["handler, imports and body timed"], timed["the same with call tracing on"]
     headline = ("python -c pass", "import boto3", "import handler", "boto3 + a DynamoDB client")
     return {
         "wall": {label: [x.wall for x in samples[label]] for label in headline},
         "cpu": {label: [x.cpu for x in samples[label]] for label in headline},
-        "imports": median(b["imports"] for b in with_xray),
-        "body": median(b["body"] for b in with_xray),
-        "total": median(b["imports"] + b["body"] for b in with_xray),
-        "total_no_xray": median(b["imports"] + b["body"] for b in without_xray),
-        "body_no_xray": median(b["body"] for b in without_xray),
+        "imports": median(b["imports"] for b in untraced),
+        "body": median(b["body"] for b in untraced),
+        "total": median(b["imports"] + b["body"] for b in untraced),
+        "total_traced": median(b["imports"] + b["body"] for b in traced),
         "requests": median(b["requests"] for b in timed["requests after boto3 and urllib3"]),
         "compile": compile_cost(),
         "importtime": [asdict(e) for e in entries],
@@ -661,8 +638,8 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
     cpu_ratio = net_ratio(cpu["import handler"], cpu["import boto3"], cpu["python -c pass"])
     print(f"\n== 1. Cold start: fresh processes, {mode.cold_rounds} runs each, alternated; medians ==")
     print(
-        "   Lambda-like environment: the template's variables, LAMBDA_TASK_ROOT set (so X-Ray's SDK\n"
-        "   and Powertools' Tracer behave as in Lambda, tracing active), layer after the code on sys.path.\n"
+        "   Lambda-like environment: the template's variables at their defaults (CallTracing Disabled:\n"
+        "   the X-Ray SDK is not loaded), LAMBDA_TASK_ROOT set, layer after the code on sys.path.\n"
         "   'CPU' is the child's user+system time: steadier than wall time on a busy machine."
     )
     rows = [
@@ -693,17 +670,15 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
         f"   - the handler's statements: imports {result['imports'] * 1000:.0f} ms + module body"
         f" {body * 1000:.0f} ms"
     )
+    traced_extra = result["total_traced"] - total
     print(
-        "   - without the X-Ray SDK (Powertools' Tracer loads it, patch_all runs at import):"
-        f" {(result['total_no_xray'] - total) * 1000:+.0f} ms; its own modules are cheap: wrapt's"
-        " asyncio and the botocore.client it imports are needed later anyway (the body then takes"
-        f" {result['body_no_xray'] * 1000:.0f} ms)"
+        "   - with call tracing on (CallTracing=Enabled: Powertools' Tracer loads the X-Ray SDK, wrapt"
+        f" and asyncio and patches botocore and http.client): {traced_extra * 1000:+.0f} ms, a CPU"
+        f" ratio of about {(handler_cpu + traced_extra) / boto3_cpu:.2f}"
     )
     print(
-        "   - module body (cancel_settings + CancelService: DynamoDB client, two persistence layers,"
-        f" HTTP session): {body * 1000:.0f} ms; deferring it to the first invocation would make the"
-        f" CPU ratio about {(handler_cpu - body) / boto3_cpu:.2f}, but it moves the time and saves"
-        " none: every invocation writes to DynamoDB"
+        f"   - module body (the settings; the service and its AWS clients are built by the first"
+        f" invocation): {body * 1000:.0f} ms"
     )
     print(
         "   - compiling our own modules, paid at every cold start because the deployment package"
@@ -754,7 +729,6 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
 class BatchVariant:
     label: str
     concurrency: int
-    threads: int | None = None  # the event loop's executor; None: asyncio's default
     session_per_request: bool = False
 
 
@@ -955,7 +929,6 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
                         **stack.cancel_environment,
                         **_BENCH_OVERRIDES,
                         "BATCH_CONCURRENCY": str(variant.concurrency),
-                        # Powertools' batch then keeps one event loop, as in Lambda.
                         "LAMBDA_TASK_ROOT": str(CANCEL_CODE),
                     }
                 )
@@ -972,10 +945,6 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
                         timeouts=settings.qfpay.timeouts,
                         verify_response_signature=settings.qfpay.verify_response_signature,
                     )
-                loop = asyncio.new_event_loop()
-                asyncio.set_event_loop(loop)
-                if variant.threads is not None:
-                    loop.set_default_executor(ThreadPoolExecutor(max_workers=variant.threads))
 
                 def invoke(
                     size: int, handler: ModuleType = handler, ledger: _Ledger = ledger
@@ -1009,11 +978,8 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
                         "warm1": sizes[1],
                         "log_bytes_per_order": (sink.written - logs_before) / orders,
                         "api_calls_per_order": {k: v / orders for k, v in calls.counts.items()},
-                        "default_pool": min(32, (os.cpu_count() or 1) + 4),
                     }
                 )
-                loop.close()
-                asyncio.set_event_loop(None)
             outcomes = stack.read_outcomes(wait_seconds=2.0, expected=sent)
             result["outcomes"] = dict(Counter(str(d["status"]) for d in outcomes))
             result["orders_sent"] = sent
@@ -1414,8 +1380,8 @@ def _memory_worker(mode: Mode) -> dict[str, Any]:
                 "LAMBDA_TASK_ROOT": str(CANCEL_CODE),
                 "BENCH_CODE_DIR": str(CANCEL_CODE),
                 "BENCH_LAYER_DIR": str(LAYER_PYTHON),
-                # Tracing as deployed: the X-Ray SDK records subsegments and sends them by UDP
-                # to a daemon address where nothing listens.
+                # Tracing as deployed (CallTracing's default); when it is on, the X-Ray SDK sends
+                # subsegments by UDP to a daemon address where nothing listens.
                 "_X_AMZN_TRACE_ID": _TRACE_HEADER,
                 "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
                 "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
@@ -1510,7 +1476,6 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
     headline = _headline_variant(variants)
     ratio = batch_ratio(headline)
     seed = next((v for v in variants if v["label"].startswith("seed-style")), None)
-    pool = variants[0]["default_pool"]
     print(
         f"\n   batch10_ratio below is the default configuration ({headline['label']}): {ratio:.2f}"
         f" (target <= {TARGETS['batch10_ratio']})"
@@ -1524,10 +1489,7 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
         f" {', '.join(meeting) if meeting else 'none (moto in-process)'};"
         f" with moto's CPU removed (estimate): {', '.join(estimated) if estimated else 'none'}"
     )
-    print(
-        f"   asyncio's default executor would have min(32, cpus + 4) = {pool} threads on this"
-        f" {os.cpu_count()}-CPU machine; the service runs orders on its own pool, BATCH_CONCURRENCY wide."
-    )
+    print("   the service runs a batch's orders on its own pool, BATCH_CONCURRENCY threads wide.")
     if seed is not None:
         best = min(median(r["wall"] for r in v["warm10"]) for v in variants if v is not seed)
         seed10 = median(r["wall"] for r in seed["warm10"])
@@ -1690,7 +1652,7 @@ def report_memory(result: Mapping[str, Any]) -> dict[str, float]:
     print(
         f"   handler CPU per batch of 10: cold {rss['cold_cpu_s'] * 1000:.0f} ms, warm"
         f" {rss['warm_cpu_s'] * 1000:.0f} ms"
-        f" (X-Ray tracing on); wall warm {rss['warm_wall_s'] * 1000:.0f} ms; import"
+        f" (call tracing as deployed: off); wall warm {rss['warm_wall_s'] * 1000:.0f} ms; import"
         f" {rss['import_s'] * 1000:.0f} ms"
     )
     warm_poll = poll[1:] or poll
@@ -1734,7 +1696,7 @@ def report_memory(result: Mapping[str, Any]) -> dict[str, float]:
         f" {template_memory('CancelFunction')} and {template_memory('PollFunction')})."
         " Memory is not the constraint: peak RSS"
         f" {rss['rss_warm']:.0f} MB (the runtime adds ~10-20 MB). CPU is: a warm batch of 10 needs"
-        f" {rss['warm_cpu_s'] * 1000:.0f} ms of CPU (X-Ray on), which at 256 MB's CPU share is"
+        f" {rss['warm_cpu_s'] * 1000:.0f} ms of CPU, which at 256 MB's CPU share is"
         f" {rss['warm_cpu_s'] * MB_PER_VCPU / 256 * 1000:.0f} ms against ~{io_bound * 1000:.0f} ms of"
         " waiting."
         f" Below ~{knee:.0f} MB a batch is CPU-bound and costs the same GB-s whatever the memory, so"
