@@ -739,6 +739,20 @@ BATCH_VARIANTS = (
 )
 
 
+def _unpaid_payment(syssn: str, out_trade_no: str, **behaviour: Any) -> Any:
+    """A stand-in payment of HKD 12.50 that was never completed (``behaviour``: its faults)."""
+    from tests.local.qfpay_standin import Transaction  # noqa: PLC0415
+
+    return Transaction(
+        syssn=syssn,
+        out_trade_no=out_trade_no,
+        txamt=1250,
+        txdtm="2026-11-26 10:00:00",
+        pay_type="800101",
+        **behaviour,
+    )
+
+
 class _Ledger:
     """Fresh orders for each invocation: unpaid payments QFPay reverses at once (reversal 0000, then
     the confirming Enquiry), so every order costs two QFPay calls."""
@@ -749,18 +763,10 @@ class _Ledger:
         self._serial = itertools.count(1)
 
     def orders(self, count: int) -> list[dict[str, Any]]:
-        from tests.local.qfpay_standin import Transaction  # noqa: PLC0415
-
         bodies = []
         for _ in range(count):
             n = next(self._serial)
-            txn = Transaction(
-                syssn=f"2026112600{self._prefix}{n:08d}",
-                out_trade_no=f"BENCH-{self._prefix}-{n:06d}",
-                txamt=1250,
-                txdtm="2026-11-26 10:00:00",
-                pay_type="800101",
-            )
+            txn = _unpaid_payment(f"2026112600{self._prefix}{n:08d}", f"BENCH-{self._prefix}-{n:06d}")
             self._standin.add(txn)
             bodies.append(
                 {
@@ -1094,7 +1100,6 @@ def _poll_worker(mode: Mode) -> dict[str, Any]:
     from tests.local import lambda_runtime  # noqa: PLC0415
     from tests.local.aws_stack import create_stack  # noqa: PLC0415
     from tests.local.moto_server import LocalAws  # noqa: PLC0415
-    from tests.local.qfpay_standin import Transaction  # noqa: PLC0415
 
     with LocalAws(region=REGION) as aws:
         # The counts do not depend on QFPay's latency (the cost model takes an enquiry's duration
@@ -1128,12 +1133,9 @@ def _poll_worker(mode: Mode) -> dict[str, Any]:
             started: list[tuple[PollCase, str, str, float]] = []
             timers: list[threading.Timer] = []
             for n, case in enumerate(cases, start=1):
-                txn = Transaction(
-                    syssn=f"2026112600990{n:07d}",
-                    out_trade_no=f"BENCH-POLL-{n:03d}",
-                    txamt=1250,
-                    txdtm="2026-11-26 10:00:00",
-                    pay_type="800101",
+                txn = _unpaid_payment(
+                    f"2026112600990{n:07d}",
+                    f"BENCH-POLL-{n:03d}",
                     in_progress_enquiries=10**9,  # in progress until the bench says otherwise
                 )
                 standin.add(txn)
@@ -1305,19 +1307,12 @@ def _handoff_states(standin: Any, environment: Mapping[str, str], count: int, pr
     from cancellation.qfpay import Credentials, QFPayClient, new_pool  # noqa: PLC0415
     from cancellation.settings import cancel_settings  # noqa: PLC0415
 
-    from tests.local.qfpay_standin import Transaction  # noqa: PLC0415
-
     settings = cancel_settings(environment)
     client = QFPayClient(standin.base_url, lambda force: Credentials(APP_CODE, CLIENT_KEY), http=new_pool())
     states = []
     for n in range(1, count + 1):
-        txn = Transaction(
-            syssn=f"2026112600{prefix}{n:08d}",
-            out_trade_no=f"BENCH-{prefix}-{n:06d}",
-            txamt=1250,
-            txdtm="2026-11-26 10:00:00",
-            pay_type="800101",
-            in_progress_enquiries=10**9,
+        txn = _unpaid_payment(
+            f"2026112600{prefix}{n:08d}", f"BENCH-{prefix}-{n:06d}", in_progress_enquiries=10**9
         )
         standin.add(txn)
         order = _order_for(txn)
