@@ -9,7 +9,8 @@ sides alike:
    interpreter start (``python -c pass``) subtracted. Then ``-X importtime`` of the handler and
    measured what-ifs (call tracing on, the module body, compiling our modules, requests).
 2. Batch concurrency: one warm invocation of the real handler with 10 orders against one with 1;
-   QFPay is the stand-in answering every call after 100 ms, AWS is moto in-process. Variants:
+   QFPay is the stand-in answering every call after 100 ms (in a process of its own, as QFPay's
+   servers are), AWS is moto in-process with ``tests.local.moto_speedups``. Variants:
    ``BATCH_CONCURRENCY`` 4 and 10 (the service runs orders on its own pool that wide), and the
    seed-style baseline (sequential, a new connection per QFPay request).
 3. Poll-loop cost: the real ASL (moto server mode) with the real poll handler, for cancellations
@@ -902,6 +903,50 @@ def _start_standin(latency: float) -> Any:
     return standin
 
 
+class _StandInProcess:
+    """The QFPay stand-in of the batch section, in a process of its own: QFPay's work (parsing,
+    checking signatures, answering) happens on QFPay's machines, so here it must not hold the GIL
+    of the process that runs our handler (moto, AWS's stand-in, still does: see ``_MotoCpu``).
+    Payments are added over the child's stdin, outside the timed invocations."""
+
+    def __init__(self, latency: float) -> None:
+        command = [sys.executable, "-m", "tests.benchmarks.bench", "--standin", str(latency)]
+        self._child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.base_url = self._answer()
+
+    def _answer(self) -> str:
+        assert self._child.stdout is not None
+        line = self._child.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"the stand-in process stopped (exit {self._child.poll()})")
+        return line
+
+    def add(self, txn: Any) -> None:
+        assert self._child.stdin is not None
+        self._child.stdin.write(json.dumps([txn.syssn, txn.out_trade_no]) + "\n")
+        self._child.stdin.flush()
+        if self._answer() != "added":
+            raise RuntimeError(f"the stand-in process did not add {txn.syssn}")
+
+    def stop(self) -> None:
+        if self._child.stdin is not None:
+            self._child.stdin.close()
+        self._child.wait(timeout=10)
+
+
+def _serve_standin(latency: float) -> None:
+    """``--standin LATENCY``: the child side of :class:`_StandInProcess`."""
+    standin = _start_standin(latency)
+    print(standin.base_url, flush=True)
+    for line in sys.stdin:
+        syssn, out_trade_no = json.loads(line)
+        standin.add(_unpaid_payment(syssn, out_trade_no))
+        print("added", flush=True)
+    standin.stop()
+
+
 def _batch_worker(mode: Mode) -> dict[str, Any]:
     sink, real_stdout = _CountingSink(), sys.stdout
     sys.stdout = sink  # Powertools' logs and metrics go here, counted
@@ -915,7 +960,7 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
     moto_cpu = _MotoCpu()
     moto_cpu.install()
     with mock_aws(config={"lambda": {"use_docker": False}}):
-        standin = _start_standin(QFPAY_LATENCY)
+        standin = _StandInProcess(QFPAY_LATENCY)
         try:
             stack = create_stack(
                 template_path=TEMPLATE,
@@ -1439,8 +1484,9 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
         f"\n== 2. Batch concurrency: one warm invocation of 10 orders vs 1, medians of {mode.warm_rounds} =="
     )
     print(
-        f"   QFPay stand-in answers every call after {QFPAY_LATENCY * 1000:.0f} ms (2 calls per order:"
-        " reversal, confirming Enquiry);\n   AWS is moto in-process (mock_aws). 'moto CPU' is the CPU"
+        f"   QFPay stand-in (its own process) answers every call after {QFPAY_LATENCY * 1000:.0f} ms (2"
+        " calls per order: reversal, confirming Enquiry);\n   AWS is moto in-process (mock_aws, with"
+        " tests/local/moto_speedups.py). 'moto CPU' is the CPU"
         " moto spends emulating AWS inside this process\n   (real AWS does that elsewhere, in parallel);"
         " the last column removes it from both sides (an estimate)."
     )
@@ -1842,7 +1888,11 @@ WORKERS: dict[str, Callable[[Mode], dict[str, Any]]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--standin", type=float, metavar="LATENCY", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.standin is not None:
+        _serve_standin(args.standin)
+        return 0
     mode = current_mode()
     if args.worker:
         WORKERS[args.worker](mode)
