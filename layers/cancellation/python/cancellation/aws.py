@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.outcomes import (
     CALLER_ERRORS,
@@ -90,8 +89,7 @@ class EnquiryLoopStarter:
         return LoopResult(answer["status"], outcome, answer.get("error"), answer.get("cause"))
 
 
-@dataclass(frozen=True)
-class LoopResult:
+class LoopResult(NamedTuple):
     status: str  # RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED
     outcome: dict[str, Any] | None
     error: str | None

@@ -10,16 +10,14 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class NotAQueueBatch(ValueError):
     """The invocation is not an SQS batch: a wiring error, so the invocation fails as a whole."""
 
 
-@dataclass(frozen=True)
-class QueueMessage:
+class QueueMessage(NamedTuple):
     """What we read of one SQS record."""
 
     message_id: str

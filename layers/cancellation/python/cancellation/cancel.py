@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.orders import Order
@@ -27,8 +27,7 @@ class RetryLater(Exception):
         self.throttled = throttled
 
 
-@dataclass(frozen=True)
-class LoopPolicy:
+class LoopPolicy(NamedTuple):
     schedule: PollSchedule
     deadline_seconds: int
 

@@ -9,9 +9,8 @@ payment (current docs: 1 reversed/refunded, 2 cancelled, 3 refunded, 4 pre-auth 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from cancellation.orders import TXDTM_FORMAT, Order
 from cancellation.outcomes import Status
@@ -32,8 +31,7 @@ _STILL_CHARGED_FLAGS = frozenset({"4", "5"})
 _REFUNDED_FLAGS = frozenset({"3"})
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """What the Enquiry says about the original payment. ``status`` None means still in progress."""
 
     status: Status | None

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 CURRENCIES = frozenset(
     {"AED", "AUD", "CAD", "CNY", "EUR", "HKD", "IDR", "JPY", "MMK", "MYR", "SGD", "THB", "USD"}
@@ -45,8 +44,7 @@ class InvalidOrder(ValueError):
         self.identifiers = identifiers or {}
 
 
-@dataclass(frozen=True)
-class Order:
+class Order(NamedTuple):
     txamt: int
     txdtm: str
     out_trade_no: str | None = None
@@ -66,12 +64,12 @@ class Order:
         return f"{self.mchid or ''}|syssn={self.syssn}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Order:
         """Rebuild an order this service validated earlier (the loop's state)."""
-        fields: dict[str, Any] = {name: data.get(name) for name in cls.__dataclass_fields__}
+        fields: dict[str, Any] = {name: data.get(name) for name in cls._fields}
         return cls(**fields)
 
 

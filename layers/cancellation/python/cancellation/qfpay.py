@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlencode
 
 import urllib3
@@ -80,8 +80,7 @@ class ResponseSignatureInvalid(QFPayError):
     pass
 
 
-@dataclass(frozen=True)
-class Timeouts:
+class Timeouts(NamedTuple):
     connect: float = 3.05
     read: float = 10.0  # QFPay documents none; 10 s is what public integrations use
 

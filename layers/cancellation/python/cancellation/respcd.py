@@ -6,8 +6,8 @@ disposition: what the caller does next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from cancellation.outcomes import Endpoint, Status
 
@@ -20,8 +20,7 @@ class Disposition(StrEnum):
     CREDENTIALS = "credentials"  # signature rejected: re-read the secret, then fail loudly
 
 
-@dataclass(frozen=True)
-class Meaning:
+class Meaning(NamedTuple):
     disposition: Disposition
     text: str
     status: Status | None = None  # set for FINAL

@@ -8,8 +8,7 @@ The default follows the current English guide.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cancellation.outcomes import Endpoint
 
@@ -18,8 +17,7 @@ CloseMethod = Literal["GET", "POST"]
 _PAY_TYPE = re.compile(r"[0-9]{6}")
 
 
-@dataclass(frozen=True)
-class Routing:
+class Routing(NamedTuple):
     close_pay_types: frozenset[str] = DEFAULT_CLOSE_PAY_TYPES
     close_method: CloseMethod = "GET"
 

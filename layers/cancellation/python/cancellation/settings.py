@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from cancellation.cancel import LoopPolicy
@@ -21,12 +21,11 @@ class ConfigurationError(ValueError):
     """The function cannot start: the message lists every problem found."""
 
 
-@dataclass(frozen=True)
-class QFPaySettings:
+class QFPaySettings(NamedTuple):
     base_url: str
     secret_id: str
-    routing: Routing = field(default_factory=Routing)
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    routing: Routing = Routing()
+    timeouts: Timeouts = Timeouts()
     secret_max_age: int = 300
     verify_response_signature: bool = False
     # This container's share of QFPay's 100/s and 400/min per merchant (see README: rate limits).
@@ -37,8 +36,7 @@ class QFPaySettings:
         return RateLimit(self.max_requests_per_second, self.max_requests_per_minute)
 
 
-@dataclass(frozen=True)
-class CancelSettings:
+class CancelSettings(NamedTuple):
     qfpay: QFPaySettings
     event_bus_name: str
     state_machine_arn: str
