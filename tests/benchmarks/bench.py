@@ -80,8 +80,8 @@ class Mode:
     realtime_check: int  # resolution time (s) of the one poll execution run in real time
 
 
-FULL = Mode(quick=False, cold_rounds=11, warm_rounds=7, seconds_per_nominal_second=0.02, realtime_check=30)
-QUICK = Mode(quick=True, cold_rounds=5, warm_rounds=3, seconds_per_nominal_second=0.004, realtime_check=5)
+FULL = Mode(quick=False, cold_rounds=15, warm_rounds=7, seconds_per_nominal_second=0.02, realtime_check=30)
+QUICK = Mode(quick=True, cold_rounds=7, warm_rounds=3, seconds_per_nominal_second=0.004, realtime_check=5)
 
 
 def current_mode() -> Mode:
@@ -344,14 +344,15 @@ def recommend_memory(
     sizes: Sequence[int] = (128, 256, 512, 1024, 2048),
     minimum: int = 256,
 ) -> int:
-    """The largest size at or below the knee (fastest at no extra cost), with room for twice the
-    peak RSS, and not below ``minimum`` (cold starts are CPU-bound too)."""
+    """The smallest size at or above the knee, with room for twice the peak RSS and not below
+    ``minimum`` (cold starts are CPU-bound too): below the knee a batch waits on CPU (the same
+    GB-s, but later cancellations); above it, more memory only costs more."""
     knee = memory_knee(cpu_seconds, io_seconds)
     fitting = [m for m in sizes if m >= max(minimum, 2 * peak_rss_mb)]
     if not fitting:
         return max(sizes)
-    below = [m for m in fitting if m <= knee]
-    return max(below) if below else min(fitting)
+    above = [m for m in fitting if m >= knee]
+    return min(above) if above else max(fitting)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -1458,7 +1459,7 @@ def _memory_worker(mode: Mode) -> dict[str, Any]:
 def _default_batch_concurrency() -> int:
     from cancellation.settings import CancelSettings  # noqa: PLC0415
 
-    default = CancelSettings.__dataclass_fields__["batch_concurrency"].default
+    default = CancelSettings._field_defaults["batch_concurrency"]
     return int(default) if isinstance(default, int) else 0
 
 
@@ -1741,7 +1742,8 @@ def report_memory(result: Mapping[str, Any]) -> dict[str, float]:
         f" {rss['warm_cpu_s'] * MB_PER_VCPU / 256 * 1000:.0f} ms against ~{io_bound * 1000:.0f} ms of"
         " waiting."
         f" Below ~{knee:.0f} MB a batch is CPU-bound and costs the same GB-s whatever the memory, so"
-        " more memory is faster for free; above it, it only costs more. One enquiry is I/O-bound at"
+        " more memory is faster for free (a cancellation is worth most early); above it, it only"
+        " costs more. One enquiry is I/O-bound at"
         " any size. Cold starts (about half a second of CPU at a full core) also run faster with more"
         " memory. Cost is not the question at these volumes: see the table above."
     )
