@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from cancellation.observability import logger, metrics, traced
 from cancellation.service import CancelDependencies, CancelService
 from cancellation.settings import call_tracing, cancel_settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 SETTINGS = cancel_settings(os.environ)  # a bad configuration stops the function at start
 

@@ -4,12 +4,14 @@ Transaction Enquiry and answers a final outcome or the next wait."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from cancellation.observability import logger, metrics, traced
 from cancellation.poll import EnquiryStep
 from cancellation.settings import call_tracing, poll_settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuration stops it at start
 

@@ -14,8 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -46,8 +45,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
-@dataclass
-class CancelDependencies:
+class CancelDependencies(NamedTuple):
     """What the service talks to; tests and the local run pass real clients pointed at stand-ins."""
 
     publisher: OutcomePublisher
