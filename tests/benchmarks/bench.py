@@ -74,14 +74,29 @@ TARGETS = {"cold_import_ratio": 1.3, "batch10_ratio": 1.5, "poll_transitions_rat
 @dataclass(frozen=True)
 class Mode:
     quick: bool
-    cold_rounds: int  # fresh processes per command
+    cold_rounds: int  # fresh processes per headline command (interpreter, boto3, handler)
+    whatif_rounds: int  # fresh processes per what-if command
     warm_rounds: int  # warm invocations per batch size
     seconds_per_nominal_second: float  # time compression of the poll loop's waits
     realtime_check: int  # resolution time (s) of the one poll execution run in real time
 
 
-FULL = Mode(quick=False, cold_rounds=15, warm_rounds=7, seconds_per_nominal_second=0.02, realtime_check=30)
-QUICK = Mode(quick=True, cold_rounds=7, warm_rounds=3, seconds_per_nominal_second=0.004, realtime_check=5)
+FULL = Mode(
+    quick=False,
+    cold_rounds=21,
+    whatif_rounds=7,
+    warm_rounds=7,
+    seconds_per_nominal_second=0.02,
+    realtime_check=30,
+)
+QUICK = Mode(
+    quick=True,
+    cold_rounds=9,
+    whatif_rounds=3,
+    warm_rounds=3,
+    seconds_per_nominal_second=0.004,
+    realtime_check=5,
+)
 
 
 def current_mode() -> Mode:
@@ -344,14 +359,15 @@ def recommend_memory(
     sizes: Sequence[int] = (128, 256, 512, 1024, 2048),
     minimum: int = 256,
 ) -> int:
-    """The smallest size at or above the knee, with room for twice the peak RSS and not below
-    ``minimum`` (cold starts are CPU-bound too): below the knee a batch waits on CPU (the same
-    GB-s, but later cancellations); above it, more memory only costs more."""
+    """The smallest size at which a batch takes at most 10% longer than its I/O (the knee, with a
+    tolerance for a noisy CPU figure), with room for twice the peak RSS and not below ``minimum``
+    (cold starts are CPU-bound too): below it a batch waits on CPU (the same GB-s, but later
+    cancellations); above it, more memory only costs more."""
     knee = memory_knee(cpu_seconds, io_seconds)
     fitting = [m for m in sizes if m >= max(minimum, 2 * peak_rss_mb)]
     if not fitting:
         return max(sizes)
-    above = [m for m in fitting if m >= knee]
+    above = [m for m in fitting if m >= knee / 1.1]
     return min(above) if above else max(fitting)
 
 
@@ -583,23 +599,29 @@ def _timed(command: Command) -> Sample:
 
 def cold_start(mode: Mode) -> dict[str, Any]:
     env = lambda_like_environment(CANCEL_CODE, LAYER_PYTHON)
-    commands = [
+    traced_env = {**env, "POWERTOOLS_TRACE_DISABLED": "false"}
+    # The ratio's commands run back to back, rotating who goes first: this machine's speed drifts
+    # over seconds, and a drift must hit all of them alike.
+    headline = [
         Command("python -c pass", "pass", env),
         Command("import boto3", "import boto3", env),
         Command("import handler", HANDLER_IMPORT, env),
+        Command("import handler, CallTracing=Enabled", HANDLER_IMPORT, traced_env),
+    ]
+    whatifs = [
         # The floor for any handler that makes its DynamoDB client at start.
         Command("boto3 + a DynamoDB client", "import boto3\nboto3.client('dynamodb')", env),
         Command("handler, imports and body timed", HANDLER_BODY, env),
-        Command("the same with call tracing on", HANDLER_BODY, {**env, "POWERTOOLS_TRACE_DISABLED": "false"}),
         Command("requests after boto3 and urllib3", REQUESTS_ON_TOP, env),
     ]
-    for command in commands:  # warm the file cache and write the .pyc files
+    for command in headline + whatifs:  # warm the file cache and write the .pyc files
         _run_command(command)
-    samples: dict[str, list[Sample]] = {c.label: [] for c in commands}
-    for round_ in range(mode.cold_rounds):
-        shift = round_ % len(commands)  # alternate, and rotate who goes first
-        for command in commands[shift:] + commands[:shift]:
-            samples[command.label].append(_timed(command))
+    samples: dict[str, list[Sample]] = {c.label: [] for c in headline + whatifs}
+    for commands, rounds in ((headline, mode.cold_rounds), (whatifs + headline[:2], mode.whatif_rounds)):
+        for round_ in range(rounds):
+            shift = round_ % len(commands)
+            for command in commands[shift:] + commands[:shift]:
+                samples[command.label].append(_timed(command))
     importtime_runs = [
         _run_command(Command("importtime", HANDLER_IMPORT, env, ("-X", "importtime"))).stderr
         for _ in range(1 if mode.quick else 3)
@@ -609,15 +631,13 @@ def cold_start(mode: Mode) -> dict[str, Any]:
     parsed.sort(key=lambda entries: next((e.cumulative_us for e in entries if e.name == "app"), 0))
     entries = parsed[len(parsed) // 2]
     timed = {label: [x.output for x in xs if x.output] for label, xs in samples.items()}
-    untraced, traced = timed["handler, imports and body timed"], timed["the same with call tracing on"]
-    headline = ("python -c pass", "import boto3", "import handler", "boto3 + a DynamoDB client")
+    untraced = timed["handler, imports and body timed"]
+    shown = [c.label for c in headline] + ["boto3 + a DynamoDB client"]
     return {
-        "wall": {label: [x.wall for x in samples[label]] for label in headline},
-        "cpu": {label: [x.cpu for x in samples[label]] for label in headline},
+        "wall": {label: [x.wall for x in samples[label]] for label in shown},
+        "cpu": {label: [x.cpu for x in samples[label]] for label in shown},
         "imports": median(b["imports"] for b in untraced),
         "body": median(b["body"] for b in untraced),
-        "total": median(b["imports"] + b["body"] for b in untraced),
-        "total_traced": median(b["imports"] + b["body"] for b in traced),
         "requests": median(b["requests"] for b in timed["requests after boto3 and urllib3"]),
         "compile": compile_cost(),
         "importtime": [asdict(e) for e in entries],
@@ -638,7 +658,10 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
     boto3_net, boto3_cpu = net("import boto3"), net_cpu("import boto3")
     ratio = net_ratio(wall["import handler"], wall["import boto3"], wall["python -c pass"])
     cpu_ratio = net_ratio(cpu["import handler"], cpu["import boto3"], cpu["python -c pass"])
-    print(f"\n== 1. Cold start: fresh processes, {mode.cold_rounds} runs each, alternated; medians ==")
+    print(
+        f"\n== 1. Cold start: fresh processes, {mode.cold_rounds} runs of each of the first four commands,"
+        f" back to back (what-ifs {mode.whatif_rounds}); medians =="
+    )
     print(
         "   Lambda-like environment: the template's variables at their defaults (CallTracing Disabled:\n"
         "   the X-Ray SDK is not loaded), LAMBDA_TASK_ROOT set, layer after the code on sys.path.\n"
@@ -665,18 +688,19 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
         f" {net('boto3 + a DynamoDB client') / boto3_net:.2f} (CPU"
         f" {net_cpu('boto3 + a DynamoDB client') / boto3_cpu:.2f})"
     )
-    handler_cpu = net_cpu("import handler")
-    body, total = result["body"], result["total"]
-    print("   Measured what-ifs (CPU time inside the process, medians of runs in the same alternation):")
+    body = result["body"]
+    print("   Measured what-ifs (the first: fresh processes as above; the others: CPU time in the process):")
     print(
         f"   - the handler's statements: imports {result['imports'] * 1000:.0f} ms + module body"
         f" {body * 1000:.0f} ms"
     )
-    traced_extra = result["total_traced"] - total
+    traced = net_ratio(
+        wall["import handler, CallTracing=Enabled"], wall["import boto3"], wall["python -c pass"]
+    )
     print(
         "   - with call tracing on (CallTracing=Enabled: Powertools' Tracer loads the X-Ray SDK, wrapt"
-        f" and asyncio and patches botocore and http.client): {traced_extra * 1000:+.0f} ms, a CPU"
-        f" ratio of about {(handler_cpu + traced_extra) / boto3_cpu:.2f}"
+        f" and asyncio and patches botocore and http.client): {traced:.2f}"
+        f" ({(net('import handler, CallTracing=Enabled') - net('import handler')) * 1000:+.0f} ms)"
     )
     print(
         f"   - module body (the settings; the service and its AWS clients are built by the first"

@@ -199,6 +199,8 @@ def test_lambda_arithmetic():
     assert estimated_duration(0.25, 0.01, 1024) == 0.25
     assert memory_knee(0.1, 0.25) == pytest.approx(707.6)
     assert recommend_memory(0.1, 0.25, peak_rss_mb=62) == 1024  # knee ~708 MB, rounded up
+    assert recommend_memory(0.146, 0.25, peak_rss_mb=62) == 1024  # knee ~1,033 MB: within 10%
+    assert recommend_memory(0.2, 0.25, peak_rss_mb=62) == 2048  # knee ~1,415 MB
     assert recommend_memory(0.002, 0.1, peak_rss_mb=62) == 256  # I/O-bound: the minimum
     assert recommend_memory(1.0, 0.25, peak_rss_mb=62) == 2048
     assert recommend_memory(0.1, 0.25, peak_rss_mb=300) == 1024  # room for twice the RSS first
