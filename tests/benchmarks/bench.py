@@ -124,6 +124,21 @@ def net_ratio(target: Sequence[float], baseline: Sequence[float], interpreter: S
     return (median(target) - start) / denominator
 
 
+def paired_ratio(target: Sequence[float], baseline: Sequence[float], interpreter: Sequence[float]) -> float:
+    """The median, over rounds, of (target - interpreter) / (baseline - interpreter), where the
+    i-th value of each list was measured in the same round, back to back. Where the machine
+    switches between speeds for seconds at a time (this one does: two clusters ~40% apart),
+    the median of each list can fall in different clusters; a round's three runs share one."""
+    if not len(target) == len(baseline) == len(interpreter) > 0:
+        raise ValueError("one value of each per round is needed")
+    ratios = []
+    for t, b, i in zip(target, baseline, interpreter, strict=True):
+        if b <= i:
+            raise ValueError("the baseline is not slower than the interpreter start")
+        ratios.append((t - i) / (b - i))
+    return median(ratios)
+
+
 @dataclass(frozen=True)
 class ImportCost:
     """One line of ``python -X importtime``: microseconds in the module itself and with its imports."""
@@ -617,7 +632,7 @@ def cold_start(mode: Mode) -> dict[str, Any]:
     for command in headline + whatifs:  # warm the file cache and write the .pyc files
         _run_command(command)
     samples: dict[str, list[Sample]] = {c.label: [] for c in headline + whatifs}
-    for commands, rounds in ((headline, mode.cold_rounds), (whatifs + headline[:2], mode.whatif_rounds)):
+    for commands, rounds in ((headline, mode.cold_rounds), (whatifs, mode.whatif_rounds)):
         for round_ in range(rounds):
             shift = round_ % len(commands)
             for command in commands[shift:] + commands[:shift]:
@@ -656,8 +671,9 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
         return median(cpu[label]) - cpu_start
 
     boto3_net, boto3_cpu = net("import boto3"), net_cpu("import boto3")
-    ratio = net_ratio(wall["import handler"], wall["import boto3"], wall["python -c pass"])
-    cpu_ratio = net_ratio(cpu["import handler"], cpu["import boto3"], cpu["python -c pass"])
+    ratio = paired_ratio(wall["import handler"], wall["import boto3"], wall["python -c pass"])
+    cpu_ratio = paired_ratio(cpu["import handler"], cpu["import boto3"], cpu["python -c pass"])
+    of_medians = net_ratio(wall["import handler"], wall["import boto3"], wall["python -c pass"])
     print(
         f"\n== 1. Cold start: fresh processes, {mode.cold_rounds} runs of each of the first four commands,"
         f" back to back (what-ifs {mode.whatif_rounds}); medians =="
@@ -680,8 +696,12 @@ def report_cold_start(result: Mapping[str, Any], mode: Mode) -> float:
     ]
     print(format_table(["command", "wall ms", "- start", "x boto3", "CPU - start ms", "x boto3"], rows))
     print(
-        f"\n   handler import / import boto3, interpreter start ({start * 1000:.0f} ms) subtracted:"
-        f" {ratio:.2f} (CPU time: {cpu_ratio:.2f}; target <= {TARGETS['cold_import_ratio']})"
+        f"\n   handler import / import boto3, interpreter start subtracted, the median of {mode.cold_rounds}"
+        f" rounds' ratios: {ratio:.2f} (CPU time: {cpu_ratio:.2f}; target <= {TARGETS['cold_import_ratio']})"
+    )
+    print(
+        f"   the ratio of the medians above (the columns 'x boto3'): {of_medians:.2f}; it swings with"
+        " which speed the machine ran each command's middle runs at"
     )
     print(
         "   for scale: importing boto3 and making one DynamoDB client at start, nothing else, is"
@@ -1494,19 +1514,25 @@ def _headline_variant(variants: Sequence[Mapping[str, Any]]) -> Mapping[str, Any
 
 
 def batch_ratio(variant: Mapping[str, Any], *, without_moto: bool = False) -> float:
-    """Warm batch of 10 over warm batch of 1 (medians); ``without_moto``: moto's CPU taken out."""
+    """Warm batch of 10 over warm batch of 1: the median of each round's ratio (a round runs both
+    sizes back to back, see ``paired_ratio``); ``without_moto``: moto's CPU taken out."""
 
-    def typical(runs: Sequence[Mapping[str, float]]) -> float:
-        return median(r["wall"] - (r["moto_cpu"] if without_moto else 0.0) for r in runs)
+    def wall(run: Mapping[str, float]) -> float:
+        return run["wall"] - (run["moto_cpu"] if without_moto else 0.0)
 
-    return typical(variant["warm10"]) / typical(variant["warm1"])
+    return paired_ratio(
+        [wall(r) for r in variant["warm10"]],
+        [wall(r) for r in variant["warm1"]],
+        [0.0] * len(variant["warm1"]),
+    )
 
 
 def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
     variants = result["variants"]
     default = _default_batch_concurrency()
     print(
-        f"\n== 2. Batch concurrency: one warm invocation of 10 orders vs 1, medians of {mode.warm_rounds} =="
+        f"\n== 2. Batch concurrency: one warm invocation of 10 orders vs 1, {mode.warm_rounds} rounds (both"
+        " sizes back to back); ms are medians, ratios the median of the rounds' ratios =="
     )
     print(
         f"   QFPay stand-in (its own process) answers every call after {QFPAY_LATENCY * 1000:.0f} ms (2"

@@ -27,6 +27,7 @@ from tests.benchmarks.bench import (
     median,
     memory_knee,
     net_ratio,
+    paired_ratio,
     parse_importtime,
     recommend_memory,
     self_time_by_package,
@@ -237,3 +238,14 @@ def test_template_environment():
 def test_format_table():
     text = format_table(["name", "n"], [["a", "1"], ["long name", "22"]])
     assert text.splitlines() == ["name        n", "---------  --", "a           1", "long name  22"]
+
+
+def test_paired_ratio_takes_each_rounds_ratio_then_the_median() -> None:
+    # Rounds 1-2 on a fast machine, round 3 on a slow one: the medians of the lists would mix them.
+    handler, boto3, start = [0.26, 0.27, 0.41], [0.21, 0.22, 0.33], [0.01, 0.01, 0.02]
+    assert paired_ratio(handler, boto3, start) == pytest.approx(0.25 / 0.20)  # round 1 of 1.25, 1.24, 1.26
+    assert net_ratio(handler, boto3, start) == pytest.approx((0.27 - 0.01) / (0.22 - 0.01))
+    with pytest.raises(ValueError, match="one value of each per round"):
+        paired_ratio([0.3], [0.2, 0.2], [0.01])
+    with pytest.raises(ValueError, match="not slower"):
+        paired_ratio([0.3], [0.01], [0.02])
