@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -728,99 +727,6 @@ def _tree(node: Any) -> Any:
     return node
 
 
-UPDATE_EXPRESSIONS = [
-    "SET #response_data = :response_data, #expiry = :expiry, #status = :status",
-    "SET #l = list_append(if_not_exists(#l, :empty), :more)",
-    "ADD tries :one, tags :t REMOVE note",
-    "DELETE tags :t",
-    "SET tries = tries + :one, a.b[2].c = :x - :y",
-    "REMOVE a[1], b.c SET d = :d",
-]
-
-
-def _parents_inside(root: Any) -> None:
-    """Every node's parent is the node that holds it (in the same copy), the root's is None."""
-    assert root.parent is None
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        for child in node.children or []:
-            if hasattr(child, "children"):
-                assert child.parent is node
-                stack.append(child)
-
-
-@pytest.mark.parametrize("expression", UPDATE_EXPRESSIONS)
-def test_a_cached_update_tree_is_copied_as_deepcopy_copies_it(
-    expression: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import copy  # noqa: PLC0415
-
-    from moto.dynamodb.parsing.validators import UpdateExpressionValidator  # noqa: PLC0415
-
-    moto_speedups.install()
-    tree = UpdateExpressionParser.make(expression)
-    pickled = moto_speedups._tree_expressions[id(tree)][2]
-    assert pickled is not None
-    table: Any = SimpleNamespace(table_key_attrs=["id"], attr=[], attribute_keys=[])
-    item: Any = None
-
-    def not_deepcopy(_: Any) -> Any:
-        raise AssertionError("a cached tree is copied from its pickle")
-
-    monkeypatch.setattr("moto.dynamodb.parsing.validators.deepcopy", not_deepcopy)
-    validator = UpdateExpressionValidator(tree, {}, {}, item, table)
-    copied = validator.node_to_validate
-    moto_copy = copy.deepcopy(tree)
-    assert copied is not tree
-    assert _tree(copied) == _tree(moto_copy) == _tree(tree)
-    assert _classes(copied) == _classes(moto_copy)
-    _parents_inside(copied)
-    _parents_inside(moto_copy)
-    assert (
-        validator.node_to_validate
-        is not UpdateExpressionValidator(tree, {}, {}, item, table).node_to_validate
-    )
-    assert [type(p) for p in validator.processors] == [type(p) for p in validator.get_ast_processors()]
-
-
-def _classes(node: Any) -> list[type[Any]]:
-    found: list[type[Any]] = []
-    stack = [node]
-    while stack:
-        value = stack.pop()
-        found.append(type(value))
-        if isinstance(value, list):
-            stack.extend(value)
-        elif hasattr(value, "children"):
-            stack.extend(v for k, v in vars(value).items() if k != "parent")
-    return found
-
-
-def test_a_tree_holding_anything_but_plain_nodes_is_deep_copied() -> None:
-    from moto.dynamodb.parsing import ast_nodes  # noqa: PLC0415
-
-    node_class: Any = ast_nodes.ExpressionAttributeName  # type: ignore[attr-defined]
-
-    moto_speedups.install()
-    tree = UpdateExpressionParser.make("SET #k = :v")
-    assert moto_speedups._pickled_tree(tree) is not None
-    copied = moto_speedups._moto_make_update_expression(UpdateExpressionParser, "SET #k = :v")
-    copied.children.append(DynamoType({"S": "a value"}))  # not an AST node
-    assert moto_speedups._pickled_tree(copied) is None
-    copied.children[-1] = ("a", "tuple")
-    assert moto_speedups._pickled_tree(copied) is None
-
-    class Hooked(node_class):  # type: ignore[misc] # a node class with a copy hook of its own
-        def __deepcopy__(self, memo: Any) -> Any:
-            return self
-
-    copied.children[-1] = Hooked("#x")
-    assert moto_speedups._pickled_tree(copied) is None
-    copied.children[-1] = node_class("#x")
-    assert moto_speedups._pickled_tree(copied) is not None
-
-
 # -- SQS -------------------------------------------------------------------------------------------
 def _messages_sent() -> list[Any]:
     sqs = boto3.client("sqs")
@@ -885,6 +791,5 @@ def test_the_copied_functions_are_moto_5_2_5_s() -> None:
         moto_speedups._parse_event_template,
         moto_speedups._send_message,
         moto_speedups._condition_tree,
-        moto_speedups._validator_init,
     ):
         assert "moto 5.2.5's" in (inspect.getdoc(copy) or "")

@@ -40,16 +40,6 @@ on every request; what moto answers and stores is unchanged:
   validations of a tree from the cache above skip them and run the remaining steps, which
   then get the same tree they always got. A check that fails is never recorded: it runs (and
   raises) every time. Other validators, and trees that did not come from the cache, run as before.
-- ``Validator.__init__`` (DynamoDB, each UpdateItem) deep-copied the expression's tree
-  (``copy.deepcopy``, ~150 us for Powertools' ``SET`` of three attributes), which the validators
-  then change. For a tree from the cache above, the copy is now made by unpickling a pickle of the
-  tree taken when it was cached (~25 us). It is the same copy: the tree is never changed (see
-  above), and it holds only moto's AST nodes (plain classes: no ``__slots__``, no
-  ``__deepcopy__``/``__reduce__``/``__getstate__`` of their own), lists, strings, ints and None,
-  which deepcopy and pickle both rebuild as new objects of the same classes with the same
-  attribute dicts (``cls.__new__`` then ``__dict__`` update), keeping shared references and the
-  ``parent`` cycles; strings and ints are immutable either way. A tree holding anything else is
-  not pickled and is deep-copied as before, and so is every tree that did not come from the cache.
 - ``SQSBackend.send_message`` (every message, from SendMessage or an EventBridge rule) built the
   whole ``Queue.attributes`` dict, counting the queue's visible, delayed and in-flight messages
   (three passes over all of them, each message reading the clock twice), to read only
@@ -59,10 +49,9 @@ on every request; what moto answers and stores is unchanged:
 
 Together they take moto's CPU for a warm batch of 10 orders in the batch benchmark from about
 200 ms to about 80 ms (the JSONPath cache is the largest share, then the SQS, DynamoDB and
-dispatch ones; copying update trees from a pickle saves about 0.2 ms per UpdateItem). What
-remains is moto's per-request plumbing (building a request, parsing and serialising bodies,
-random request ids), deep copies of items, and the validation steps that depend on the item and
-the values: none of it is repeated pure work.
+dispatch ones). What remains is moto's per-request plumbing (building a request, parsing and
+serialising bodies, random request ids), deep copies of items and trees, and the validation
+steps that depend on the item and the values: none of it is repeated pure work.
 
 :func:`tests.local.aws_stack.create_stack` installs them (idempotent), which covers the moto of
 the batch benchmark (``mock_aws``) and of :class:`tests.local.moto_server.LocalAws`. They patch
@@ -75,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import json
-import pickle
 import threading
 import weakref
 from typing import Any
@@ -84,7 +72,6 @@ import jsonpath_ng.ext
 import moto.core.responses
 import moto.sqs.models
 from moto.dynamodb.comparisons import ConditionExpressionParser
-from moto.dynamodb.parsing.ast_nodes import Node  # type: ignore[attr-defined]
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.dynamodb.parsing.validators import (
     ActionCountValidator,
@@ -269,8 +256,7 @@ def _parse_condition(self: ConditionExpressionParser) -> Any:
 
 # -- DynamoDB: update expressions parsed once, their pure checks passed once ---------------------
 _update_trees: dict[str, Any] = {}  # expression -> its tree
-# id(tree) -> (tree, expression, its pickle or None): trees kept alive
-_tree_expressions: dict[int, tuple[Any, str, bytes | None]] = {}
+_tree_expressions: dict[int, tuple[Any, str]] = {}  # id(tree) -> (tree, expression): trees kept alive
 _passed_checks: set[tuple[Any, ...]] = set()  # (expression, names, key attributes) that passed
 _validator_checks: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 _CHECKS = (ActionCountValidator, OverlappingPathsValidator, UpdateHashRangeKeyValidator)
@@ -288,49 +274,8 @@ def _make_update_expression(cls: type[Any], expression_str: Any) -> Any:
             _tree_expressions.clear()
             _passed_checks.clear()
         _update_trees[expression_str] = tree
-        _tree_expressions[id(tree)] = (tree, expression_str, _pickled_tree(tree))
+        _tree_expressions[id(tree)] = (tree, expression_str)
     return tree
-
-
-_COPY_HOOKS = (
-    "__slots__",
-    "__deepcopy__",
-    "__copy__",
-    "__reduce__",
-    "__reduce_ex__",
-    "__getstate__",
-    "__setstate__",
-)
-_ATOMS = (str, int, type(None))
-
-
-def _plain_node_class(cls: type[Any]) -> bool:
-    """A Node class that deepcopy and pickle both rebuild by ``__new__`` and a ``__dict__`` update."""
-    return issubclass(cls, Node) and not any(
-        hook in vars(klass) for klass in cls.__mro__ if klass is not object for hook in _COPY_HOOKS
-    )
-
-
-def _plain_tree(root: Any) -> bool:
-    """Whether everything in the tree is an AST node of a plain class, a list, str, int or None."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        value = stack.pop()
-        if type(value) in _ATOMS or id(value) in seen:
-            continue
-        seen.add(id(value))
-        if type(value) is list:
-            stack.extend(value)
-        elif _plain_node_class(type(value)) and type(vars(value)) is dict:
-            stack.extend(vars(value).values())
-        else:
-            return False
-    return True
-
-
-def _pickled_tree(tree: Any) -> bytes | None:
-    return pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL) if _plain_tree(tree) else None
 
 
 def _checks_key(expression: Any, names: Any, table: Any) -> tuple[Any, ...] | None:
@@ -354,20 +299,10 @@ def _validator_init(  # noqa: PLR0917 - moto's signature
     item: Any,
     table: Any,
 ) -> None:
-    """moto 5.2.5's ``Validator.__init__``; a cached tree is copied from its pickle. Also notes
-    which cached expression an update validates."""
-    entry = _tree_expressions.get(id(expression))
-    if entry is None or entry[0] is not expression or entry[2] is None:
-        _moto_validator_init(
-            self, expression, expression_attribute_names, expression_attribute_values, item, table
-        )
-    else:
-        self.expression_attribute_names = expression_attribute_names
-        self.expression_attribute_values = expression_attribute_values
-        self.item = item
-        self.table = table
-        self.processors = self.get_ast_processors()
-        self.node_to_validate = pickle.loads(entry[2])  # noqa: S301 - our own pickle of moto's tree
+    """moto's ``Validator.__init__``; also notes which cached expression an update validates."""
+    _moto_validator_init(
+        self, expression, expression_attribute_names, expression_attribute_values, item, table
+    )
     if type(self) is UpdateExpressionValidator:
         key = _checks_key(expression, expression_attribute_names, table)
         if key is not None:
