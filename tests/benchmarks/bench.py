@@ -85,7 +85,7 @@ FULL = Mode(
     quick=False,
     cold_rounds=21,
     whatif_rounds=7,
-    warm_rounds=7,
+    warm_rounds=11,
     seconds_per_nominal_second=0.02,
     realtime_check=30,
 )
@@ -1554,7 +1554,7 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
                 f"{v['cold10'] * 1000:.0f}",
                 f"{w10 * 1000:.0f}",
                 f"{w1 * 1000:.0f}",
-                f"{w10 / w1:.2f}",
+                f"{batch_ratio(v):.2f}",
                 f"{m10 * 1000:.0f}/{m1 * 1000:.0f}",
                 f"{batch_ratio(v, without_moto=True):.2f}",
             ]
