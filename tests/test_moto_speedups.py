@@ -466,14 +466,19 @@ def test_a_cached_condition_uses_each_call_s_own_values() -> None:
     assert len(moto_speedups._conditions) == 3
 
 
-def _powertools_puts() -> list[Any]:
-    dynamodb = boto3.client("dynamodb")
+def _create_table(dynamodb: Any, name: str) -> None:
+    """A table keyed on a string ``id``, as the idempotency table is."""
     dynamodb.create_table(
-        TableName="idempotency",
+        TableName=name,
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
+
+
+def _powertools_puts() -> list[Any]:
+    dynamodb = boto3.client("dynamodb")
+    _create_table(dynamodb, "idempotency")
 
     def put(key: str, now: int, status: str = "INPROGRESS", expiry: int = 1000) -> Any:
         return outcome(
@@ -688,12 +693,7 @@ def test_update_expressions_are_parsed_once_and_stay_as_moto_made_them() -> None
 
     def scenario() -> Any:
         dynamodb = boto3.client("dynamodb")
-        dynamodb.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        _create_table(dynamodb, "t")
         for n in range(3):
             dynamodb.update_item(
                 TableName="t",
