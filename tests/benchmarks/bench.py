@@ -4,11 +4,14 @@ Every figure is a ratio measured side by side in one run, on this machine, so th
 sides alike:
 
 1. Cold start: fresh processes importing the cancel handler (``functions/cancel/app.py``, layer on
-   ``sys.path``, a Lambda-like environment with the template's variables; the module builds its
-   service at import) against fresh processes running ``import boto3``; medians, runs alternated,
-   interpreter start (``python -c pass``) subtracted. Then ``-X importtime`` of the handler and
-   measured what-ifs (call tracing on, the module body, compiling our modules, requests).
-2. Batch concurrency: one warm invocation of the real handler with 10 orders against one with 1;
+   ``sys.path``, a Lambda-like environment with the template's variables at their defaults; the
+   service is built by the first invocation) against fresh processes running ``import boto3``;
+   interpreter start (``python -c pass``) subtracted; each round runs them back to back and the
+   figure is the median of the rounds' ratios (``paired_ratio``). Then ``-X importtime`` of the
+   handler and measured what-ifs (call tracing on, the module body, compiling our modules,
+   requests).
+2. Batch concurrency: one warm invocation of the real handler with 10 orders against one with 1,
+   both sizes back to back in each round, the median of the rounds' ratios;
    QFPay is the stand-in answering every call after 100 ms (in a process of its own, as QFPay's
    servers are), AWS is moto in-process with ``tests.local.moto_speedups``. Variants:
    ``BATCH_CONCURRENCY`` 4 and 10 (the service runs orders on its own pool that wide), and the
