@@ -41,6 +41,12 @@ def count(name: str) -> None:
     _add_metric(name, MetricUnit.Count, 1)
 
 
+def count_kind(prefix: str, kind: str) -> None:
+    """``count("OutcomeNotCharged")`` for ("Outcome", "NOT_CHARGED"): one metric name per status
+    or answer class, the same from both functions."""
+    count(prefix + kind.title().replace("_", ""))
+
+
 def record_latency(name: str, seconds: float) -> None:
     _add_metric(name, MetricUnit.Milliseconds, round(seconds * 1000, 1))
 

@@ -17,8 +17,8 @@ CURRENCIES = frozenset(
 )
 MAX_TXAMT = 10**12  # cents; far above any real payment, below anything that overflows downstream
 MAX_BODY_BYTES = 256 * 1024  # the SQS message size limit
-MAX_ENVELOPE_DEPTH = 3
-MAX_INT_DIGITS = 4000  # e.g. EventBridge -> SNS -> SQS
+MAX_ENVELOPE_DEPTH = 3  # e.g. EventBridge -> SNS -> SQS
+MAX_INT_DIGITS = 4000  # below Python's own limit on int() of a digit string (4300)
 
 # QFPay's own numbering is alphanumeric; merchants' out_trade_no also uses a few separators.
 _TEXT_FIELDS: dict[str, tuple[re.Pattern[str], str]] = {

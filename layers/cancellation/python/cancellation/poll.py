@@ -13,7 +13,7 @@ from typing import Any
 
 from cancellation.cancel import answer_text, send_cancel
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
-from cancellation.observability import count
+from cancellation.observability import count_kind
 from cancellation.orders import Order
 from cancellation.outcomes import Status, build_outcome
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
@@ -120,7 +120,7 @@ class EnquiryStep:
         respcd: str | None = None,
     ) -> dict[str, Any]:
         state["status"] = status.value
-        count(f"Outcome{status.value.title().replace('_', '')}")  # same metric as the cancel function's
+        count_kind("Outcome", status.value)
         state["outcome"] = build_outcome(
             state["order"],
             order.identity,

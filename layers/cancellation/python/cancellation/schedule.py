@@ -34,7 +34,9 @@ started with the defaults follows the defaults of the code that polls it). ``lat
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,24 +65,22 @@ class PollSchedule:
 
     def wait_after(self, polls: int) -> int:
         """Seconds to wait after ``polls`` enquiries (0 = before the first one)."""
-        elapsed = 0
-        wait = self._wait(0, 0)
-        for step in range(1, max(polls, 0) + 1):
-            if wait >= self.max_wait or self.factor == 1:
-                break  # waits never shrink: from here on they stay as they are
-            elapsed += wait
-            wait = self._wait(step, elapsed)
+        wait = 0
+        for step, wait in enumerate(self._sequence()):
+            if step >= polls or wait >= self.max_wait or self.factor == 1:
+                break  # waits never shrink: past max_wait (or with no growth) they stay as they are
         return wait
 
     def waits(self, count: int) -> list[int]:
         """The first ``count`` waits (the schedule as a list, for reading and for tests)."""
-        waits: list[int] = []
+        return list(itertools.islice(self._sequence(), max(count, 0)))
+
+    def _sequence(self) -> Iterator[int]:
         elapsed = 0
-        for step in range(count):
+        for step in itertools.count():
             wait = self._wait(step, elapsed)
-            waits.append(wait)
+            yield wait
             elapsed += wait
-        return waits
 
     def _wait(self, step: int, elapsed: int) -> int:
         # Cap the exponent: past the cap the term exceeds max_wait anyway, and factor**step can overflow.

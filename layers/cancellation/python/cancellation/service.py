@@ -34,7 +34,7 @@ from cancellation.aws import (
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.cancel import CancelAttempt, RetryLater
-from cancellation.observability import count, logger
+from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id, rejected_outcome
 from cancellation.qfpay import CredentialsRejected, QFPayClient
@@ -177,7 +177,7 @@ class CancelService:
         handoff = decision.get("handoff")
         respcd = handoff["input"]["respcd"] if handoff else decision["outcome"]["respcd"]
         answer = meaning_of(respcd).disposition.value if respcd else "no_answer"
-        count("QFPayAnswer" + answer.title().replace("_", ""))
+        count_kind("QFPayAnswer", answer)
         return decision
 
     def _deliver_decision(self, request: dict[str, Any]) -> str:
@@ -198,7 +198,7 @@ class CancelService:
             return "IN_PROGRESS"
         detail = decision["outcome"]
         self.deps.publisher.publish(detail)
-        count(f"Outcome{detail['status'].title().replace('_', '')}")
+        count_kind("Outcome", detail["status"])
         logger.info(
             "outcome",
             extra={
