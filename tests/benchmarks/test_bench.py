@@ -14,6 +14,7 @@ from tests.benchmarks.bench import (
     PRICES,
     CostInputs,
     Usage,
+    _print_final,
     cost_per_million,
     count_history,
     direct_imports,
@@ -249,3 +250,14 @@ def test_paired_ratio_takes_each_rounds_ratio_then_the_median() -> None:
         paired_ratio([0.3], [0.2, 0.2], [0.01])
     with pytest.raises(ValueError, match="not slower"):
         paired_ratio([0.3], [0.01], [0.02])
+
+
+def test_the_last_lines_are_the_three_ratios_automated_checks_read(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _print_final({"poll_transitions_ratio_120s": 0.2345, "batch10_ratio": 1.4, "cold_import_ratio": 1.268})
+    assert capsys.readouterr().out.splitlines() == [
+        "cold_import_ratio: 1.27",
+        "batch10_ratio: 1.40",
+        "poll_transitions_ratio_120s: 0.23",
+    ]
