@@ -858,9 +858,16 @@ def test_the_metric_names_the_alarms_use_are_the_ones_the_code_publishes() -> No
     layer = ROOT / "layers" / "cancellation" / "python" / "cancellation"
     service = (layer / "service.py").read_text(encoding="utf-8")
     assert 'count("SignatureRejected")' in service
-    # OutcomeUnknown is built from the status: "Outcome" + "UNKNOWN".title().
-    assert """count(f"Outcome{detail['status'].title().replace('_', '')}")""" in service
-    assert "Outcome" + "UNKNOWN".title().replace("_", "") == "OutcomeUnknown"
+    # OutcomeUnknown is built from the status, by count_kind, in both functions.
+    assert 'count_kind("Outcome", detail["status"])' in service
+    assert 'count_kind("Outcome", status.value)' in (layer / "poll.py").read_text(encoding="utf-8")
+    from cancellation.observability import count_kind, metrics  # noqa: PLC0415
+
+    metrics.clear_metrics()
+    count_kind("Outcome", "UNKNOWN")
+    published = set(metrics.provider.metric_set)
+    metrics.clear_metrics()
+    assert published == {"OutcomeUnknown"}
 
 
 # ------------------------------------------------------------------ (d) security scanners
