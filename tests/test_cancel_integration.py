@@ -131,8 +131,8 @@ def test_a_duplicate_across_batches_gets_no_second_cancel_or_outcome(
 def test_a_redelivery_after_a_crash_asks_qfpay_before_reversing_again(
     pipeline_factory: PipelineFactory,
 ) -> None:
-    """An earlier attempt reversed the payment and then died (its idempotency record expired
-    unfinished). The redelivered message must not reverse again: the Enquiry shows it done."""
+    """An earlier attempt reversed the payment and then died before recording anything. The
+    redelivered message must not reverse again: the Enquiry shows it done."""
     order, txn = order_and_txn(6, cancel=1)  # QFPay's ledger: already reversed by the dead attempt
     with pipeline_factory([txn]) as pipeline:
         sqs = boto3.client("sqs")
@@ -228,14 +228,17 @@ def test_a_first_delivery_after_an_attempt_died_still_asks_before_cancelling(
     pipeline_factory: PipelineFactory,
 ) -> None:
     """A duplicate message (receive count 1) arrives after an attempt for the same order died
-    mid-way and its idempotency lock expired. The attempt's intent record makes the new one ask
-    the Enquiry first, so the cancel already at QFPay is not sent again."""
+    mid-way and its lease ran out. The claim it left makes the new attempt ask the Enquiry
+    first, so the cancel already at QFPay is not sent again."""
     order, txn = order_and_txn(10, cancel=1)  # QFPay's ledger: the dead attempt's reversal took effect
     with pipeline_factory([txn]) as pipeline:
-        boto3.client("dynamodb").put_item(  # what the dead attempt wrote before sending
+        boto3.client("dynamodb").put_item(  # the dead attempt's claim, its lease run out
             TableName=pipeline.stack.table_name,
             Item={
-                "id": {"S": f"cancel-intent#|out_trade_no={order['out_trade_no']}"},
+                "id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"},
+                "stage": {"S": "DECIDING"},
+                "holder": {"S": "an-attempt-that-died"},
+                "lease_until": {"N": str(time.time() - 1)},
                 "expiration": {"N": str(int(time.time()) + 3600)},
             },
         )
@@ -244,3 +247,59 @@ def test_a_first_delivery_after_an_attempt_died_still_asks_before_cancelling(
         reversals = pipeline.qfpay.count("reversal", txn.syssn)
     assert [(o["status"], o["attempts"]) for o in outcomes] == [("CANCELLED", 0)]
     assert reversals == 0
+
+
+def test_a_decision_stored_but_never_published_is_published_by_the_next_message(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """An attempt stored its decision and died before publishing it: the next message for the order
+    publishes the stored decision, as it was decided, and QFPay is not asked again."""
+    order, txn = order_and_txn(11)
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        [decided] = pipeline.collect_outcomes(1, timeout=15)
+        asked = len(pipeline.qfpay.calls)
+        # Put the order's record back to where that attempt died: decided, not delivered, lease run out.
+        boto3.client("dynamodb").update_item(
+            TableName=pipeline.stack.table_name,
+            Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+            UpdateExpression="SET stage = :decided, lease_until = :gone REMOVE #result",
+            ExpressionAttributeNames={"#result": "result"},
+            ExpressionAttributeValues={":decided": {"S": "DECIDED"}, ":gone": {"N": str(time.time() - 1)}},
+        )
+        pipeline.send(order)
+        published = pipeline.stack.read_outcomes(wait_seconds=15, expected=1)
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=15)
+        asked_after = len(pipeline.qfpay.calls)
+    assert published == [decided]  # the stored decision, decided_at and all
+    assert asked_after == asked
+
+
+def test_an_outcome_eventbridge_refused_is_published_on_the_next_receive_without_asking_qfpay(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """EventBridge refuses the outcome once (a failed entry, as under throttling): the message is
+    received again and the stored decision is published; QFPay is asked once, not twice."""
+    from botocore.awsrequest import AWSResponse  # noqa: PLC0415
+
+    refused: list[str] = []
+
+    def refuse_once(params: dict[str, Any], **_: Any) -> Any:
+        if refused:
+            return None  # send it for real
+        refused.append(json.loads(params["body"])["Entries"][0]["Detail"])  # the request as sent
+        failed = {"ErrorCode": "ThrottlingException", "ErrorMessage": "Rate exceeded"}
+        return AWSResponse("", 200, {}, None), {"FailedEntryCount": 1, "Entries": [failed]}
+
+    order, txn = order_and_txn(12)
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        # The handler's clients are made from the default session on first use, hook included.
+        boto3._get_default_session().events.register("before-call.events.PutEvents", refuse_once)
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        enquiries = pipeline.qfpay.count("query", txn.syssn)
+    assert len(refused) == 1
+    assert [o["status"] for o in outcomes] == ["CANCELLED"]
+    assert [o["decided_at"] for o in outcomes] == [json.loads(refused[0])["decided_at"]]
+    assert (reversals, enquiries) == (1, 1)

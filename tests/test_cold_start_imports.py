@@ -22,6 +22,7 @@ NOT_AT_START = (
     "asyncio",
     "aws_lambda_powertools.utilities.data_classes",  # Powertools' batch utility loads them all
     "aws_lambda_powertools.utilities.batch",
+    "aws_lambda_powertools.utilities.idempotency",  # the decision ledger does that work
     "requests",
 )
 LOADED = """

@@ -20,6 +20,7 @@ import boto3
 import moto.core.responses
 import pytest
 from botocore.exceptions import ClientError
+from cancellation.aws import DecisionLedger, OrderBusy
 from moto import mock_aws
 from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
@@ -501,14 +502,13 @@ def _powertools_puts() -> list[Any]:
             )
         )
 
-    def intent(key: str) -> Any:
-        return outcome(
-            lambda: dynamodb.put_item(
-                TableName="idempotency",
-                Item={"id": {"S": f"cancel-intent#{key}"}, "expiration": {"N": "99"}},
-                ConditionExpression="attribute_not_exists(id)",
-            )
-        )
+    ledger = DecisionLedger("idempotency", 1000, lambda: dynamodb)
+
+    def step(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except OrderBusy as busy:
+            return ("busy", str(busy))
 
     answers = [
         put("order-1", now=10),  # new
@@ -517,8 +517,16 @@ def _powertools_puts() -> list[Any]:
         put("order-2", now=10, status="COMPLETED"),
         put("order-2", now=20),  # completed, not expired
         put("order-2", now=2000),  # expired
-        intent("order-1"),
-        intent("order-1"),
+        # The decision ledger's conditional writes, through each of its stages.
+        step(lambda: ledger.claim("cancel#o3", "a", 10, 40)),
+        step(lambda: ledger.claim("cancel#o3", "b", 20, 50)),  # held
+        step(lambda: ledger.claim("cancel#o3", "b", 41, 70)),  # lease ran out: taken over
+        step(lambda: ledger.record_decision("cancel#o3", "a", {"outcome": {"status": "CANCELLED"}})),
+        step(lambda: ledger.record_decision("cancel#o3", "b", {"outcome": {"status": "CANCELLED"}})),
+        step(lambda: ledger.release("cancel#o3", "b")),
+        step(lambda: ledger.claim("cancel#o3", "c", 42, 80)),  # delivery taken over
+        step(lambda: ledger.record_delivered("cancel#o3", "c", "CANCELLED")),
+        step(lambda: ledger.claim("cancel#o3", "d", 43, 90)),  # delivered
         outcome(
             lambda: dynamodb.delete_item(
                 TableName="idempotency",
@@ -563,7 +571,18 @@ def test_dynamodb_conditional_writes_answer_and_store_the_same() -> None:
     answers = without[0]
     assert answers[1][:2] == ("error", "ConditionalCheckFailedException")
     assert "error" not in str(answers[2])
-    assert answers[7][:2] == ("error", "ConditionalCheckFailedException")
+    # A Claim's first field is its stage; ("busy", why) when another attempt held the order.
+    assert [a[0] if isinstance(a, tuple) else a for a in answers[6:15]] == [
+        "DECIDING",
+        "busy",
+        "DECIDING",
+        "busy",
+        None,
+        None,
+        "DECIDED",
+        None,
+        "DELIVERED",
+    ]
 
 
 # -- DynamoDB: update expressions --------------------------------------------------------------------

@@ -26,8 +26,8 @@ mid-way, as a sandbox killed by a timeout or by the kernel does. From the planne
 every thread of that invocation gets :class:`SandboxKilled` (a ``BaseException``: nothing in the
 handler catches it and carries on) at its next outbound request, and a request on the wire has
 its answer thrown away (the far end did the work). So the records that finished stay finished,
-the ones in flight stop where they were (their idempotency records stay IN_PROGRESS until their
-expiry), and the rest never start. The invocation is reported as ``Sandbox.Timedout`` after
+the ones in flight stop where they were (their orders held until their leases run out), and
+the rest never start. The invocation is reported as ``Sandbox.Timedout`` after
 holding until the function's deadline, or at once as ``Runtime.ExitError`` (``signal: killed``);
 the sandbox is thrown away. Requests are counted and stopped in
 ``urllib3.connectionpool.HTTPConnectionPool.urlopen`` (both requests and botocore send through

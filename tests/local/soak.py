@@ -23,13 +23,13 @@ with 2 or more records) and a point: after the k-th outbound HTTP request of the
 (QFPay or AWS; k drawn over the whole batch) or after the handler returned. From that point every
 thread of the invocation dies at its next request (a request on the wire reaches QFPay or AWS, its
 answer is thrown away), so finished records stay finished and records in flight stop where they
-were, their idempotency records left IN_PROGRESS until they expire at the invocation's deadline.
+were, their orders held (their leases) until the invocation's deadline.
 The invocation is reported ``Sandbox.Timedout`` (held until the function's timeout) or
 ``Runtime.ExitError`` (``signal: killed``), the sandbox is thrown away, nothing of the batch is
 deleted, and every message of it comes back after the queue's visibility timeout, as with Lambda.
 
 Deployed, the queue's visibility timeout (210 s) is several times the function's timeout (30 s),
-so a redelivered message finds the crashed attempt's idempotency record expired. The soak keeps
+so a redelivered message finds the crashed attempt's lease run out. The soak keeps
 that relation at a local scale: it sets the cancel function's timeout to ``SOAK_FUNCTION_TIMEOUT``
 (8 s) and the queue's visibility timeout to ``SOAK_VISIBILITY_TIMEOUT`` (24 s), lets retries back
 off up to 8 s (``RETRY_MAX_DELAY_SECONDS``), so five receives span more than one function timeout,

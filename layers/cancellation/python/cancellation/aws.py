@@ -154,11 +154,30 @@ class QFPayCredentials:
         return Credentials.from_secret(value)
 
 
-class CancelIntentLog:
-    """Records, before a cancel is sent, that one is about to be: an intent log in the idempotency
-    table. An order whose intent is already there may have reached QFPay in an attempt that died
-    (its idempotency record expired unfinished), even if this message is a first delivery (a
-    duplicate sent later): such an order asks the Enquiry before sending anything."""
+class OrderBusy(Exception):
+    """Another attempt holds this order (deciding or delivering); look again later."""
+
+
+class Claim(NamedTuple):
+    """What an attempt may do with an order after claiming its record."""
+
+    stage: str  # DECIDING: decide it; DECIDED: deliver ``decision``; DELIVERED: nothing left to do
+    decision: dict[str, Any] | None
+    result: str | None  # the delivered decision's status, once DELIVERED
+    earlier_attempt: bool  # an attempt before this one started deciding and may have reached QFPay
+
+
+DECIDING, DECIDED, DELIVERED = "DECIDING", "DECIDED", "DELIVERED"
+
+
+class DecisionLedger:
+    """One record per order in the idempotency table, through three stages: DECIDING (an attempt
+    holds a lease and may call QFPay), DECIDED (the decision is stored, its delivery under way) and
+    DELIVERED. Only the lease's holder may act. A lease that ran out (its invocation died) or was
+    released (its attempt failed) is taken over by the next attempt, which carries on where the
+    other stopped: deciding again, knowing an earlier attempt may have sent a cancel, or delivering
+    the stored decision. Three writes on the usual path: claim, decision, delivered. Records expire
+    (TTL ``expiration``) after ``expiry_seconds``."""
 
     def __init__(
         self, table_name: str, expiry_seconds: int, dynamodb: Callable[[], Any] | None = None
@@ -167,21 +186,108 @@ class CancelIntentLog:
         self._expiry = expiry_seconds
         self._dynamodb = dynamodb or LazyClient("dynamodb")
 
-    def first_intent(self, identity: str, now: float) -> bool:
-        """True if no earlier attempt for this order recorded an intent (and records this one)."""
+    def claim(
+        self, key: str, holder: str, now: float, lease_until: float, decision: dict[str, Any] | None = None
+    ) -> Claim:
+        """Take the order's lease, or raise :class:`OrderBusy` while another attempt holds it.
+        ``decision``: one known without asking QFPay; the record then starts DECIDED."""
+        stage = DECIDING if decision is None else DECIDED
+        item = {
+            "id": {"S": key},
+            "stage": {"S": stage},
+            "holder": {"S": holder},
+            "lease_until": {"N": _number(lease_until)},
+            "expiration": {"N": str(int(now) + self._expiry)},
+        }
+        if decision is not None:
+            item["decision"] = {"S": _json(decision)}
         client = self._dynamodb()
         try:
-            client.put_item(
+            answer = client.put_item(
                 TableName=self._table,
-                Item={
-                    "id": {"S": f"cancel-intent#{identity}"},
-                    "expiration": {"N": str(int(now) + self._expiry)},
+                Item=item,
+                # Absent, past its TTL (not yet swept), or a decision its holder abandoned.
+                ConditionExpression="attribute_not_exists(#id) OR #expiration < :now"
+                " OR (#stage = :deciding AND #lease_until < :now)",
+                ExpressionAttributeNames={
+                    "#id": "id",
+                    "#expiration": "expiration",
+                    "#stage": "stage",
+                    "#lease_until": "lease_until",
                 },
-                ConditionExpression="attribute_not_exists(id)",
+                ExpressionAttributeValues={":now": {"N": _number(now)}, ":deciding": {"S": DECIDING}},
+                ReturnValues="ALL_OLD",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except client.exceptions.ConditionalCheckFailedException as held:
+            return self._claim_delivery(key, holder, now, lease_until, held.response.get("Item") or {})
+        old = answer.get("Attributes") or {}
+        return Claim(stage, decision, None, bool(old) and float(old["expiration"]["N"]) >= now)
+
+    def _claim_delivery(
+        self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
+    ) -> Claim:
+        stage = old.get("stage", {}).get("S")
+        decision = json.loads(old["decision"]["S"]) if "decision" in old else None
+        if stage == DELIVERED:
+            return Claim(DELIVERED, decision, old.get("result", {}).get("S"), earlier_attempt=True)
+        if stage != DECIDED or float(old["lease_until"]["N"]) >= now:
+            raise OrderBusy(f"another attempt holds the order ({stage})")
+        # Decided, but its delivery was abandoned: this attempt delivers the stored decision.
+        self._update(
+            key,
+            "#stage = :decided AND #lease_until < :now",
+            {":decided": {"S": DECIDED}, ":now": {"N": _number(now)}},
+            holder=holder,
+            lease_until=_number(lease_until),
+        )
+        return Claim(DECIDED, decision, None, earlier_attempt=True)
+
+    def record_decision(self, key: str, holder: str, decision: dict[str, Any]) -> None:
+        """Store the decision. :class:`OrderBusy` if this attempt's lease ran out and another took
+        the order over (that one decides again, asking the Enquiry first)."""
+        self._held(key, holder, stage=DECIDED, decision=_json(decision))
+
+    def record_delivered(self, key: str, holder: str, result: str) -> None:
+        self._held(key, holder, stage=DELIVERED, result=result)
+
+    def release(self, key: str, holder: str) -> None:
+        """Hand the order back now rather than when the lease runs out: this attempt failed."""
+        self._held(key, holder, lease_until="0")
+
+    def _held(self, key: str, holder: str, **attributes: str) -> None:
+        self._update(key, "#holder = :holder", {":holder": {"S": holder}}, **attributes)
+
+    def _update(self, key: str, condition: str, values: dict[str, Any], **attributes: str) -> None:
+        names = {f"#{name}": name for name in ("stage", "holder", "lease_until", *attributes)}
+        client = self._dynamodb()
+        try:
+            client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": key}},
+                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in attributes),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={
+                    k: v for k, v in names.items() if k in condition or v in attributes
+                },
+                ExpressionAttributeValues={
+                    **values,
+                    **{
+                        f":{name}": {"N" if name == "lease_until" else "S": v}
+                        for name, v in attributes.items()
+                    },
+                },
             )
         except client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            raise OrderBusy("another attempt took the order over") from None
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}"
 
 
 class RedeliveryDelay:

@@ -1,33 +1,31 @@
 """The cancel function's work on one SQS batch: validate, decide once, deliver the decision once.
 
 Orders of one batch run concurrently (bounded by ``batch_concurrency``) over one HTTP connection pool.
-Idempotency is two steps keyed on the order identity: deciding (the only step that talks to
-QFPay) and delivering (publishing the outcome or starting the loop). A failed delivery is retried
-by SQS and replays the stored decision, so QFPay is never asked to cancel twice for one order.
+Each order goes through one record of the :class:`~cancellation.aws.DecisionLedger`, keyed on its
+identity: deciding (the only stage that talks to QFPay), then delivering (publishing the outcome
+or starting the loop). A failed delivery is retried by SQS and delivers the stored decision, so
+QFPay is never asked to cancel twice for one order. Step Functions callers are answered once per
+task token, through a record of their own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
-from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-
 from cancellation.aws import (
+    DELIVERED,
     CallerNotifier,
-    CancelIntentLog,
+    DecisionLedger,
     EnquiryLoopStarter,
     LazyClient,
+    OrderBusy,
     OutcomePublisher,
     QFPayCredentials,
     RedeliveryDelay,
@@ -53,8 +51,7 @@ class CancelDependencies(NamedTuple):
     notifier: CallerNotifier
     credentials: QFPayCredentials
     redelivery: RedeliveryDelay
-    intents: CancelIntentLog
-    dynamodb: Callable[[], Any]
+    ledger: DecisionLedger
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -67,8 +64,7 @@ class CancelDependencies(NamedTuple):
             notifier=CallerNotifier(sfn),
             credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
             redelivery=RedeliveryDelay(),
-            intents=CancelIntentLog(settings.idempotency_table, settings.idempotency_expiry, dynamodb),
-            dynamodb=dynamodb,
+            ledger=DecisionLedger(settings.idempotency_table, settings.idempotency_expiry, dynamodb),
         )
 
 
@@ -77,41 +73,23 @@ class CancelService:
         self.settings = settings
         self.deps = deps
         self.qfpay = QFPayClient.for_settings(settings.qfpay, deps.credentials, settings.batch_concurrency)
-        self.idempotency = IdempotencyConfig(
-            event_key_jmespath="order_key",
-            raise_on_no_idempotency_key=True,
-            expires_after_seconds=settings.idempotency_expiry,
-        )
-        self._decide = self._once(self._decide_order, "cancel-decision")
-        self._deliver = self._once(self._deliver_decision, "cancel-delivery")
-        self._answer = self._once(self._answer_caller, "cancel-caller")
         # As wide as the batch may run at once: the bound that keeps QFPay's rate limits.
         self._pool = ThreadPoolExecutor(max_workers=settings.batch_concurrency, thread_name_prefix="order")
 
-    def _once(self, step: Callable[..., Any], key_prefix: str) -> Callable[..., Any]:
-        """``step`` made idempotent on ``request["order_key"]``. One persistence layer per step:
-        Powertools keeps the key prefix on the layer, and the steps run concurrently."""
-        persistence = DynamoDBPersistenceLayer(
-            table_name=self.settings.idempotency_table, boto3_client=self.deps.dynamodb()
-        )
-        wrapped: Callable[..., Any] = idempotent_function(
-            step,
-            data_keyword_argument="request",
-            persistence_store=persistence,
-            config=self.idempotency,
-            key_prefix=key_prefix,
-        )
-        return wrapped
-
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        self.idempotency.register_lambda_context(context)
-        return process_batch(queue_messages(event), self.process_record, self._pool)
+        # An order's lease lasts as long as this invocation may: then it is known to have died.
+        lease_until = self.deps.clock() + context.get_remaining_time_in_millis() / 1000
 
-    def process_record(self, message: QueueMessage) -> str:
+        def process(message: QueueMessage) -> str:
+            return self.process_record(message, lease_until)
+
+        return process_batch(queue_messages(event), process, self._pool)
+
+    def process_record(self, message: QueueMessage, lease_until: float) -> str:
         """One message; returns the status it ended in, raises to have SQS deliver it again."""
         logger.thread_safe_append_keys(message_id=message.message_id)
         try:
-            return self._process(message)
+            return self._process(message, lease_until)
         except _RETRIED:
             raise  # logged where it was understood
         except Exception:
@@ -121,24 +99,25 @@ class CancelService:
             # Threads are reused across orders: no key may outlive its message.
             logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
 
-    def _process(self, message: QueueMessage) -> str:
+    def _process(self, message: QueueMessage, lease_until: float) -> str:
         try:
             order = parse_order_message(message.body)
         except InvalidOrder as invalid:
-            return self._reject(message, invalid)
+            return self._reject(message, invalid, lease_until)
         # The outcome_id is the order's correlation id in both functions' logs and in the event.
         logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
         receive_count = message.receive_count
-        request = {
-            "order_key": order.identity,
-            "order": order.to_dict(),
-            "redelivered": receive_count > 1,
-        }
         try:
-            decision = self._decide(request=request)
-            status = str(self._deliver(request={"order_key": order.identity, "decision": decision}))
+            decision, status = self._once(
+                order.identity,
+                lease_until,
+                self._deliver,
+                decide=lambda earlier_attempt: self._decide_order(
+                    order, receive_count > 1 or earlier_attempt
+                ),
+            )
             if order.task_token:
-                self._answer(request=_caller_request(order.identity, order.task_token, decision))
+                self._answer_caller_once(order.identity, order.task_token, decision, lease_until)
             return status
         except RetryLater as exc:
             count("QFPayRetryLater")
@@ -147,7 +126,7 @@ class CancelService:
                 "cancel will be retried", extra={"reason": str(exc), "receive_count": receive_count}
             )
             raise
-        except IdempotencyAlreadyInProgressError:
+        except OrderBusy:
             # A duplicate of this order is being decided right now (same batch or another poller).
             self._back_off(message, receive_count, throttled=False)
             logger.info("order already being cancelled elsewhere; will look again")
@@ -159,18 +138,52 @@ class CancelService:
             logger.error("QFPay rejected our signature after the secret was re-read")
             raise
 
-    def _decide_order(self, request: dict[str, Any]) -> dict[str, Any]:
-        order = Order.from_dict(request["order"])
-        # A first delivery of this message is not enough: an attempt for the same order may have
-        # died after sending (a duplicate message can arrive after its lock expired).
-        first = self.deps.intents.first_intent(order.identity, self.deps.clock())
+    def _once(
+        self,
+        key: str,
+        lease_until: float,
+        deliver: Callable[[dict[str, Any]], str],
+        *,
+        decide: Callable[[bool], dict[str, Any]] | None = None,
+        known: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """The decision recorded under ``key`` and what ``deliver`` made of it. Decided here by
+        ``decide`` (told whether an earlier attempt may have reached QFPay) unless it is ``known``
+        or stored; delivered here unless it was already."""
+        key, holder = f"cancel#{key}", os.urandom(16).hex()  # this attempt, as the lease's holder
+        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, known)
+        if claim.stage == DELIVERED and claim.decision is not None:
+            return claim.decision, str(claim.result)
+        try:
+            decision = claim.decision
+            if decision is None:
+                if decide is None:
+                    raise ValueError(f"nothing decides {key}")
+                decision = decide(claim.earlier_attempt)
+                self.deps.ledger.record_decision(key, holder, decision)
+            result = deliver(decision)
+        except Exception:
+            self._release(key, holder)
+            raise
+        self.deps.ledger.record_delivered(key, holder, result)
+        return decision, result
+
+    def _release(self, key: str, holder: str) -> None:
+        try:
+            self.deps.ledger.release(key, holder)
+        except Exception:  # the lease then runs out with the invocation; the retry waits for it
+            logger.exception("could not release the order after a failed attempt")
+
+    def _decide_order(self, order: Order, redelivered: bool) -> dict[str, Any]:
+        # ``redelivered``: an attempt before this one may have reached QFPay, even when this message
+        # is a first delivery (a duplicate can arrive after the earlier attempt died).
         attempt = CancelAttempt(
             order=order,
             qfpay=self.qfpay,
             routing=self.settings.qfpay.routing,
             loop=self.settings.loop,
             clock=self.deps.clock,
-            redelivered=bool(request["redelivered"]) or not first,
+            redelivered=redelivered,
         )
         decision = attempt.decide()
         # Counted here, where QFPay answered, not when a duplicate replays the stored decision.
@@ -180,8 +193,7 @@ class CancelService:
         count_kind("QFPayAnswer", answer)
         return decision
 
-    def _deliver_decision(self, request: dict[str, Any]) -> str:
-        decision = request["decision"]
+    def _deliver(self, decision: dict[str, Any]) -> str:
         if "handoff" in decision:
             handoff = decision["handoff"]
             # The loop's time counts from the hand-off, not from the decision: a decision replayed
@@ -209,10 +221,21 @@ class CancelService:
         )
         return str(detail["status"])
 
-    def _answer_caller(self, request: dict[str, Any]) -> bool:
+    def _answer_caller_once(
+        self, order_key: str, task_token: str, decision: dict[str, Any], lease_until: float
+    ) -> None:
         """Answer one Step Functions caller, once per task token: every caller of an order hears
         its outcome, not only the first one."""
-        token, decision = request["task_token"], request["decision"]
+        # The token is not a secret but is long: the record is keyed by its hash.
+        caller = hashlib.sha256(task_token.encode("utf-8")).hexdigest()
+        self._once(
+            f"{order_key}|caller={caller}",
+            lease_until,
+            lambda known: str(self._answer_caller(task_token, known)),
+            known=decision,
+        )
+
+    def _answer_caller(self, token: str, decision: dict[str, Any]) -> bool:
         if "outcome" in decision:
             return self.deps.notifier.notify(token, decision["outcome"])
         handoff = decision["handoff"]
@@ -227,7 +250,7 @@ class CancelService:
             return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
         return self.deps.notifier.fail(token, loop.error or "Cancellation.Unknown", loop.cause or loop.status)
 
-    def _reject(self, message: QueueMessage, invalid: InvalidOrder) -> str:
+    def _reject(self, message: QueueMessage, invalid: InvalidOrder, lease_until: float) -> str:
         ids = invalid.identifiers
         detail = rejected_outcome(
             invalid.reason,
@@ -239,10 +262,10 @@ class CancelService:
         )
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
-        key = f"rejected:{detail['outcome_id']}"
-        status = str(self._deliver(request={"order_key": key, "decision": {"outcome": detail}}))
+        key, decision = f"rejected:{detail['outcome_id']}", {"outcome": detail}
+        _, status = self._once(key, lease_until, self._deliver, known=decision)
         if ids.get("task_token"):
-            self._answer(request=_caller_request(key, ids["task_token"], {"outcome": detail}))
+            self._answer_caller_once(key, ids["task_token"], decision, lease_until)
         return status
 
     def _back_off(self, message: QueueMessage, receive_count: int, *, throttled: bool) -> None:
@@ -257,10 +280,4 @@ class CancelService:
 
 
 # Raised to have SQS deliver the message again, after being logged where they were understood.
-_RETRIED = (RetryLater, IdempotencyAlreadyInProgressError, CredentialsRejected)
-
-
-def _caller_request(order_key: str, task_token: str, decision: dict[str, Any]) -> dict[str, Any]:
-    # Keyed by order and caller; the token itself is not a secret but is long, so it is hashed.
-    caller = hashlib.sha256(task_token.encode("utf-8")).hexdigest()
-    return {"order_key": f"{order_key}|caller={caller}", "task_token": task_token, "decision": decision}
+_RETRIED = (RetryLater, OrderBusy, CredentialsRejected)

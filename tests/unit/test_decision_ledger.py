@@ -1,0 +1,126 @@
+"""The decision ledger against DynamoDB (moto), with the table as template.yaml declares it: who may
+decide an order, who may deliver its decision, and what a later message finds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cancellation.aws import DECIDED, DECIDING, DELIVERED, DecisionLedger, OrderBusy
+from moto import mock_aws
+
+from tests.local.aws_stack import load_template
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+KEY = "cancel#MCH1|out_trade_no=SHOP-1"
+NOW = 1_795_600_000.0
+EXPIRY = 48 * 3600
+DECISION = {"outcome": {"status": "CANCELLED", "outcome_id": "abc"}}
+
+
+@pytest.fixture
+def ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[DecisionLedger]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-east-1")
+    table = load_template(TEMPLATE)["Resources"]["IdempotencyTable"]["Properties"]
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        client.create_table(
+            TableName="ledger",
+            KeySchema=table["KeySchema"],
+            AttributeDefinitions=table["AttributeDefinitions"],
+            BillingMode=table["BillingMode"],
+        )
+        yield DecisionLedger("ledger", EXPIRY, lambda: client)
+
+
+def stored(key: str = KEY) -> dict[str, Any]:
+    answer = boto3.client("dynamodb").get_item(TableName="ledger", Key={"id": {"S": key}})
+    item: dict[str, Any] = answer["Item"]
+    return item
+
+
+def test_the_first_attempt_decides_and_no_earlier_attempt_is_known(ledger: DecisionLedger) -> None:
+    claim = ledger.claim(KEY, "a", NOW, NOW + 30)
+    assert (claim.stage, claim.decision, claim.earlier_attempt) == (DECIDING, None, False)
+    item = stored()
+    assert (item["stage"]["S"], item["holder"]["S"]) == (DECIDING, "a")
+    assert int(item["expiration"]["N"]) == int(NOW) + EXPIRY
+
+
+def test_a_second_attempt_waits_while_the_first_holds_the_order(ledger: DecisionLedger) -> None:
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    with pytest.raises(OrderBusy):
+        ledger.claim(KEY, "b", NOW + 29, NOW + 60)
+    assert stored()["holder"]["S"] == "a"
+
+
+@pytest.mark.parametrize("released", [False, True], ids=["lease ran out", "released"])
+def test_a_decision_left_unfinished_is_taken_over_knowing_an_attempt_came_before(
+    ledger: DecisionLedger, released: bool
+) -> None:
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    if released:
+        ledger.release(KEY, "a")
+    later = NOW + 1 if released else NOW + 31
+    claim = ledger.claim(KEY, "b", later, later + 30)
+    assert (claim.stage, claim.earlier_attempt) == (DECIDING, True)
+    # The first attempt, still running after all, can no longer store what it decided.
+    with pytest.raises(OrderBusy):
+        ledger.record_decision(KEY, "a", DECISION)
+
+
+def test_a_stored_decision_is_delivered_by_the_next_attempt_once_its_deliverer_is_gone(
+    ledger: DecisionLedger,
+) -> None:
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.record_decision(KEY, "a", DECISION)
+    with pytest.raises(OrderBusy):  # still being delivered
+        ledger.claim(KEY, "b", NOW + 10, NOW + 40)
+    claim = ledger.claim(KEY, "c", NOW + 31, NOW + 61)
+    assert (claim.stage, claim.decision, claim.earlier_attempt) == (DECIDED, DECISION, True)
+    assert stored()["holder"]["S"] == "c"
+    with pytest.raises(OrderBusy):  # the one that lost the delivery cannot mark it delivered
+        ledger.record_delivered(KEY, "a", "CANCELLED")
+
+
+def test_a_released_delivery_is_taken_over_at_once(ledger: DecisionLedger) -> None:
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.record_decision(KEY, "a", DECISION)
+    ledger.release(KEY, "a")  # e.g. EventBridge refused the outcome
+    claim = ledger.claim(KEY, "b", NOW + 1, NOW + 31)
+    assert (claim.stage, claim.decision) == (DECIDED, DECISION)
+
+
+def test_a_delivered_order_is_answered_from_the_record_and_nothing_is_written(
+    ledger: DecisionLedger,
+) -> None:
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.record_decision(KEY, "a", DECISION)
+    ledger.record_delivered(KEY, "a", "CANCELLED")
+    before = stored()
+    claim = ledger.claim(KEY, "b", NOW + 3600, NOW + 3630)
+    assert (claim.stage, claim.decision, claim.result) == (DELIVERED, DECISION, "CANCELLED")
+    assert stored() == before
+
+
+def test_a_decision_known_in_advance_starts_decided(ledger: DecisionLedger) -> None:
+    claim = ledger.claim(KEY, "a", NOW, NOW + 30, decision=DECISION)
+    assert (claim.stage, claim.decision) == (DECIDED, DECISION)
+    assert stored()["stage"]["S"] == DECIDED
+
+
+def test_a_record_past_its_expiry_counts_as_absent(ledger: DecisionLedger) -> None:
+    """DynamoDB's TTL sweeps late; an expired record must not hold an order 48 h later."""
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.record_decision(KEY, "a", DECISION)
+    ledger.record_delivered(KEY, "a", "CANCELLED")
+    later = NOW + EXPIRY + 1
+    claim = ledger.claim(KEY, "b", later, later + 30)
+    assert (claim.stage, claim.earlier_attempt) == (DECIDING, False)
