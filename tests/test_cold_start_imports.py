@@ -49,6 +49,13 @@ def test_a_cold_start_as_deployed_loads_nothing_a_rare_path_or_nobody_needs(code
     assert sorted(name for name in NOT_AT_START if name in modules) == []
 
 
+def test_the_cancel_function_imports_boto3_at_start() -> None:
+    """Every cancel invocation writes its orders' records: deferring boto3 to the first invocation
+    would not make a cold start shorter, only move its largest import out of what `make bench`
+    compares with ``import boto3``."""
+    assert "boto3" in loaded_modules(CANCEL_CODE)
+
+
 def test_call_tracing_on_loads_the_xray_sdk_and_patches_the_clients() -> None:
     modules = loaded_modules(CANCEL_CODE, POWERTOOLS_TRACE_DISABLED="false")
     assert {

@@ -1,7 +1,8 @@
 """The thin data layer: the only module that talks to AWS.
 
-Clients are created on first use (a cold start pays only for what it touches) under a lock, because
-boto3's client creation is not thread-safe and orders of one batch run concurrently.
+boto3 is imported at start: every invocation of the cancel function uses it. Clients are created
+on first use (a cold start pays only for the ones it touches) under a lock, because boto3's client
+creation is not thread-safe and orders of one batch run concurrently.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import boto3
 
 from cancellation.outcomes import (
     CALLER_ERRORS,
@@ -37,8 +40,6 @@ class LazyClient:
         if self._client is None:
             with _client_lock:
                 if self._client is None:
-                    import boto3  # noqa: PLC0415 - imported by the first caller, not at cold start
-
                     self._client = boto3.client(self._service)
         return self._client
 
