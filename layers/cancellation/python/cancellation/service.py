@@ -57,14 +57,13 @@ class CancelDependencies(NamedTuple):
     @classmethod
     def for_settings(cls, settings: CancelSettings) -> CancelDependencies:
         sfn = LazyClient("stepfunctions")
-        dynamodb = LazyClient("dynamodb")
         return cls(
             publisher=OutcomePublisher(settings.event_bus_name),
             loop_starter=EnquiryLoopStarter(settings.state_machine_arn, sfn),
             notifier=CallerNotifier(sfn),
             credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
             redelivery=RedeliveryDelay(),
-            ledger=DecisionLedger(settings.idempotency_table, settings.idempotency_expiry, dynamodb),
+            ledger=DecisionLedger(settings.idempotency_table, settings.idempotency_expiry),
         )
 
 
@@ -127,7 +126,7 @@ class CancelService:
             )
             raise
         except OrderBusy:
-            # A duplicate of this order is being decided right now (same batch or another poller).
+            # Another attempt holds this order (a duplicate in this batch or another poller's).
             self._back_off(message, receive_count, throttled=False)
             logger.info("order already being cancelled elsewhere; will look again")
             raise
@@ -158,7 +157,7 @@ class CancelService:
             decision = claim.decision
             if decision is None:
                 if decide is None:
-                    raise ValueError(f"nothing decides {key}")
+                    raise ValueError(f"{key}: no decision stored, none known, nothing to decide it")
                 decision = decide(claim.earlier_attempt)
                 self.deps.ledger.record_decision(key, holder, decision)
             result = deliver(decision)
