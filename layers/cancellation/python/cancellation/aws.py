@@ -56,7 +56,7 @@ class OutcomePublisher:
                     "EventBusName": self._bus_name,
                     "Source": OUTCOME_SOURCE,
                     "DetailType": OUTCOME_DETAIL_TYPE,
-                    "Detail": json.dumps(detail, separators=(",", ":")),
+                    "Detail": _json(detail),
                 }
             ]
         )
@@ -284,6 +284,7 @@ class DecisionLedger:
 
 
 def _json(value: dict[str, Any]) -> str:
+    """Compact JSON: what EventBridge and DynamoDB bill by is its size."""
     return json.dumps(value, separators=(",", ":"))
 
 
