@@ -5,15 +5,19 @@ handler, outcomes read back from the bus. QFPay is the stand-in over real HTTP."
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import boto3
 import jsonschema
 import pytest
 
 from tests.conftest import PipelineFactory
+from tests.local.aws_stack import load_template
 from tests.local.demo import run_scenarios
 from tests.local.scenarios import SCENARIOS
+from tests.test_template import TEMPLATE, granted_actions, sam_transform
 
 SCHEMA = json.loads(
     (
@@ -57,6 +61,28 @@ def test_every_demo_scenario_reaches_its_expected_outcome(pipeline_factory: Pipe
         ("/trade/v1/reversal", "1108"),
         ("/trade/v1/reversal", "0000"),
     ]
+
+
+def test_the_cancel_function_calls_only_what_its_role_allows(pipeline_factory: PipelineFactory) -> None:
+    """moto does not enforce IAM: a call the role does not grant would only fail once deployed.
+    Every AWS call the cancel function makes over the demo scenarios (hand-off, caller answers,
+    backoff, a re-read secret) must be granted by its role as the template declares it."""
+    called: set[str] = set()
+
+    def record(model: Any, **_: Any) -> None:
+        # The cancel function's orders run on its pool's threads ("order_0", ...).
+        if threading.current_thread().name.startswith("order"):
+            called.add(f"{model.service_model.signing_name}:{model.name}")
+
+    transactions = [s.transaction for s in SCENARIOS if s.transaction is not None]
+    with pipeline_factory(transactions) as pipeline:
+        # The handler's clients are made from the default session on first use, hook included.
+        boto3._get_default_session().events.register("before-call", record)
+        run = run_scenarios(pipeline)
+    assert run.failures == 0
+    role = sam_transform(load_template(TEMPLATE))["Resources"]["CancelFunctionRole"]
+    assert {"dynamodb:PutItem", "events:PutEvents", "states:StartExecution"} <= called
+    assert called - granted_actions(role) == set()
 
 
 def test_a_repeated_hand_off_starts_no_second_loop(pipeline_factory: PipelineFactory) -> None:

@@ -375,26 +375,28 @@ def test_iam_statements_use_wildcard_resources_only_where_iam_has_no_resource_ty
             assert name in ALLOWED_MANAGED_POLICIES, (role_name, arn)
 
 
-def _granted(role: dict[str, Any]) -> set[str]:
+def granted_actions(role: dict[str, Any]) -> set[str]:
+    """The IAM actions a role's policies allow (tests/test_pipeline_e2e.py checks the code's calls)."""
     return {action for s in _role_statements(role) for action in _as_list(s["Action"])}
 
 
 def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
     resources = cfn["Resources"]
-    assert _granted(resources["PollFunctionRole"]) == {"secretsmanager:GetSecretValue"}
-    assert _granted(resources["CancelFunctionRole"]) == {
+    assert granted_actions(resources["PollFunctionRole"]) == {"secretsmanager:GetSecretValue"}
+    assert granted_actions(resources["CancelFunctionRole"]) == {
         "secretsmanager:GetSecretValue",
         "states:StartExecution",
         "states:DescribeExecution",
         "events:PutEvents",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
+        "sqs:GetQueueUrl",
         "sqs:ChangeMessageVisibility",
         "states:SendTaskSuccess",
         "states:SendTaskFailure",
     }
     machine = resources["CancellationStateMachineRole"]
-    assert _granted(machine) == {
+    assert granted_actions(machine) == {
         "lambda:InvokeFunction",
         "events:PutEvents",
         "states:SendTaskSuccess",
