@@ -25,6 +25,16 @@ def local_aws(moto_server: LocalAws) -> Iterator[LocalAws]:
     moto_server.reset()
 
 
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 in this process talks to moto's in-process mock only: fake credentials, no endpoint."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-east-1")
+
+
 PipelineFactory = Callable[..., AbstractContextManager[Pipeline]]
 
 

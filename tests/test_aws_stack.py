@@ -30,15 +30,6 @@ BASE_URL = "http://127.0.0.1:8765"
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-east-1")
-
-
-@pytest.fixture
 def registered(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Stands in for tests.local.lambda_runtime: records the register_function calls."""
     calls: list[dict[str, Any]] = []

@@ -35,13 +35,8 @@ EVENT_TIME = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
-def _as_found(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _as_found(aws_env: None) -> Iterator[None]:
     """Leave the patches as this test found them (create_stack installs them for the session)."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-east-1")
     was_installed = moto_speedups.is_installed()
     yield
     if was_installed:

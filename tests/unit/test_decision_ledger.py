@@ -22,12 +22,7 @@ DECISION = {"outcome": {"status": "CANCELLED", "outcome_id": "abc"}}
 
 
 @pytest.fixture
-def ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[DecisionLedger]:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-east-1")
+def ledger(aws_env: None) -> Iterator[DecisionLedger]:
     table = load_template(TEMPLATE)["Resources"]["IdempotencyTable"]["Properties"]
     with mock_aws():
         client = boto3.client("dynamodb")

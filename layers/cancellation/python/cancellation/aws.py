@@ -238,6 +238,7 @@ class DecisionLedger:
         self._update(
             key,
             "#stage = :decided AND #lease_until < :now",
+            {"#stage": "stage", "#lease_until": "lease_until"},
             {":decided": {"S": DECIDED}, ":now": {"N": _number(now)}},
             holder=holder,
             lease_until=_number(lease_until),
@@ -257,10 +258,15 @@ class DecisionLedger:
         self._held(key, holder, lease_until="0")
 
     def _held(self, key: str, holder: str, **attributes: str) -> None:
-        self._update(key, "#holder = :holder", {":holder": {"S": holder}}, **attributes)
+        self._update(
+            key, "#holder = :holder", {"#holder": "holder"}, {":holder": {"S": holder}}, **attributes
+        )
 
-    def _update(self, key: str, condition: str, values: dict[str, Any], **attributes: str) -> None:
-        names = {f"#{name}": name for name in ("stage", "holder", "lease_until", *attributes)}
+    def _update(
+        self, key: str, condition: str, names: dict[str, str], values: dict[str, Any], **attributes: str
+    ) -> None:
+        """SET ``attributes`` if ``condition`` (with its ``names`` and ``values``) holds, else
+        :class:`OrderBusy`."""
         client = self._dynamodb()
         try:
             client.update_item(
@@ -268,9 +274,7 @@ class DecisionLedger:
                 Key={"id": {"S": key}},
                 UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in attributes),
                 ConditionExpression=condition,
-                ExpressionAttributeNames={
-                    k: v for k, v in names.items() if k in condition or v in attributes
-                },
+                ExpressionAttributeNames={**names, **{f"#{name}": name for name in attributes}},
                 ExpressionAttributeValues={
                     **values,
                     **{

@@ -111,9 +111,7 @@ class CancelService:
                 order.identity,
                 lease_until,
                 self._deliver,
-                decide=lambda earlier_attempt: self._decide_order(
-                    order, receive_count > 1 or earlier_attempt
-                ),
+                lambda earlier_attempt: self._decide_order(order, receive_count > 1 or earlier_attempt),
             )
             if order.task_token:
                 self._answer_caller_once(order.identity, order.task_token, decision, lease_until)
@@ -142,22 +140,23 @@ class CancelService:
         key: str,
         lease_until: float,
         deliver: Callable[[dict[str, Any]], str],
+        decide: Callable[[bool], dict[str, Any]],
         *,
-        decide: Callable[[bool], dict[str, Any]] | None = None,
-        known: dict[str, Any] | None = None,
+        known: bool = False,
     ) -> tuple[dict[str, Any], str]:
         """The decision recorded under ``key`` and what ``deliver`` made of it. Decided here by
-        ``decide`` (told whether an earlier attempt may have reached QFPay) unless it is ``known``
-        or stored; delivered here unless it was already."""
+        ``decide`` (told whether an earlier attempt may have reached QFPay) unless stored;
+        delivered here unless it was already. ``known``: ``decide`` asks nothing of QFPay, so its
+        decision is recorded with the claim."""
         key, holder = f"cancel#{key}", os.urandom(16).hex()  # this attempt, as the lease's holder
-        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, known)
+        claim = self.deps.ledger.claim(
+            key, holder, self.deps.clock(), lease_until, decide(False) if known else None
+        )
         if claim.stage == DELIVERED and claim.decision is not None:
             return claim.decision, str(claim.result)
         try:
             decision = claim.decision
             if decision is None:
-                if decide is None:
-                    raise ValueError(f"{key}: no decision stored, none known, nothing to decide it")
                 decision = decide(claim.earlier_attempt)
                 self.deps.ledger.record_decision(key, holder, decision)
             result = deliver(decision)
@@ -230,8 +229,9 @@ class CancelService:
         self._once(
             f"{order_key}|caller={caller}",
             lease_until,
-            lambda known: str(self._answer_caller(task_token, known)),
-            known=decision,
+            lambda recorded: str(self._answer_caller(task_token, recorded)),
+            lambda _: decision,
+            known=True,
         )
 
     def _answer_caller(self, token: str, decision: dict[str, Any]) -> bool:
@@ -262,7 +262,7 @@ class CancelService:
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
         key, decision = f"rejected:{detail['outcome_id']}", {"outcome": detail}
-        _, status = self._once(key, lease_until, self._deliver, known=decision)
+        _, status = self._once(key, lease_until, self._deliver, lambda _: decision, known=True)
         if ids.get("task_token"):
             self._answer_caller_once(key, ids["task_token"], decision, lease_until)
         return status
