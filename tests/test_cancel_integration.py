@@ -303,3 +303,21 @@ def test_an_outcome_eventbridge_refused_is_published_on_the_next_receive_without
     assert [o["status"] for o in outcomes] == ["CANCELLED"]
     assert [o["decided_at"] for o in outcomes] == [json.loads(refused[0])["decided_at"]]
     assert (reversals, enquiries) == (1, 1)
+
+
+def test_with_verification_on_an_unsigned_answer_is_never_believed(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay (or whoever stripped the header) answers without X-QF-SIGN. The reversal did take
+    effect, but nothing unsigned is believed: the order ends UNKNOWN at the loop's deadline, never
+    CANCELLED on an answer anyone could have written."""
+    order, txn = order_and_txn(21)
+    env = {"QFPAY_VERIFY_RESPONSE_SIGNATURE": "true", "POLL_DEADLINE_SECONDS": "5"}
+    with pipeline_factory([txn], env_overrides=env) as pipeline:
+        pipeline.qfpay.sign_answers = False
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+    assert [o["status"] for o in outcomes] == ["UNKNOWN"]
+    assert "X-QF-SIGN" in outcomes[0]["reason"]
+    assert reversals == 1  # ambiguous, never resent blindly

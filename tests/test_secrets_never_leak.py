@@ -331,6 +331,43 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
     assert_no_leak("qfpay parameters", [as_text(c.params) for c in qfpay_calls])
 
 
+def test_an_app_code_with_a_line_break_never_reaches_the_logs(
+    pipeline_factory: PipelineFactory,
+    recorded_logs: Callable[[], list[str]],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A secret whose app_code holds CR/LF (a paste gone wrong, or a header injection): the order
+    fails and is retried, and nothing anywhere carries the app code."""
+    app_code = "LEAKYAPPCODE\r\nX-Injected: 1"
+    merchant = Merchant(app_code, LOCAL_CLIENT_KEY)
+    transaction, body = order("LEAK-CRLF-0005", "20261126000101000905")
+    env = {"POWERTOOLS_LOG_LEVEL": "DEBUG", "RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "1"}
+    with pipeline_factory([transaction], env_overrides=env, merchant=merchant) as pipeline:
+        pipeline.send(body)
+        wait_for(
+            lambda: any(
+                isinstance(i.response, dict) and i.response.get("batchItemFailures")
+                for i in lambda_runtime.invocations()
+            ),
+            30,
+            "the order to fail",
+        )
+        invocations = lambda_runtime.invocations()
+        qfpay_calls = pipeline.qfpay.calls
+    logs = recorded_logs()
+    captured = capfd.readouterr()
+    for where, texts in (
+        ("log", logs),
+        ("stdout", captured.out.splitlines()),
+        ("stderr", captured.err.splitlines()),
+        ("lambda invocation", [as_text(i) for i in invocations]),
+    ):
+        found = [text[:300] for text in texts if "LEAKYAPPCODE" in text]
+        assert not found, (where, found)
+    assert any("app_code must be printable ASCII" in line for line in logs), "the reason is logged"
+    assert qfpay_calls == [], "nothing was sent with a header that cannot be sent"
+
+
 # --------------------------------------------------------------------------- the objects themselves
 
 
@@ -360,6 +397,7 @@ def test_a_bad_secret_is_reported_without_its_values(app_code: Any, client_key: 
     well_formed = (
         isinstance(app_code, str)
         and bool(app_code)
+        and all("!" <= char <= "~" for char in app_code)  # it travels in a header
         and isinstance(client_key, str)
         and bool(client_key)
         and sign_type in (None, "MD5", "SHA256")

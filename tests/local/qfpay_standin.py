@@ -39,7 +39,9 @@ Authentication (checked in this order, every answer HTTP 200 JSON)
    to the documented form). A parameter sent with an empty value is accepted and not signed.
 
 Every JSON answer to an authenticated request carries ``X-QF-SIGN`` = upper-case hex
-MD5(raw response body + client_key) (the 2018 reference's response signature). Bodies are
+MD5(raw response body + client_key) (the 2018 reference's response signature), unless
+``sign_answers`` is set to False (QFPay editions that do not sign, or an answer whose signature
+was stripped on the way). Bodies are
 ``json.dumps`` output (ASCII, ``", "`` separators), like QFPay's published sample.
 
 Merchants and ``mchid``
@@ -547,6 +549,8 @@ class QFPayStandIn:
         self.random = random.Random(seed)
         """The stand-in's own generator: every draw (in ``add``) comes from it."""
         self.fault_plan = fault_plan
+        self.sign_answers = True
+        """False: answers carry no ``X-QF-SIGN`` at all."""
         for txn in transactions:
             self.add(txn)
 
@@ -1063,7 +1067,7 @@ def _make_handler(standin: QFPayStandIn) -> type[BaseHTTPRequestHandler]:
                 self.send_response(answer.status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(answer.body)))
-                if answer.client_key is not None:
+                if answer.client_key is not None and standin.sign_answers:
                     self.send_header("X-QF-SIGN", response_sign(answer.body, answer.client_key))
                 for name, value in answer.extra_headers.items():
                     self.send_header(name, value)

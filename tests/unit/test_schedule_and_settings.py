@@ -392,3 +392,81 @@ def test_call_tracing_refuses_a_value_it_cannot_read() -> None:
         ConfigurationError, match="POWERTOOLS_TRACE_DISABLED must be true or false, got 'maybe'"
     ):
         call_tracing({"POWERTOOLS_TRACE_DISABLED": "maybe"})
+
+
+# --- QFPAY_BASE_URL: QFPay's own hosts only, unless explicitly overridden ----------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://openapi-sg.qfapi.com",
+        "https://test-openapi-eur.qfapi.com",
+        "https://openapi.qfpay.com",
+        "https://openapi-test.qfpay.com/",
+        "https://OPENAPI-HK.QFAPI.COM",
+        "https://127.0.0.1:8443",
+        "https://localhost",
+    ],
+)
+def test_qfpay_hosts_and_loopback_are_accepted(url):
+    assert check_base_url(url) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com",
+        "https://qfapi.com",
+        "https://openapi-hk.qfapi.com.example.com",
+        "https://evil-openapi-hk.qfapi.com",
+        "https://openapi-hk.qfapi.com.",
+        "https://10.0.0.1",
+    ],
+)
+def test_a_host_that_is_not_qfpays_is_refused_unless_overridden(url):
+    problem = check_base_url(url)
+    assert problem is not None
+    assert "QFPay's hosts" in problem
+    assert "QFPAY_ALLOW_ANY_HOST" in problem
+    assert "QFPay's hosts" in problems_of(poll_settings, {**POLL_ENV, "QFPAY_BASE_URL": url})
+    # The explicit override: a proxy or a new QFPay region, chosen on purpose.
+    assert check_base_url(url, any_host=True) is None
+    settings = poll_settings({**POLL_ENV, "QFPAY_BASE_URL": url, "QFPAY_ALLOW_ANY_HOST": "true"})
+    assert settings.base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://openapi-hk.qfapi.com/trade?mchid=1", "query"),
+        ("https://openapi-hk.qfapi.com?", "query"),
+        ("https://openapi-hk.qfapi.com#x", "fragment"),
+        ("https://openapi-hk.qfapi.com/#", "fragment"),
+        ("https://openapi-hk.qfapi.com/v2", "path"),
+    ],
+)
+def test_a_query_fragment_or_path_is_refused_even_with_the_override(url, expected):
+    for any_host in (False, True):
+        problem = check_base_url(url, any_host=any_host)
+        assert problem is not None, url
+        assert expected in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:S3CR3TPASS@openapi-hk.qfapi.com",
+        "https://S3CR3TPASS@openapi-hk.qfapi.com",
+        "https://:S3CR3TPASS@example.com",
+        "http://S3CR3TPASS@127.0.0.1:8080",
+    ],
+)
+def test_userinfo_is_refused_without_repeating_it(url):
+    for any_host in (False, True):
+        problem = check_base_url(url, any_host=any_host)
+        assert problem is not None
+        assert "user name or password" in problem
+        assert "S3CR3TPASS" not in problem
+    message = problems_of(poll_settings, {**POLL_ENV, "QFPAY_BASE_URL": url, "QFPAY_ALLOW_ANY_HOST": "true"})
+    assert "S3CR3TPASS" not in message

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -33,11 +34,20 @@ CLOSE_PATH = "/trade/v1/close"
 ENQUIRY_PATH = "/trade/v1/query"
 
 
+# The app code travels in a header: a line break in it would end the header (and the error
+# http.client raises would quote it). QFPay's app codes are letters and digits.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+
+
 @dataclass(frozen=True)
 class Credentials:
     app_code: str = field(repr=False)
     client_key: str = field(repr=False)
     sign_type: SignType = "MD5"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.app_code, str) or not _HEADER_SAFE.fullmatch(self.app_code):
+            raise ValueError("QFPay secret: app_code must be printable ASCII without spaces or line breaks")
 
     @classmethod
     def from_secret(cls, value: Mapping[str, Any]) -> Credentials:
@@ -76,8 +86,8 @@ class CredentialsRejected(QFPayError):
     pass
 
 
-class ResponseSignatureInvalid(QFPayError):
-    pass
+class ResponseSignatureInvalid(QFPayAmbiguous):
+    """An answer we cannot trust is no answer: the request may still have taken effect."""
 
 
 class Timeouts(NamedTuple):
@@ -245,10 +255,15 @@ class QFPayClient:
         if status != 200:
             # 4xx other than 429: QFPay did not take the request (wrong path or method).
             raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
-        signature = response.headers.get("X-QF-SIGN")
-        if self._verify_response_signature and signature is not None:
+        if self._verify_response_signature:
+            signature = response.headers.get("X-QF-SIGN")
+            if signature is None:
+                # Anyone on the way can strip a header: an unsigned answer proves nothing.
+                raise ResponseSignatureInvalid(f"{path}: answer has no X-QF-SIGN")
             expected = response_signature(response.data, credentials.client_key)
-            if not hmac.compare_digest(signature.upper(), expected):
+            # As bytes: compare_digest refuses str holding anything but ASCII.
+            given = signature.upper().encode("utf-8", errors="replace")
+            if not hmac.compare_digest(given, expected.encode("ascii")):
                 raise ResponseSignatureInvalid(f"{path}: response signature does not match")
         try:
             answer = json.loads(response.data)

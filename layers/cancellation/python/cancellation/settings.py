@@ -94,20 +94,52 @@ class _Reader:
             raise ConfigurationError("invalid configuration: " + "; ".join(self.problems))
 
 
-def check_base_url(url: str) -> str | None:
-    """None if acceptable. QFPay is reached over https; plain http only on loopback (local runs)."""
+# QFPay's OpenAPI hosts (listed in docs/contracts.md): the merchant's requests go nowhere
+# else unless QFPAY_ALLOW_ANY_HOST says so on purpose (a proxy, a region added after this list).
+QFPAY_HOSTS = frozenset(
+    {
+        "openapi-hk.qfapi.com",
+        "test-openapi-hk.qfapi.com",
+        "openapi-int.qfapi.com",
+        *(f"openapi-{region}.qfapi.com" for region in ("sg", "th", "db", "id", "eur", "jp")),
+        *(f"test-openapi-{region}.qfapi.com" for region in ("sg", "th", "db", "id", "eur")),
+        "openapi.qfpay.com",
+        "openapi-test.qfpay.com",
+    }
+)
+
+
+def check_base_url(url: str, *, any_host: bool = False) -> str | None:
+    """None if acceptable. QFPay is reached over https on one of its own hosts; plain http only on
+    loopback (local runs). ``any_host`` lifts the host list, never the rest: a user name or password
+    would be sent along (and logged), and a query or fragment would change what is signed."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
     except ValueError:
-        return f"QFPAY_BASE_URL is not a valid URL: {url!r}"
+        return "QFPAY_BASE_URL is not a valid URL"
+    if "@" in parts.netloc:
+        # The URL is not repeated: it holds a credential.
+        return "QFPAY_BASE_URL must not carry a user name or password"
     if not host:
         return f"QFPAY_BASE_URL must be an absolute URL, got {url!r}"
-    if parts.scheme == "https":
+    if parts.query or "?" in url:
+        return f"QFPAY_BASE_URL must not have a query, got {url!r}"
+    if parts.fragment or "#" in url:
+        return f"QFPAY_BASE_URL must not have a fragment, got {url!r}"
+    if parts.path not in ("", "/"):
+        return f"QFPAY_BASE_URL must not have a path (QFPay's paths are added to it), got {url!r}"
+    loopback = _is_loopback(host)
+    if parts.scheme == "http" and loopback:
         return None
-    if parts.scheme == "http" and _is_loopback(host):
+    if parts.scheme != "https":
+        return f"QFPAY_BASE_URL must use https (plain http is allowed only for a loopback host), got {url!r}"
+    if loopback or any_host or host in QFPAY_HOSTS:
         return None
-    return f"QFPAY_BASE_URL must use https (plain http is allowed only for a loopback host), got {url!r}"
+    return (
+        f"QFPAY_BASE_URL must name one of QFPay's hosts (or loopback), got {url!r}; "
+        "set QFPAY_ALLOW_ANY_HOST=true to send the merchant's requests elsewhere on purpose"
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -121,7 +153,8 @@ def _is_loopback(host: str) -> bool:
 
 def _qfpay(read: _Reader) -> QFPaySettings:
     base_url = read.text("QFPAY_BASE_URL")
-    if base_url and (problem := check_base_url(base_url)):
+    any_host = read.flag("QFPAY_ALLOW_ANY_HOST", False)
+    if base_url and (problem := check_base_url(base_url, any_host=any_host)):
         read.problems.append(problem)
     routing = Routing()
     try:
