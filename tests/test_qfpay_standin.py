@@ -26,7 +26,9 @@ from cancellation.signing import response_signature, sign
 
 from tests.local.qfpay_standin import (
     CANCEL_ENDPOINTS,
+    DEFAULT_FAULT_WEIGHTS,
     FAULT_KINDS,
+    Anomaly,
     Fault,
     FaultPlan,
     Merchant,
@@ -902,7 +904,7 @@ def test_fault_plan_is_reproducible_from_the_seed():
     assert 60 < len(faulty) < 140  # about half
     assert all(1 <= len(s) <= 3 for s in faulty)
     drawn = [f for s in faulty for f in s]
-    assert {f.kind for f in drawn} == set(FAULT_KINDS)
+    assert {f.kind for f in drawn} == set(DEFAULT_FAULT_WEIGHTS)
     assert all(f.endpoints == CANCEL_ENDPOINTS for f in drawn if f.kind.startswith("applied"))
     assert any(f.endpoints == frozenset({"/trade/v1/query"}) for f in drawn)
     assert {f.status for f in drawn if f.kind == "http_5xx"} <= {500, 502, 503, 504}
@@ -923,7 +925,7 @@ def test_fault_plan_over_http_with_every_kind():
     with QFPayStandIn([PLAIN], seed=5, fault_plan=plan) as standin:
         seen: set[str] = set()
         n = 0
-        while seen != set(FAULT_KINDS):
+        while seen != set(DEFAULT_FAULT_WEIGHTS):
             n += 1
             txn = standin.add(make_txn(n))
             (fault,) = txn.faults
@@ -942,3 +944,150 @@ def test_fault_plan_over_http_with_every_kind():
             else:
                 assert (status, applied) == (0, 1)
             assert standin.calls[-1].fault == fault.kind
+
+
+def test_every_fault_kind_but_applied_then_5xx_is_drawn_by_default():
+    """A 5xx that took effect is opt-in: a scenario scripts it or gives it a weight."""
+    assert set(FAULT_KINDS) - set(DEFAULT_FAULT_WEIGHTS) == {"applied_then_5xx"}
+    plan = FaultPlan(share=1.0, weights={"applied_then_5xx": 1.0})
+    drawn = QFPayStandIn([PLAIN], seed=2, fault_plan=plan).add(make_txn()).faults
+    assert drawn
+    assert all(f.kind == "applied_then_5xx" and f.endpoints == CANCEL_ENDPOINTS for f in drawn)
+
+
+# --------------------------------------------------------------------------- anomalies
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_fault_applied_then_5xx_reverses_and_answers_a_gateway_error(qf, status):
+    txn = qf.add(make_txn(faults=(Fault("applied_then_5xx", CANCEL_ENDPOINTS, status=status),)))
+    response = send(qf, "reversal", cancel_params(txn))
+    assert response.status_code == status
+    assert "X-QF-SIGN" not in response.headers
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert only_row(qf, txn)["cancel"] == "1"
+    call = qf.calls[0]
+    assert (call.http_status, call.respcd, call.fault, call.delivered) == (
+        status,
+        "0000",
+        "applied_then_5xx",
+        True,
+    )
+    assert call.answer is not None
+    assert call.answer["syssn"]  # QFPay issued a reversal number the client never saw
+
+
+def test_fault_applied_then_5xx_can_start_an_in_progress_reversal(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=2, faults=(Fault("applied_then_5xx", status=502),)))
+    assert send(qf, "reversal", cancel_params(txn)).status_code == 502
+    assert (only_row(qf, txn)["cancel"], qf.calls[-1].pending) == ("0", (txn.syssn,))
+    assert only_row(qf, txn)["cancel"] == "0"
+    assert only_row(qf, txn)["cancel"] == "1"
+    assert (qf.cancellations_applied(txn.syssn), qf.calls[-1].pending) == (1, ())
+
+
+def test_without_an_anomaly_a_cancel_repeated_while_in_progress_changes_nothing(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=1))
+    first = send(qf, "reversal", cancel_params(txn)).json()
+    again = send(qf, "reversal", cancel_params(txn)).json()
+    assert again["syssn"] == first["syssn"]
+    assert qf.settle() == 1
+    assert qf.cancellations_applied(txn.syssn) == 1
+
+
+def test_anomaly_repeat_applies_starts_a_second_cancellation_on_a_live_looking_row(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=2, anomaly=Anomaly("repeat_applies")))
+    first = send(qf, "reversal", cancel_params(txn)).json()
+    row = only_row(qf, txn)
+    assert (row["respcd"], row["cancel"]) == ("1143", "0")  # what a client reads as "still live"
+    assert qf.calls[-1].pending == (txn.syssn,)  # but QFPay is still working on ours
+    again = send(qf, "reversal", cancel_params(txn)).json()
+    assert (first["respcd"], again["respcd"]) == ("1143", "1143")
+    assert again["syssn"] != first["syssn"]  # a second reversal, not the first one repeated
+    only_row(qf, txn)
+    assert only_row(qf, txn)["cancel"] == "1"
+    assert qf.cancellations_applied(txn.syssn) == 2  # the double shows in the ledger
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1264"
+    assert qf.cancellations_applied(txn.syssn) == 2
+
+
+def test_anomaly_processing_while_paid_reverses_a_paid_payment_after_showing_it_paid(qf):
+    txn = qf.add(make_txn(state="paid", in_progress_enquiries=2, anomaly=Anomaly("processing_while_paid")))
+    answer = send(qf, "reversal", cancel_params(txn)).json()
+    assert answer["respcd"] == "1143"
+    assert answer["syssn"]
+    for _ in range(2):
+        row = only_row(qf, txn)
+        assert (row["respcd"], row["cancel"]) == ("0000", "0")  # reads paid, not cancelled
+    assert qf.cancellations_applied(txn.syssn) == 0
+    row = only_row(qf, txn)
+    assert (row["respcd"], row["cancel"]) == ("0000", "1")
+    assert qf.cancellations_applied(txn.syssn) == 1
+    assert qf.transaction(txn.syssn).cancel == 1
+
+
+def test_a_paid_payment_without_the_anomaly_answers_1260(qf):
+    txn = qf.add(make_txn(state="paid", in_progress_enquiries=2))
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1260"
+    assert qf.settle() == 0
+
+
+@pytest.mark.parametrize(
+    ("row_field", "row_value"),
+    [("respcd", "9999"), ("respcd", "1205"), ("respcd", None), ("cancel", "7"), ("cancel", None)],
+)
+def test_anomaly_undocumented_row_on_a_paid_payment(qf, row_field, row_value):
+    anomaly = Anomaly("undocumented_row", row_field, row_value)
+    txn = qf.add(make_txn(state="paid", in_progress_enquiries=2, anomaly=anomaly))
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1143"
+    for _ in range(2):
+        row = only_row(qf, txn)
+        if row_value is None:
+            assert row_field not in row
+        else:
+            assert row[row_field] == row_value
+    row = only_row(qf, txn)  # the reversal ended without effect: the customer paid
+    assert (row["respcd"], row["cancel"]) == ("0000", "0")
+    assert qf.cancellations_applied(txn.syssn) == 0
+    assert qf.transaction(txn.syssn).cancel == 0
+
+
+def test_anomaly_undocumented_row_on_an_unpaid_payment_then_reversed(qf):
+    txn = qf.add(make_txn(in_progress_enquiries=1, anomaly=Anomaly("undocumented_row", "cancel", "9")))
+    assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1143"
+    assert only_row(qf, txn)["cancel"] == "9"
+    assert only_row(qf, txn)["cancel"] == "1"
+    assert qf.cancellations_applied(txn.syssn) == 1
+
+
+def test_a_refused_cancel_leaves_the_payment_live(qf):
+    txn = qf.add(make_txn(cancel_respcd="1261"))
+    for _ in range(2):
+        assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1261"
+    row = only_row(qf, txn)
+    assert (row["respcd"], row["cancel"]) == ("1143", "0")  # the customer can still pay
+    assert qf.cancellations_applied(txn.syssn) == 0
+
+
+def test_settle_ends_every_cancellation_in_progress(qf):
+    repeated = qf.add(make_txn(1, in_progress_enquiries=5, anomaly=Anomaly("repeat_applies")))
+    paid = qf.add(
+        make_txn(2, state="paid", in_progress_enquiries=5, anomaly=Anomaly("processing_while_paid"))
+    )
+    spoiled = qf.add(make_txn(3, state="paid", in_progress_enquiries=5, anomaly=Anomaly("undocumented_row")))
+    untouched = qf.add(make_txn(4))
+    for txn in (repeated, repeated, paid, spoiled):
+        assert send(qf, "reversal", cancel_params(txn)).json()["respcd"] == "1143"
+    assert qf.settle() == 3
+    assert [qf.cancellations_applied(t.syssn) for t in (repeated, paid, spoiled, untouched)] == [2, 1, 0, 0]
+    assert [qf.transaction(t.syssn).cancel for t in (repeated, paid, spoiled, untouched)] == [1, 1, 0, 0]
+    assert qf.settle() == 0
+
+
+def test_anomaly_validation():
+    with pytest.raises(ValueError, match="kind"):
+        Anomaly("teapot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="row_field"):
+        Anomaly("undocumented_row", "txamt")
+    with pytest.raises(ValueError, match="500"):
+        Fault("applied_then_5xx", status=200)

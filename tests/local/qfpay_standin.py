@@ -116,11 +116,19 @@ concerns no transaction is never faulted. Kinds:
     the client's read timeout): the client gives up although QFPay did the work.
 ``applied_then_reset``
     The call takes effect, then the connection is reset without an answer.
+``applied_then_5xx``
+    The call takes effect, then the client gets HTTP ``status`` (e.g. 502 or 504 from a gateway
+    whose upstream did the work), plain text. Not in ``DEFAULT_FAULT_WEIGHTS``: scripted, or given
+    a weight in a plan.
 
 A faulted call is logged with ``Call.fault`` = the kind. For ``reset`` ``Call.http_status`` is 0
 and ``respcd`` None (nothing was decided); for the ``applied_*`` kinds ``http_status``, ``respcd``
 and ``answer`` are what QFPay decided, which the client never reads: ``Call.delivered`` is False
-for ``reset``, ``applied_then_timeout`` and ``applied_then_reset``.
+for ``reset``, ``applied_then_timeout`` and ``applied_then_reset``. ``applied_then_5xx`` is
+delivered (the client read the 5xx): ``http_status`` is the 5xx, ``respcd`` and ``answer`` what
+QFPay decided. Only ``http_5xx``, ``http_429`` and ``http_500_first`` answer a non-200 after
+guaranteeing that nothing took effect; which non-200 a client may take as "nothing happened" is
+its own risk (QFPay documents none as such).
 
 Seeds and the server-wide fault plan: ``QFPayStandIn(..., seed=S, fault_plan=FaultPlan(...))``, or
 ``configure_faults(seed=..., plan=...)`` before transactions are added. The stand-in owns
@@ -134,6 +142,38 @@ with probability ``share``, a script of 1..``max_faults`` faults whose kinds are
 probability ``query_share`` and else at reversal/close; ``http_5xx`` draws its status from 500,
 502, 503, 504. ``transaction(key).faults`` shows the script drawn.
 
+Anomalies (opt-in per transaction)
+=================================
+``Transaction.anomaly = Anomaly(kind, row_field="respcd", row_value="9999")``: documented or
+plausible QFPay behaviour that a client is easily wrong about. None by default. Kinds:
+
+``repeat_applies``
+    While a cancellation of the payment is in progress (its row still reads 1143, cancel "0": a
+    live payment), a further reversal/close is not deduplicated: it answers ``1143`` with a new
+    reversal ``syssn`` and starts another cancellation. When they end, each counts as applied, so
+    a resend on a live-looking row shows in ``cancellations_applied`` as a double.
+``processing_while_paid``
+    For a ``paid`` transaction: a reversal/close answers ``1143`` (new ``syssn``) instead of
+    ``1260``, and while it is in progress (``in_progress_enquiries`` Enquiries, at least one) the
+    row reads paid (``0000``, cancel "0"); then the reversal completes (cancel 1 or 2, applied).
+    A client that reads the paid row as "refund required" before its own reversal ended is wrong.
+``undocumented_row``
+    While a cancellation is in progress the row's ``row_field`` (``respcd`` or ``cancel``) shows
+    ``row_value`` (None: the field is missing), something QFPay's tables do not document (e.g.
+    respcd ``9999``, ``1205`` "try later", cancel ``7``). For a ``paid`` transaction a
+    reversal/close answers ``1143`` and the cancellation in progress then ends without effect
+    (the payment had completed: the row reads ``0000``, cancel "0" afterwards); for an
+    ``unpaid`` one the usual in-progress cancellation runs. A row that cannot be read proves
+    nothing.
+
+Refused cancels on a payment that stays live need no anomaly: an ``unpaid`` transaction with
+``cancel_respcd`` ``"1261"`` (or ``1147``, ``1201``, ``2005``, ``1142``, ``1181``...) answers that
+code to every cancel while its row keeps reading live (``1143``, cancel "0").
+
+``settle()`` ends every cancellation still in progress as QFPay eventually would (taking effect,
+or not for ``undocumented_row`` on a paid payment): what the ledger shows after it is the truth
+an outcome is judged against.
+
 Reversal and close: respcds, in the order they are decided
 ==========================================================
 ========  ===================================================================================
@@ -145,6 +185,8 @@ Reversal and close: respcds, in the order they are decided
 ``1297``  close of a transaction with ``close_supported=False``
 (forced)  ``cancel_respcd``
 ``1264``  already cancelled (``cancel`` != 0): a repeat never counts as applied
+``1143``  an anomaly decides: ``repeat_applies`` while in progress, ``processing_while_paid`` or
+          ``undocumented_row`` on a paid transaction (see "Anomalies")
 ``1143``  a cancellation is in progress (``in_progress_enquiries``), see above
 ``0000``  ``unpaid``: cancelled now (``cancel`` 1 or 2), a new reversal ``syssn`` is issued
 ``1143``  ``unpaid`` with ``in_progress_enquiries`` > 0: cancellation started
@@ -187,7 +229,8 @@ Counting
 ========
 Every request is recorded in ``calls`` (a ``Call``: endpoint path, HTTP method, app code,
 parameters as received, HTTP status, respcd, the ``syssn`` of the transactions concerned,
-timestamp, the fault suffered and the JSON answer decided, sent or not). Headers, hence
+timestamp, the fault suffered, the JSON answer decided, sent or not, and ``pending``: which of the
+transactions concerned had a cancellation in progress once the call was served). Headers, hence
 signatures and keys, are never stored or logged. Helpers: ``count``,
 ``cancellations_applied`` (how many times a reversal/close actually took effect: the evidence for
 "no payment reversed twice"), ``transaction`` (a snapshot), ``add``, ``update``, ``reset_calls``.
@@ -208,7 +251,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -224,7 +267,9 @@ QUERY = "/trade/v1/query"
 ENDPOINTS = (REVERSAL, CLOSE, QUERY)
 CANCEL_ENDPOINTS: frozenset[str] = frozenset({REVERSAL, CLOSE})
 
-FaultKind = Literal["http_5xx", "http_429", "slow", "reset", "applied_then_timeout", "applied_then_reset"]
+FaultKind = Literal[
+    "http_5xx", "http_429", "slow", "reset", "applied_then_timeout", "applied_then_reset", "applied_then_5xx"
+]
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "http_5xx",
     "http_429",
@@ -232,11 +277,12 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
     "reset",
     "applied_then_timeout",
     "applied_then_reset",
+    "applied_then_5xx",
 )
 #: Kinds whose answer the client never reads (no answer, or one held past its read timeout).
 UNANSWERED_FAULTS: frozenset[str] = frozenset({"reset", "applied_then_timeout", "applied_then_reset"})
 #: Kinds that let the call take effect before the answer is lost.
-APPLIED_FAULTS: frozenset[str] = frozenset({"applied_then_timeout", "applied_then_reset"})
+APPLIED_FAULTS: frozenset[str] = frozenset({"applied_then_timeout", "applied_then_reset", "applied_then_5xx"})
 DEFAULT_FAULT_WEIGHTS: Mapping[FaultKind, float] = {
     "http_5xx": 3.0,
     "http_429": 2.0,
@@ -312,8 +358,8 @@ class Fault:
             if unknown or not paths:
                 raise ValueError(f"unknown or no endpoints for a fault: {unknown}")
             object.__setattr__(self, "endpoints", paths)
-        if self.kind == "http_5xx" and not 500 <= self.status <= 599:
-            raise ValueError(f"http_5xx needs a status in 500..599, not {self.status}")
+        if self.kind in ("http_5xx", "applied_then_5xx") and not 500 <= self.status <= 599:
+            raise ValueError(f"{self.kind} needs a status in 500..599, not {self.status}")
         if self.seconds is not None and self.seconds < 0:
             raise ValueError("seconds must not be negative")
 
@@ -370,6 +416,29 @@ class FaultPlan:
         return tuple(script)
 
 
+AnomalyKind = Literal["repeat_applies", "processing_while_paid", "undocumented_row"]
+ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("repeat_applies", "processing_while_paid", "undocumented_row")
+#: Row fields an ``undocumented_row`` anomaly may spoil.
+ANOMALY_ROW_FIELDS = frozenset({"respcd", "cancel"})
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """QFPay behaviour a client must not misread (see "Anomalies" in the module docstring)."""
+
+    kind: AnomalyKind
+    row_field: str = "respcd"
+    """``undocumented_row``: the row field shown unreadable while the cancellation is pending."""
+    row_value: str | None = "9999"
+    """``undocumented_row``: the value shown (None: the field is left out of the row)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ANOMALY_KINDS:
+            raise ValueError(f"anomaly kind must be one of {ANOMALY_KINDS}, not {self.kind!r}")
+        if self.row_field not in ANOMALY_ROW_FIELDS:
+            raise ValueError(f"row_field must be one of {sorted(ANOMALY_ROW_FIELDS)}")
+
+
 @dataclass(frozen=True)
 class Merchant:
     """One set of credentials. ``client_key`` is kept out of ``repr``."""
@@ -400,6 +469,7 @@ class Transaction:
     sysdtm: str | None = None
     in_progress_range: tuple[int, int] | None = None
     faults: tuple[Fault, ...] = ()
+    anomaly: Anomaly | None = None
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -427,6 +497,9 @@ class Call:
     """The fault kind this call suffered, else None."""
     answer: dict[str, Any] | None = None
     """The JSON answer decided (sent, or lost to a fault); None for plain-text or no answer."""
+    pending: tuple[str, ...] = ()
+    """The ``syssn`` of each concerned transaction with a cancellation still in progress at QFPay
+    once this call was served (QFPay's side of the truth; no client can see it)."""
 
     @property
     def key(self) -> str | None:
@@ -446,6 +519,8 @@ class _Runtime:
     pending_cancel: int = 0  # 1 reversal / 2 close in progress, 0 none
     pending_syssn: str = ""
     pending_remaining: int = 0
+    pending_extra: int = 0  # further cancels started while one was pending (anomaly repeat_applies)
+    pending_fails: bool = False  # the pending cancellation ends without effect (a paid payment)
     faults_used: int = 0  # how much of Transaction.faults has been consumed
 
 
@@ -656,6 +731,15 @@ class QFPayStandIn:
         with self._lock:
             return self._runtime[self._resolve(key)].applied
 
+    def settle(self) -> int:
+        """Let every cancellation still in progress end, as QFPay's eventually do (a soak's last
+        step before reading the ledger); returns how many there were."""
+        with self._lock:
+            pending = [(self._ledger[s], r) for s, r in self._runtime.items() if r.pending_cancel]
+            for txn, runtime in pending:
+                _complete_pending(txn, runtime)
+            return len(pending)
+
     # ----------------------------------------------------------------- calls
 
     @property
@@ -718,6 +802,7 @@ class QFPayStandIn:
                     timestamp=time.time(),
                     fault=answer.fault,
                     answer=answer.payload,
+                    pending=tuple(k for k in answer.keys if self._runtime[k].pending_cancel),
                 )
             )
             return answer
@@ -794,6 +879,8 @@ class QFPayStandIn:
             answer.fault = fault.kind
             answer.delay += fault.delay
             answer.drop = fault.kind == "applied_then_reset"
+            if fault.kind == "applied_then_5xx":
+                answer = _applied_then_5xx_answer(fault, answer)
         return answer
 
     def _take_fault(self, path: str, concerned: tuple[str, ...]) -> Fault | None:
@@ -894,6 +981,8 @@ class QFPayStandIn:
                 new_syssn = self._new_reversal_syssn()
         elif txn.cancel != 0:
             respcd = "1264"
+        elif (quirk := _AnomalyRules.on_cancel(txn, runtime, kind, self._new_reversal_syssn)) is not None:
+            respcd, new_syssn = quirk
         elif runtime.pending_cancel:
             respcd, new_syssn = "1143", runtime.pending_syssn
         elif txn.state == "unpaid":
@@ -952,15 +1041,13 @@ class QFPayStandIn:
             if runtime.pending_remaining > 0:
                 runtime.pending_remaining -= 1
             else:
-                txn.cancel = runtime.pending_cancel
-                runtime.pending_cancel = 0
-                runtime.applied += 1
+                _complete_pending(txn, runtime)
         respcd, errmsg = _ROW_RESPCD[txn.state]
         cancel = txn.cancel
         if cancel == 0 and txn.state == "refunded":
             cancel = 3
         paid = txn.state in ("paid", "refunded")
-        return {
+        row = {
             "syssn": txn.syssn,
             "out_trade_no": txn.out_trade_no,
             "order_type": "payment",
@@ -981,6 +1068,7 @@ class QFPayStandIn:
             "cash_refund_fee_type": txn.txcurrcd if txn.state == "refunded" else "",
             "exchange_rate": "",
         }
+        return _AnomalyRules.on_row(txn, runtime, row)
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
@@ -1005,6 +1093,60 @@ def _early_fault_answer(fault: Fault, delay: float, keys: tuple[str, ...]) -> _A
         return None
     answer.fault = fault.kind
     return answer
+
+
+def _applied_then_5xx_answer(fault: Fault, decided: _Answer) -> _Answer:
+    """The call took effect; the client reads HTTP ``fault.status`` instead of QFPay's answer. The
+    decided answer stays in the call log (``Call.respcd``, ``Call.answer``)."""
+    answer = _plain(fault.status, f"{fault.status} Server Error", decided.delay, decided.keys)
+    answer.respcd, answer.payload, answer.fault = decided.respcd, decided.payload, fault.kind
+    return answer
+
+
+def _complete_pending(txn: Transaction, runtime: _Runtime) -> None:
+    """The cancellation in progress ends: it takes effect (once, plus once per cancel that
+    ``repeat_applies`` let start again), or, for a payment that had completed, ends without effect."""
+    if not runtime.pending_fails:
+        txn.cancel = runtime.pending_cancel
+        runtime.applied += 1 + runtime.pending_extra
+    runtime.pending_cancel = runtime.pending_extra = 0
+    runtime.pending_fails = False
+
+
+class _AnomalyRules:
+    """How each ``Anomaly`` changes a cancel's answer and an Enquiry row (see "Anomalies")."""
+
+    @staticmethod
+    def on_cancel(
+        txn: Transaction, runtime: _Runtime, kind: int, new_syssn: Callable[[], str]
+    ) -> tuple[str, str] | None:
+        """(respcd, new reversal syssn) when an anomaly decides the answer, else None."""
+        anomaly = txn.anomaly
+        if anomaly is None:
+            return None
+        if runtime.pending_cancel:
+            if anomaly.kind != "repeat_applies":
+                return None
+            runtime.pending_extra += 1  # the row still reads live, so QFPay starts another one
+            return "1143", new_syssn()
+        if txn.state == "paid" and anomaly.kind in ("processing_while_paid", "undocumented_row"):
+            syssn = new_syssn()
+            runtime.pending_cancel, runtime.pending_syssn = kind, syssn
+            runtime.pending_remaining = max(1, txn.in_progress_enquiries)
+            runtime.pending_fails = anomaly.kind == "undocumented_row"
+            return "1143", syssn
+        return None
+
+    @staticmethod
+    def on_row(txn: Transaction, runtime: _Runtime, row: dict[str, str]) -> dict[str, str]:
+        anomaly = txn.anomaly
+        if anomaly is None or anomaly.kind != "undocumented_row" or not runtime.pending_cancel:
+            return row
+        if anomaly.row_value is None:
+            row.pop(anomaly.row_field, None)
+        else:
+            row[anomaly.row_field] = anomaly.row_value
+        return row
 
 
 def _error(rejection: _Reject) -> dict[str, Any]:
