@@ -10,6 +10,7 @@ contradicting the ledger, and a real reason for every dead letter.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import re
@@ -41,6 +42,7 @@ def call(
     respcd: str | None = "0000",
     fault: str | None = None,
     rows: list[dict[str, str]] | None = None,
+    pending: tuple[str, ...] = (),
 ) -> Call:
     answer: dict[str, Any] | None = None
     if status == 200 and respcd is not None:
@@ -58,11 +60,14 @@ def call(
         timestamp=time.time(),
         fault=fault,
         answer=answer,
+        pending=pending,
     )
 
 
-def row(cancel: str = "0", respcd: str = "1143") -> dict[str, str]:
-    return {"syssn": SYSSN, "out_trade_no": "ORDER-1", "cancel": cancel, "respcd": respcd}
+def row(cancel: str | None = "0", respcd: str | None = "1143") -> dict[str, str]:
+    """An Enquiry row of the order; None leaves the field out."""
+    fields = {"syssn": SYSSN, "out_trade_no": "ORDER-1", "cancel": cancel, "respcd": respcd}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def evidence(**changes: Any) -> OrderEvidence:
@@ -191,7 +196,7 @@ def test_contradiction_rules(status, ledger, contradicts):
 
 
 def test_a_contradiction_is_detected():
-    verdict = judge([evidence(statuses=["CANCELLED"], ledger=Ledger(True, "paid"), calls=[])])
+    verdict = judge([evidence(statuses=["CANCELLED"], ledger=Ledger(True, "paid"), calls=[])], rules=())
     assert verdict.contradictions == [
         "ORDER-1 (unpaid): CANCELLED but the ledger shows paid, not cancelled, cancellations applied 0"
     ]
@@ -203,6 +208,19 @@ def test_outcomes_that_disagree_are_a_contradiction_and_repeats_are_counted():
     assert "outcomes disagree" in verdict.contradictions[0]
     agreeing = judge([evidence(statuses=["CANCELLED", "CANCELLED"])])
     assert (agreeing.contradictions, agreeing.repeated_outcomes) == ([], 1)
+
+
+def test_a_status_without_qfpays_word_for_it_is_a_contradiction():
+    # A refusal answered "not paid" while the payment stays live: NOT_CHARGED would be a guess.
+    calls = [call(REVERSAL, respcd="1261"), call(QUERY, rows=[row()])]
+    verdict = judge([evidence(statuses=["NOT_CHARGED"], ledger=Ledger(True, "failed"), calls=calls)])
+    assert verdict.contradictions == ["ORDER-1 (unpaid): NOT_CHARGED with no answer from QFPay that shows it"]
+    assert (
+        judge(
+            [evidence(statuses=["NOT_CHARGED"], ledger=Ledger(True, "failed"), calls=calls)], ()
+        ).contradictions
+        == []
+    )
 
 
 def test_an_allowed_but_unexpected_outcome_is_reported_apart():
@@ -475,3 +493,243 @@ def test_transaction_planning_matches_the_stand_in():
         assert order.key in (order.transaction.out_trade_no, order.transaction.syssn)
         if order.category == "in_progress":
             assert order.transaction.in_progress_range == (1, 5)
+
+
+# --------------------------------------------------------------------------- the strict judge
+
+
+def test_a_resend_after_a_5xx_that_took_effect_is_a_double_reversal():
+    gateway = call(REVERSAL, status=502, respcd="0000", fault="applied_then_5xx")
+    (problem,) = undocumented_cancels([gateway, call(REVERSAL, respcd="1264")], (SYSSN,))
+    assert "reversal #2 (respcd 1264) sent after reversal #1 (HTTP 502 after taking effect)" in problem
+    cancelled = [gateway, call(QUERY, rows=[row(cancel="1")]), call(REVERSAL, respcd="1264")]
+    assert len(undocumented_cancels(cancelled, (SYSSN,))) == 1
+    # A plain 5xx the stand-in answered without taking effect is SQS's documented retry.
+    assert undocumented_cancels([call(REVERSAL, status=504, respcd=None), call(REVERSAL)], (SYSSN,)) == []
+
+
+def test_a_live_looking_row_while_our_cancel_is_pending_allows_no_resend():
+    calls = [
+        call(REVERSAL, respcd="1143"),
+        call(QUERY, rows=[row()], pending=(SYSSN,)),  # reads live; QFPay is still working on ours
+        call(REVERSAL, respcd="1143"),
+    ]
+    (problem,) = undocumented_cancels(calls, (SYSSN,))
+    assert "reversal #3 (respcd 1143) sent after reversal #1 (respcd 1143)" in problem
+    assert undocumented_cancels(calls, (SYSSN,), pending_blocks_resend=False) == []
+    verdict = judge([evidence(calls=calls)])
+    assert len(verdict.double_reversals) == 1
+    assert judge([evidence(calls=calls)], rules=()).double_reversals == []
+    # Another transaction's pending cancel is none of this order's business.
+    other = [calls[0], call(QUERY, rows=[row()], pending=("20261126000100029999999999",)), calls[2]]
+    assert undocumented_cancels(other, (SYSSN,)) == []
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        pytest.param(row(cancel="0", respcd="0000"), id="paid-while-our-reversal-processes"),
+        pytest.param(row(respcd="9999"), id="undocumented-respcd"),
+        pytest.param(row(respcd=None), id="respcd-missing"),
+        pytest.param(row(respcd="1205"), id="try-later-respcd"),
+        pytest.param(row(cancel="7"), id="undocumented-cancel-flag"),
+    ],
+)
+def test_a_row_that_does_not_read_live_allows_no_resend(shown):
+    calls = [call(REVERSAL, status=0, respcd=None, fault="applied_then_reset"), call(QUERY, rows=[shown])]
+    assert len(undocumented_cancels([*calls, call(REVERSAL)], (SYSSN,))) == 1
+
+
+def test_legitimate_sequences_are_not_flagged():
+    legitimate = [
+        # Lost answer, the Enquiry shows the payment live and nothing of ours pending: one resend.
+        [call(REVERSAL, status=0, respcd=None, fault="reset"), call(QUERY, rows=[row()]), call(REVERSAL)],
+        # In progress, polled until QFPay shows it reversed; never resent.
+        [
+            call(REVERSAL, respcd="1143"),
+            call(QUERY, rows=[row()], pending=(SYSSN,)),
+            call(QUERY, rows=[row(cancel="1")]),
+        ],
+        # QFPay's rate limit and "try later" did nothing; the retry is documented.
+        [
+            call(REVERSAL, status=429, respcd=None, fault="http_429"),
+            call(REVERSAL, respcd="1296"),
+            call(REVERSAL),
+        ],
+        # A 502 that took effect, then the Enquiry shows it: no further cancel.
+        [
+            call(REVERSAL, status=502, respcd="0000", fault="applied_then_5xx"),
+            call(QUERY, rows=[row(cancel="1")]),
+        ],
+    ]
+    confirmed = call(QUERY, rows=[row(cancel="1")])  # the Enquiry that proves CANCELLED
+    verdict = judge([evidence(calls=[*calls, confirmed]) for calls in legitimate])
+    assert (verdict.double_reversals, verdict.contradictions, verdict.lost) == ([], [], [])
+
+
+@pytest.mark.parametrize(
+    ("status", "calls", "proven"),
+    [
+        ("CANCELLED", [call(REVERSAL), call(QUERY, rows=[row(cancel="1")])], True),
+        ("CANCELLED", [call(REVERSAL), call(QUERY, rows=[row(cancel="2")])], True),
+        ("CANCELLED", [call(REVERSAL)], False),  # QFPay's 0000 is not proof
+        ("CANCELLED", [call(REVERSAL), call(QUERY, rows=[row(cancel="7")])], False),
+        (
+            "CANCELLED",
+            [call(REVERSAL), call(QUERY, rows=[row(cancel="1")], fault="applied_then_reset")],
+            False,
+        ),
+        (
+            "CANCELLED",
+            [call(REVERSAL), call(QUERY, rows=[{**row(cancel="1"), "syssn": "X", "out_trade_no": "Y"}])],
+            False,
+        ),
+        ("NOT_CHARGED", [call(REVERSAL, respcd="1261")], False),
+        ("NOT_CHARGED", [call(REVERSAL, respcd="1264")], False),
+        ("NOT_CHARGED", [call(REVERSAL, respcd="1261"), call(QUERY, rows=[row()])], False),
+        ("NOT_CHARGED", [call(REVERSAL, respcd="1261"), call(QUERY, rows=[row(respcd="1147")])], True),
+        ("NOT_CHARGED", [call(REVERSAL, respcd="1142"), call(QUERY, rows=[row(respcd="1142")])], True),
+        (
+            "NOT_CHARGED",
+            [call(REVERSAL, respcd="1262"), call(QUERY, rows=[row(cancel="3", respcd="0000")])],
+            True,
+        ),
+        ("NOT_CHARGED", [call(REVERSAL), call(QUERY, rows=[row(respcd="9999")])], False),
+        ("NOT_CHARGED", [call(REVERSAL), call(QUERY, rows=[row(respcd="1205")])], False),
+        ("NOT_CHARGED", [call(REVERSAL), call(QUERY, rows=[row(respcd=None)])], False),
+        ("NOT_CHARGED", [call(REVERSAL), call(QUERY, rows=[row(cancel=None, respcd="1147")])], False),
+        ("NOT_CHARGED", [call(REVERSAL), call(QUERY, rows=[])], False),  # no record is not "not charged"
+        ("REFUND_REQUIRED", [call(REVERSAL, respcd="1260")], True),
+        ("REFUND_REQUIRED", [call(REVERSAL, respcd="1143"), call(QUERY, rows=[row(respcd="0000")])], True),
+        ("REFUND_REQUIRED", [call(REVERSAL), call(QUERY, rows=[row(cancel="5", respcd="0000")])], True),
+        ("REFUND_REQUIRED", [call(REVERSAL, status=0, respcd=None, fault="reset")], False),
+        ("REFUND_REQUIRED", [call(REVERSAL, respcd="1260", fault="applied_then_timeout")], False),
+        ("UNKNOWN", [], True),
+        ("REJECTED", [], True),
+    ],
+)
+def test_proof_of_each_status(status, calls, proven):
+    assert (soak.unproven(status, calls, (SYSSN, "ORDER-1")) is None) is proven
+
+
+def test_one_payment_with_two_outcome_identities_counts_as_lost():
+    split = evidence(outcome_ids=["aaa", "bbb"], statuses=["CANCELLED", "CANCELLED"])
+    verdict = judge([split])
+    assert verdict.lost == ["ORDER-1 (unpaid): one payment, several outcome identities (aaa, bbb)"]
+    assert judge([split], rules=()).lost == []
+    assert judge([evidence(outcome_ids=["aaa", "aaa"], statuses=["CANCELLED", "CANCELLED"])]).lost == []
+    # An invalid message names no order: its REJECTED is keyed by the message (the contract).
+    assert judge([evidence(outcome_ids=["m1", "m2"], one_identity=False)]).lost == []
+
+
+def test_findings_are_counted_per_category():
+    verdict = judge(
+        [
+            evidence(category="repeat_applies", ledger=Ledger(True, "unpaid", cancel=1, applied=2)),
+            evidence(category="refused_but_live", statuses=["NOT_CHARGED"], ledger=Ledger(True, "unpaid")),
+            evidence(category="unpaid", statuses=[], calls=[]),
+        ]
+    )
+    assert verdict.by_category["repeat_applies"]["double_reversals"] == 1
+    assert verdict.by_category["refused_but_live"]["contradictions"] == 1
+    assert verdict.by_category["unpaid"]["lost"] == 1
+
+
+def test_unknown_judge_rules_are_refused():
+    with pytest.raises(ValueError, match="unknown judge rules"):
+        judge([], rules=("lenient",))
+
+
+def test_strict_switches_come_from_the_environment():
+    assert SoakConfig.from_env({}).strict_faults == soak.DEFAULT_STRICT_FAULTS
+    assert SoakConfig.from_env({}).strict_rules == soak.DEFAULT_STRICT_RULES
+    every = SoakConfig.from_env({"SOAK_STRICT_FAULTS": "all", "SOAK_STRICT_RULES": "all"})
+    assert (every.strict_faults, every.strict_rules) == (
+        frozenset(soak.STRICT_FAULT_KINDS),
+        frozenset(soak.STRICT_RULES),
+    )
+    none = SoakConfig.from_env({"SOAK_STRICT_FAULTS": "none", "SOAK_STRICT_RULES": "none"})
+    assert (none.strict_faults, none.strict_rules) == (frozenset(), frozenset())
+    some = SoakConfig.from_env({"SOAK_STRICT_FAULTS": "repeat_applies, undocumented_row"})
+    assert some.strict_faults == {"repeat_applies", "undocumented_row"}
+    with pytest.raises(ValueError, match="SOAK_STRICT_RULES: unknown"):
+        SoakConfig.from_env({"SOAK_STRICT_RULES": "lenient"})
+
+
+def test_strict_fault_kinds_are_planned_only_when_switched_on():
+    relaxed = soak.plan_orders(SoakConfig(n=600, seed=4, strict_faults=frozenset()))
+    assert not {o.category for o in relaxed} & set(soak.STRICT_FAULT_KINDS)
+    strict = soak.plan_orders(SoakConfig(n=600, seed=4, strict_faults=frozenset(soak.STRICT_FAULT_KINDS)))
+    by_kind = {kind: [o for o in strict if o.category == kind] for kind in soak.STRICT_FAULT_KINDS}
+    assert all(len(orders) == 12 for orders in by_kind.values()), {k: len(v) for k, v in by_kind.items()}
+    for order in by_kind["applied_then_5xx"]:
+        assert order.transaction is not None
+        assert [(f.kind, f.status in (502, 504)) for f in order.transaction.faults] == [
+            ("applied_then_5xx", True)
+        ]
+    for kind in ("repeat_applies", "processing_while_paid", "undocumented_row"):
+        for order in by_kind[kind]:
+            assert order.transaction is not None
+            assert order.transaction.anomaly is not None
+            assert order.transaction.anomaly.kind == kind
+            assert order.transaction.in_progress_range is not None
+    assert {o.transaction.state for o in by_kind["processing_while_paid"] if o.transaction} == {"paid"}
+    for order in by_kind["refused_but_live"]:
+        assert order.transaction is not None
+        assert (
+            order.transaction.state,
+            order.transaction.cancel_respcd in ("1261", "1147", "1201", "2005", "1142", "1181"),
+        ) == ("unpaid", True)
+    for order in by_kind["aliased_duplicate"]:
+        assert order.transaction is not None
+        assert order.duplicate in ("same batch", "later")
+        assert order.message["out_trade_no"] == order.key == order.transaction.out_trade_no
+        assert "syssn" not in order.message
+        assert order.alias is not None
+        assert order.duplicate_message == order.alias
+        assert (order.alias["syssn"], "out_trade_no" in order.alias) == (order.transaction.syssn, False)
+
+
+def test_an_aliased_payment_is_one_order_to_the_judge():
+    """Outcomes and calls that name the payment by its syssn alone still belong to the order."""
+    (order,) = [
+        o
+        for o in soak.plan_orders(SoakConfig(n=100, seed=4, strict_faults=frozenset({"aliased_duplicate"})))
+        if o.category == "aliased_duplicate"
+    ][:1]
+    assert order.transaction is not None
+    txn = order.transaction
+    by_out = {"out_trade_no": txn.out_trade_no, "txamt": str(txn.txamt), "txdtm": txn.txdtm}
+    by_syssn = {"syssn": txn.syssn, "txamt": str(txn.txamt), "txdtm": txn.txdtm}
+    first, second = call(REVERSAL), call(REVERSAL, respcd="1264")
+    calls = [
+        dataclasses.replace(first, params=by_out, keys=(txn.syssn,)),
+        dataclasses.replace(
+            call(QUERY, rows=[row(cancel="1")]),
+            params={"out_trade_no": txn.out_trade_no},
+            keys=(txn.syssn,),
+            answer={
+                "respcd": "0000",
+                "data": [
+                    {"syssn": txn.syssn, "out_trade_no": txn.out_trade_no, "cancel": "1", "respcd": "1143"}
+                ],
+            },
+        ),
+        dataclasses.replace(second, params=by_syssn, keys=(txn.syssn,)),
+    ]
+    run = soak._Run(SoakConfig(n=1), [order], calls=calls)
+    run.ledger[order.key] = Ledger(True, "unpaid", cancel=1, applied=1)
+    run.outcomes = [
+        {"out_trade_no": txn.out_trade_no, "syssn": None, "status": "CANCELLED", "outcome_id": "by-out"},
+        {"out_trade_no": None, "syssn": txn.syssn, "status": "NOT_CHARGED", "outcome_id": "by-syssn"},
+    ]
+    (found,) = soak.collect_evidence(run)
+    assert (found.statuses, found.outcome_ids, len(found.calls)) == (
+        ["CANCELLED", "NOT_CHARGED"],
+        ["by-out", "by-syssn"],
+        3,
+    )
+    verdict = judge([found])
+    assert len(verdict.lost) == 1  # two outcome identities for one payment
+    assert len(verdict.double_reversals) == 1  # the second cancel came after the first took effect
+    assert "outcomes disagree" in verdict.contradictions[0]

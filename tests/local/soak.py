@@ -81,7 +81,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -91,10 +91,13 @@ from aws_lambda_powertools.utilities.batch.base import BasePartialProcessor
 from tests.local import lambda_runtime
 from tests.local.pipeline import Pipeline, local_pipeline
 from tests.local.qfpay_standin import (
+    APPLIED_FAULTS,
     CANCEL_ENDPOINTS,
     QUERY,
+    Anomaly,
     Call,
     Fault,
+    FaultKind,
     FaultPlan,
     State,
     Transaction,
@@ -112,6 +115,7 @@ __all__ = [
     "plan_orders",
     "run_soak",
     "undocumented_cancels",
+    "unproven",
 ]
 
 STATUSES = ("CANCELLED", "NOT_CHARGED", "REFUND_REQUIRED", "REJECTED", "UNKNOWN")
@@ -136,12 +140,65 @@ CATEGORIES: dict[str, tuple[float, frozenset[str]]] = {
     "invalid_message": (0.04, frozenset({"REJECTED"})),
     # QFPay answers every cancel with HTTP 503: the order must end in the dead-letter queue.
     "qfpay_unavailable": (0.005, frozenset()),
+    # The strict fault kinds (STRICT_FAULT_KINDS): planned only when switched on.
+    "applied_then_5xx": (0.02, frozenset({"CANCELLED"})),
+    "repeat_applies": (0.02, frozenset({"CANCELLED"})),
+    "processing_while_paid": (0.02, frozenset({"CANCELLED"})),
+    "undocumented_row": (0.02, frozenset({"REFUND_REQUIRED"})),
+    "refused_but_live": (0.02, frozenset()),  # the payment stays live: UNKNOWN is all one can say
+    "aliased_duplicate": (0.02, frozenset({"CANCELLED"})),
 }
+
+# Fault kinds that current code was shown to misread (issue 10). Each is a category of orders
+# (above), planned only when switched on: SOAK_STRICT_FAULTS=all, or a comma-separated list.
+STRICT_FAULT_KINDS: tuple[str, ...] = (
+    "applied_then_5xx",  # HTTP 502/504 after the cancel took effect (or started)
+    "repeat_applies",  # a cancel resent while one is processing takes effect again
+    "processing_while_paid",  # our reversal processing while the row reads paid
+    "undocumented_row",  # an Enquiry row with an undocumented respcd or cancel flag
+    "refused_but_live",  # a "not paid"-style refusal while the payment stays live
+    "aliased_duplicate",  # the same payment named by out_trade_no, then by syssn alone
+)
+# Judge rules stricter than the code on main passed when they were written; SOAK_STRICT_RULES.
+STRICT_RULES: tuple[str, ...] = (
+    "pending_blocks_resend",  # an Enquiry clears a resend only if no cancel of ours was pending
+    "proof_required",  # CANCELLED / NOT_CHARGED / REFUND_REQUIRED only with QFPay's word for it
+    "one_outcome_identity",  # every outcome of one order carries the same outcome_id
+)
+# What `make soak` and CI switch on by default: every kind and rule the code on main passes.
+DEFAULT_STRICT_FAULTS: frozenset[str] = frozenset()
+DEFAULT_STRICT_RULES: frozenset[str] = frozenset()
 
 # Answers after which QFPay certainly did nothing and the client knows it: resending is the
 # documented retry (SQS redelivery; the signature retry after re-reading the secret).
 _RETRY_RESPCDS = frozenset({"1100", "1101", "1108", "1205", "1252", "1254", "1295", "1296", "1297"})
 _LIVE_ROW_RESPCDS = frozenset({"1143", "1145"})
+# QFPay's documented proof, per status (its respcd table and the Enquiry's cancel flags):
+# cancel 1 reversed, 2 cancelled/closed (older docs: 1 reversed, 2 refunded or closed), 3 refunded,
+# 4 pre-auth finished, 5 partially refunded; row respcds of a payment that failed, closed,
+# expired, was refunded or cancelled.
+_CANCELLED_FLAGS = frozenset({"1", "2"})
+_NOT_CHARGED_FLAGS = frozenset({"1", "2", "3"})
+_STILL_CHARGED_FLAGS = frozenset({"4", "5"})
+_NOT_CHARGED_ROW_RESPCDS = frozenset(
+    {
+        "1125",
+        "1262",
+        "1142",
+        "1263",
+        "1264",
+        "1181",
+        "1261",
+        "1147",
+        "1201",
+        "1202",
+        "1203",
+        "1204",
+        "1212",
+        "2005",
+    }
+)
+_REFUSED_AS_NOT_PAID = ("1261", "1147", "1201", "2005", "1142", "1181")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -168,6 +225,10 @@ class SoakConfig:
     burst_seconds: float = 2.0
     later_seconds: float = 40.0
     """A later duplicate is sent 2..later_seconds after its original."""
+    strict_faults: frozenset[str] = DEFAULT_STRICT_FAULTS
+    """The STRICT_FAULT_KINDS planned (each a category of orders)."""
+    strict_rules: frozenset[str] = DEFAULT_STRICT_RULES
+    """The STRICT_RULES the judge applies."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SoakConfig:
@@ -189,6 +250,8 @@ class SoakConfig:
             time_limit=float(limit) if limit else None,
             progress_seconds=number("SOAK_PROGRESS_SECONDS", defaults.progress_seconds),
             later_seconds=number("SOAK_LATER_SECONDS", defaults.later_seconds),
+            strict_faults=_switches(env, "SOAK_STRICT_FAULTS", STRICT_FAULT_KINDS, defaults.strict_faults),
+            strict_rules=_switches(env, "SOAK_STRICT_RULES", STRICT_RULES, defaults.strict_rules),
         )
 
     @property
@@ -197,6 +260,24 @@ class SoakConfig:
         if self.time_limit is not None:
             return self.time_limit
         return 240.0 + 2.0 * self.n / max(self.rate, 0.1)
+
+
+def _switches(
+    env: Mapping[str, str], name: str, known: Sequence[str], default: frozenset[str]
+) -> frozenset[str]:
+    """``all``, ``none`` or a comma-separated list of ``known`` names; unset: ``default``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw == "all":
+        return frozenset(known)
+    if raw == "none":
+        return frozenset()
+    chosen = frozenset(item.strip() for item in raw.split(",") if item.strip())
+    unknown = sorted(chosen - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; known: all, none, {', '.join(known)}")
+    return chosen
 
 
 # --------------------------------------------------------------------------- the orders
@@ -213,6 +294,12 @@ class PlannedOrder:
     duplicate: str = ""
     """"", "same batch" or "later"."""
     message_ids: list[str] = field(default_factory=list)
+    alias: dict[str, Any] | None = None
+    """The duplicate's message when it names the payment another way (``aliased_duplicate``)."""
+
+    @property
+    def duplicate_message(self) -> dict[str, Any]:
+        return self.alias if self.alias is not None else self.message
 
     @property
     def expected(self) -> frozenset[str]:
@@ -234,7 +321,10 @@ def plan_orders(config: SoakConfig) -> list[PlannedOrder]:
     """The orders of one soak, reproducible from ``config.seed``."""
     rng = random.Random(config.seed)
     n = config.n
-    counts = {name: round(share * n) for name, (share, _) in CATEGORIES.items()}
+    counts = {
+        name: round(share * n) if name not in STRICT_FAULT_KINDS or name in config.strict_faults else 0
+        for name, (share, _) in CATEGORIES.items()
+    }
     if n >= 20:  # even a small soak sends one order to the DLQ, to check its reason
         counts["qfpay_unavailable"] = max(1, counts["qfpay_unavailable"])
     counts["in_progress"] = round(config.in_progress_share * n)
@@ -244,6 +334,15 @@ def plan_orders(config: SoakConfig) -> list[PlannedOrder]:
     orders = [_plan_one(i, category, rng, config.seed) for i, category in enumerate(categories)]
     for order in rng.sample(orders, round(config.duplicate_share * len(orders))):
         order.duplicate = rng.choice(("same batch", "later"))
+    aliases = random.Random(config.seed + 3)  # its own generator: the plan above stays as it was
+    for order in orders:
+        if order.category == "aliased_duplicate":
+            assert order.transaction is not None
+            order.duplicate = aliases.choice(("same batch", "later"))
+            order.message.pop("syssn", None)
+            order.message["out_trade_no"] = order.key = order.transaction.out_trade_no
+            order.alias = {k: v for k, v in order.message.items() if k != "out_trade_no"}
+            order.alias["syssn"] = order.transaction.syssn
     return orders
 
 
@@ -278,6 +377,8 @@ def _plan_one(index: int, category: str, rng: random.Random, seed: int) -> Plann
         script["close_supported"] = False
     elif category == "qfpay_unavailable":
         script["faults"] = (Fault("http_5xx", CANCEL_ENDPOINTS, status=503),) * 20
+    elif category in STRICT_FAULT_KINDS:
+        state = _plan_strict(category, rng, script)
     elif category == "wrong_amount":
         message["txamt"] = txamt + rng.randint(1, 50)
     elif category == "invalid_message":
@@ -304,6 +405,34 @@ def _plan_one(index: int, category: str, rng: random.Random, seed: int) -> Plann
             **script,
         )
     return PlannedOrder(index, category, key, message, transaction)
+
+
+def _plan_strict(category: str, rng: random.Random, script: dict[str, Any]) -> State:
+    """The transaction of a strict fault kind's order: fills ``script``, returns its state."""
+    if category == "applied_then_5xx":
+        script["faults"] = (Fault("applied_then_5xx", CANCEL_ENDPOINTS, status=rng.choice((502, 504))),)
+        if rng.random() < 0.5:
+            script["in_progress_range"] = (1, 4)
+    elif category == "repeat_applies":
+        script["anomaly"] = Anomaly("repeat_applies")
+        script["in_progress_range"] = (2, 5)
+        lost: tuple[FaultKind, ...] = ("applied_then_reset", "applied_then_timeout", "applied_then_5xx")
+        if rng.random() < 0.75:  # our first cancel's answer is lost: the loop may be tempted
+            script["faults"] = (Fault(rng.choice(lost), CANCEL_ENDPOINTS, status=502),)
+    elif category == "processing_while_paid":
+        script["anomaly"] = Anomaly("processing_while_paid")
+        script["in_progress_range"] = (1, 4)
+        return "paid"
+    elif category == "undocumented_row":
+        field_, value = rng.choice(
+            (("respcd", "9999"), ("respcd", "1205"), ("respcd", None), ("cancel", "7"), ("cancel", "9"))
+        )
+        script["anomaly"] = Anomaly("undocumented_row", field_, value)
+        script["in_progress_range"] = (1, 3)
+        return "paid"
+    elif category == "refused_but_live":
+        script["cancel_respcd"] = rng.choice(_REFUSED_AS_NOT_PAID)
+    return "unpaid"
 
 
 # --------------------------------------------------------------------------- judging
@@ -357,53 +486,116 @@ def contradiction(status: str, ledger: Ledger) -> str | None:
     return None
 
 
-def undocumented_cancels(calls: Sequence[Call], names: Sequence[str] = ()) -> list[str]:
+def undocumented_cancels(
+    calls: Sequence[Call], names: Sequence[str] = (), *, pending_blocks_resend: bool = True
+) -> list[str]:
     """Cancels QFPay received for one order that no documented rule allows (see the module doc).
 
     ``calls``: the stand-in's calls about the order, in the order it logged them. ``names``:
-    the order's numbers (to read its Enquiry row; empty: any row of the answer)."""
+    the order's numbers (to read its Enquiry row; empty: any row of the answer).
+    ``pending_blocks_resend``: an Enquiry served while a cancel of ours was still in progress at
+    QFPay clears nothing, however live the row looks (rule ``pending_blocks_resend``)."""
     problems: list[str] = []
     previous: str | None = None  # the cancel that may have taken effect, described
     for number, call in enumerate(calls, 1):
         if call.endpoint in CANCEL_ENDPOINTS:
             described = _describe(number, call)
             if previous is not None:
-                problems.append(
-                    f"{described} sent after {previous} with no Enquiry showing the payment live in between"
-                )
+                problems.append(f"{described} sent after {previous} with no Enquiry {_CLEARS} in between")
             if not _certainly_without_effect(call):
                 previous = described
-        elif call.endpoint == QUERY and call.delivered and _shows_live_or_unknown(call, names):
+        elif _shows_live_or_unknown(call, names) and not (pending_blocks_resend and _pending(call, names)):
             previous = None
     return problems
+
+
+_CLEARS = "showing the payment live with nothing of ours pending"
 
 
 def _describe(number: int, call: Call) -> str:
     name = call.endpoint.rsplit("/", 1)[-1]
     if not call.delivered:
         return f"{name} #{number} (no answer: {call.fault})"
+    if call.fault in APPLIED_FAULTS:
+        return f"{name} #{number} (HTTP {call.http_status} after taking effect)"
     if call.http_status != 200:
         return f"{name} #{number} (HTTP {call.http_status})"
     return f"{name} #{number} (respcd {call.respcd})"
 
 
 def _certainly_without_effect(call: Call) -> bool:
-    if not call.delivered:
+    """Only what the stand-in guarantees did nothing, and the client could tell: a delivered
+    "try later"/signature answer, or a non-200 the stand-in sent without taking effect (never a 5xx
+    after the cancel took effect: from the client's side every 5xx may have)."""
+    if not call.delivered or call.fault in APPLIED_FAULTS:
         return False
     return call.http_status != 200 or call.respcd in _RETRY_RESPCDS
 
 
-def _shows_live_or_unknown(call: Call, names: Sequence[str]) -> bool:
-    if call.http_status != 200 or call.answer is None or call.answer.get("respcd") != "0000":
-        return False
-    rows = [
+def _rows(call: Call, names: Sequence[str]) -> list[Mapping[str, Any]] | None:
+    """The order's rows in a delivered, successful Enquiry answer; None when there is none."""
+    if not call.delivered or call.endpoint != QUERY or call.http_status != 200 or call.answer is None:
+        return None
+    if call.answer.get("respcd") != "0000":
+        return None
+    return [
         row
         for row in call.answer.get("data") or []
-        if not names or row.get("syssn") in names or row.get("out_trade_no") in names
+        if isinstance(row, Mapping)
+        and (not names or row.get("syssn") in names or row.get("out_trade_no") in names)
     ]
+
+
+def _shows_live_or_unknown(call: Call, names: Sequence[str]) -> bool:
+    rows = _rows(call, names)
+    if rows is None:
+        return False
     if not rows:
         return True  # QFPay has no record of it: nothing there to reverse
     return any(str(row.get("cancel")) == "0" and row.get("respcd") in _LIVE_ROW_RESPCDS for row in rows)
+
+
+def _pending(call: Call, names: Sequence[str]) -> bool:
+    return bool(call.pending) if not names else any(syssn in names for syssn in call.pending)
+
+
+def unproven(status: str, calls: Sequence[Call], names: Sequence[str] = ()) -> str | None:
+    """Why QFPay never showed ``status`` for the order, else None (rule ``proof_required``).
+
+    CANCELLED needs an Enquiry row with cancel flag 1 or 2; NOT_CHARGED a row with flag 1, 2 or 3
+    or a documented failed/closed/expired/refunded/cancelled respcd (flag 0); REFUND_REQUIRED a
+    reversal/close answered 1260 (already paid), or a row paid (0000, flag 0) or flag 4 or 5.
+    A row whose respcd or flag QFPay does not document proves nothing. REJECTED and UNKNOWN
+    claim nothing about the customer."""
+    if status not in ("CANCELLED", "NOT_CHARGED", "REFUND_REQUIRED"):
+        return None
+    for call in calls:
+        if status == "REFUND_REQUIRED" and _answered_already_paid(call):
+            return None
+        for row in _rows(call, names) or []:
+            if _row_proves(status, row):
+                return None
+    return f"{status} with no answer from QFPay that shows it"
+
+
+def _answered_already_paid(call: Call) -> bool:
+    return (
+        call.endpoint in CANCEL_ENDPOINTS
+        and call.delivered
+        and call.http_status == 200
+        and call.respcd == "1260"
+    )
+
+
+def _row_proves(status: str, row: Mapping[str, Any]) -> bool:
+    if "cancel" not in row or "respcd" not in row:
+        return False
+    cancel, respcd = str(row["cancel"]), str(row["respcd"])
+    if status == "CANCELLED":
+        return cancel in _CANCELLED_FLAGS
+    if status == "NOT_CHARGED":
+        return cancel in _NOT_CHARGED_FLAGS or (cancel == "0" and respcd in _NOT_CHARGED_ROW_RESPCDS)
+    return cancel in _STILL_CHARGED_FLAGS or (cancel == "0" and respcd == "0000")
 
 
 @dataclass
@@ -421,6 +613,10 @@ class OrderEvidence:
     names: tuple[str, ...] = ()
     detail: str = ""
     """For the report only: what happened to the order, in a few words."""
+    outcome_ids: list[str] = field(default_factory=list)
+    """The ``outcome_id`` of every outcome event seen for the order."""
+    one_identity: bool = True
+    """False for a message that names no valid order (its REJECTED is keyed by the message)."""
 
 
 @dataclass
@@ -430,27 +626,48 @@ class Verdict:
     contradictions: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     repeated_outcomes: int = 0
+    by_category: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    """Per category of order: how many of its orders are lost / double_reversals / contradictions."""
+
+    def count(self, category: str, counter: str) -> None:
+        self.by_category[category][counter] += 1
 
 
-def judge(evidence: Sequence[OrderEvidence]) -> Verdict:
+def judge(evidence: Sequence[OrderEvidence], rules: Collection[str] = STRICT_RULES) -> Verdict:
+    """Counts what went wrong; ``rules``: the STRICT_RULES applied (default: all of them)."""
+    unknown = sorted(set(rules) - set(STRICT_RULES))
+    if unknown:
+        raise ValueError(f"unknown judge rules {unknown}")
     verdict = Verdict()
     for order in evidence:
         label = f"{order.key} ({order.category})"
         if not order.statuses and not order.dead_lettered:
             verdict.lost.append(f"{label}: no outcome and nothing in the DLQ")
+            verdict.count(order.category, "lost")
+        elif "one_outcome_identity" in rules and order.one_identity and len(set(order.outcome_ids)) > 1:
+            ids = ", ".join(sorted(set(order.outcome_ids)))
+            verdict.lost.append(f"{label}: one payment, several outcome identities ({ids})")
+            verdict.count(order.category, "lost")
         if order.ledger.applied > 1:
             verdict.double_reversals.append(f"{label}: {order.ledger.applied} cancellations applied")
+            verdict.count(order.category, "double_reversals")
         else:
-            extra = undocumented_cancels(order.calls, order.names)
+            extra = undocumented_cancels(
+                order.calls, order.names, pending_blocks_resend="pending_blocks_resend" in rules
+            )
             if extra:
                 verdict.double_reversals.append(f"{label}: " + "; ".join(extra))
+                verdict.count(order.category, "double_reversals")
         verdict.repeated_outcomes += max(0, len(order.statuses) - 1)
         distinct = sorted(set(order.statuses))
         problems = [p for s in distinct if (p := contradiction(s, order.ledger)) is not None]
+        if "proof_required" in rules:
+            problems += [p for s in distinct if (p := unproven(s, order.calls, order.names)) is not None]
         if len(distinct) > 1:
             problems.append(f"outcomes disagree: {', '.join(order.statuses)}")
         if problems:
             verdict.contradictions.append(f"{label}: " + "; ".join(problems))
+            verdict.count(order.category, "contradictions")
         elif order.statuses and distinct[0] not in order.expected:
             wanted = "/".join(sorted(order.expected)) or "the DLQ"
             more = f" ({order.detail})" if order.detail else ""
@@ -608,6 +825,8 @@ class _Run:
     peak_threads: int = 0
     peak_rss_mb: float = 0.0
     peak_running_executions: int = 0
+    settled: int = 0
+    """Cancellations still in progress at QFPay when the run stopped (ended before judging)."""
 
 
 def _rss_mb() -> float:
@@ -672,11 +891,17 @@ class _Producer:
                 batch.append(heapq.heappop(self.later)[1])
             self._send(batch)
 
+    def _body(self, index: int, before: Sequence[int]) -> dict[str, Any]:
+        """The order's message; its duplicate's once the original has been sent."""
+        order = self.orders[index]
+        return order.duplicate_message if order.message_ids or index in before else order.message
+
     def _send(self, indexes: Sequence[int]) -> None:
         for start in range(0, len(indexes), 10):
             chunk = indexes[start : start + 10]
             entries = [
-                {"Id": str(n), "MessageBody": json.dumps(self.orders[i].message)} for n, i in enumerate(chunk)
+                {"Id": str(n), "MessageBody": json.dumps(self._body(i, chunk[:n]))}
+                for n, i in enumerate(chunk)
             ]
             answer = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
             if answer.get("Failed"):
@@ -745,6 +970,7 @@ def run_soak(config: SoakConfig, out: TextIO) -> _Run:
             run.crashes = list(crashes.planned)
             run.cancel_function_name = pipeline.stack.cancel_function_name
             run.calls = pipeline.qfpay.calls
+            run.settled = pipeline.qfpay.settle()  # what QFPay's ledger ends as, cancellations done
             for order in with_ledger:
                 assert order.transaction is not None
                 syssn = order.transaction.syssn
@@ -781,7 +1007,7 @@ def _drive(pipeline: Pipeline, run: _Run, config: SoakConfig, started: float, ou
     decided: set[int] = set()
     dead: set[int] = set()
     dlq_seen: set[str] = set()
-    key_to_index = {o.key: o.index for o in run.orders}
+    key_to_index = {name: o.index for o in run.orders for name in o.names}
     next_check = next_progress = time.monotonic()
     quiet_since: float | None = None
     deadline = started + config.effective_time_limit
@@ -790,9 +1016,9 @@ def _drive(pipeline: Pipeline, run: _Run, config: SoakConfig, started: float, ou
         producer.tick(producer.originals_sent - len(decided | dead))
         for detail in pipeline.stack.read_outcomes(wait_seconds=0.0):
             run.outcomes.append(detail)
-            key = detail.get("out_trade_no") or detail.get("syssn")
-            if key in key_to_index:
-                decided.add(key_to_index[key])
+            for name in ("out_trade_no", "syssn"):
+                if detail.get(name) in key_to_index:
+                    decided.add(key_to_index[detail[name]])
         if now < next_check:
             time.sleep(0.1)
             continue
@@ -890,25 +1116,30 @@ def collect_evidence(run: _Run) -> list[OrderEvidence]:
             named |= {v.strip() for v in call.params.get(param, "").split(",") if v.strip()}
         for index in {owner[n] for n in named if n in owner}:
             calls_of[index].append(call)
-    statuses: defaultdict[str, list[str]] = defaultdict(list)
-    reasons: dict[str, str] = {}
+    statuses: defaultdict[int, list[str]] = defaultdict(list)
+    identities: defaultdict[int, list[str]] = defaultdict(list)
+    reasons: dict[int, str] = {}
     for detail in run.outcomes:
-        key = detail.get("out_trade_no") or detail.get("syssn")
-        if key is not None:
-            statuses[str(key)].append(str(detail.get("status")))
-            reasons.setdefault(str(key), f"{detail.get('decided_by')}: {detail.get('reason')}")
+        # An outcome belongs to the order any of its numbers names (a payment may be named twice).
+        named = {str(detail[n]) for n in ("out_trade_no", "syssn") if detail.get(n)}
+        for index in sorted({owner[n] for n in named if n in owner}):
+            statuses[index].append(str(detail.get("status")))
+            identities[index].append(str(detail.get("outcome_id")))
+            reasons.setdefault(index, f"{detail.get('decided_by')}: {detail.get('reason')}")
     dead_ids = {m["MessageId"] for m in run.dead_letters}
     return [
         OrderEvidence(
             key=order.key,
             category=order.category,
             expected=order.expected,
-            statuses=statuses.get(order.key, []),
+            statuses=statuses.get(order.index, []),
             dead_lettered=sum(1 for mid in order.message_ids if mid in dead_ids),
             ledger=run.ledger.get(order.key, Ledger(exists=False)),
             calls=calls_of.get(order.index, []),
             names=order.names,
-            detail=_order_detail(order, run, calls_of.get(order.index, []), reasons.get(order.key)),
+            detail=_order_detail(order, run, calls_of.get(order.index, []), reasons.get(order.index)),
+            outcome_ids=identities.get(order.index, []),
+            one_identity=order.category != "invalid_message",
         )
         for order in run.orders
     ]
@@ -1111,6 +1342,22 @@ def report(run: _Run, verdict: Verdict, evidence: Sequence[OrderEvidence], out: 
     ):
         for line in lines[:50]:
             print(f"{title}: {line}", file=out)
+    kinds = [k for k in STRICT_FAULT_KINDS if k in run.config.strict_faults]
+    rules = [r for r in STRICT_RULES if r in run.config.strict_rules]
+    print(
+        f"strict fault kinds on: {', '.join(kinds) or '-'}; strict judge rules on: {', '.join(rules) or '-'}",
+        file=out,
+    )
+    print(f"cancellations still in progress at QFPay at the end, then settled: {run.settled}", file=out)
+    sizes = Counter(o.category for o in orders)
+    print("findings by category (orders lost / double_reversals / contradictions):", file=out)
+    for category in sorted(sizes):
+        found = verdict.by_category.get(category, Counter())
+        print(
+            f"  {category}: {sizes[category]} orders, {found['lost']} / {found['double_reversals']} / "
+            f"{found['contradictions']}",
+            file=out,
+        )
     per_order = [len(e.calls) for e in evidence]
     print(
         f"QFPay calls per order: mean {statistics.fmean(per_order):.2f} / "
@@ -1128,7 +1375,7 @@ def main(env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int
     config = SoakConfig.from_env(os.environ if env is None else env)
     run = run_soak(config, out)
     evidence = collect_evidence(run)
-    verdict = judge(evidence)
+    verdict = judge(evidence, config.strict_rules)
     report(run, verdict, evidence, out)
     if verdict.lost or verdict.double_reversals or verdict.contradictions:
         return 1
