@@ -17,6 +17,7 @@ demo: $(PY_STAMP)
 # Evidence that nothing is lost and nothing is reversed twice (tests/local/soak.py): SOAK_N orders
 # (default 2000, about 8 minutes here) with duplicates, QFPay faults, in-progress loops and crashes.
 # CI: `make soak SOAK_N=300`. The last three lines are lost / double_reversals / contradictions.
+# SOAK_STRICT_FAULTS / SOAK_STRICT_RULES=all adds the strict fault kinds and judge rules (docs/soak.md).
 soak: $(PY_STAMP)
 	$(BIN)/python -m tests.local.soak
 

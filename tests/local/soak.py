@@ -45,26 +45,37 @@ between them, and the whole pipeline shares one Python process on this machine. 
 by itself: when every order is decided or dead-lettered, the queue is empty and no loop is
 running, or after ``SOAK_TIME_LIMIT`` seconds (default from ``SOAK_N`` and the rate).
 
-Then every outcome is compared with the stand-in's ledger and call log (:func:`judge`):
+Then every still-processing cancellation at QFPay is let end (``QFPayStandIn.settle``) and every
+outcome is compared with the stand-in's ledger and call log (:func:`judge`; the QFPay facts it
+relies on are in docs/soak.md):
 
-* lost: an order with no outcome and no message in the dead-letter queue;
+* lost: an order with no outcome and no message in the dead-letter queue; with the rule
+  ``one_outcome_identity``, also a payment whose outcomes carry several ``outcome_id`` values;
 * double reversal: a transaction with ``cancellations_applied`` > 1, or QFPay receiving a cancel
-  for it after an earlier one may have taken effect (answered 0000/1143/1145, a final answer, or no
-  answer) without a delivered Enquiry showing the payment still live (or unknown) in between, which
-  is the documented condition for a resend; a resend after an answer that certainly did nothing
-  (HTTP 5xx/429, a "try later" code, 1108) is SQS's documented retry;
+  for it after an earlier one may have taken effect (answered 0000/1143/1145, a final answer, no
+  answer, or a 5xx after taking effect) without a delivered Enquiry showing the payment still live
+  (or unknown) in between, which is the documented condition for a resend; with the rule
+  ``pending_blocks_resend`` that Enquiry must also have been served while no cancel of ours was in
+  progress at QFPay. A resend after an answer the stand-in gives only when nothing happened (its
+  plain HTTP 5xx/429, a "try later" code, 1108) is SQS's documented retry;
 * contradiction: CANCELLED or NOT_CHARGED while the ledger shows the customer charged or the
   payment still live (unpaid and not cancelled: the customer may yet pay), REFUND_REQUIRED while it
   shows the customer not charged, CANCELLED or REFUND_REQUIRED for a transaction QFPay never had,
-  or two outcomes of one order with different statuses. An outcome that contradicts nothing but is
+  or two outcomes of one order with different statuses; with the rule ``proof_required``, also a
+  status no answer of QFPay showed (:func:`unproven`). An outcome that contradicts nothing but is
   not the one expected for the order's category (UNKNOWN after faults, CANCELLED for a payment that
   ended by itself) is listed apart, as "unexpected".
+
+Strict fault kinds (``STRICT_FAULT_KINDS``, each a category of orders) and judge rules
+(``STRICT_RULES``) are switched with ``SOAK_STRICT_FAULTS`` and ``SOAK_STRICT_RULES`` (``all``,
+``none`` or a comma-separated list); unset, ``DEFAULT_STRICT_FAULTS`` / ``DEFAULT_STRICT_RULES``.
 
 The report ends with exactly three lines, ``lost: N``, ``double_reversals: N``,
 ``contradictions: N``; the exit code is 1 when any of them is not 0 (2 when the harness itself
 failed). Environment: ``SOAK_N``, ``SOAK_SEED``, ``SOAK_RATE``, ``SOAK_MAX_OPEN``,
 ``SOAK_CRASH_SHARE``, ``SOAK_MIN_CRASHES``, ``SOAK_FUNCTION_TIMEOUT``, ``SOAK_VISIBILITY_TIMEOUT``,
-``SOAK_TIME_LIMIT``, ``SOAK_PROGRESS_SECONDS``, ``SOAK_LATER_SECONDS``.
+``SOAK_TIME_LIMIT``, ``SOAK_PROGRESS_SECONDS``, ``SOAK_LATER_SECONDS``, ``SOAK_STRICT_FAULTS``,
+``SOAK_STRICT_RULES``.
 """
 
 from __future__ import annotations
