@@ -232,9 +232,6 @@ def test_bank_risk_control_is_unknown_never_retried():
 @pytest.mark.parametrize(
     ("respcd", "status"),
     [
-        ("1142", "NOT_CHARGED"),
-        ("1181", "NOT_CHARGED"),
-        ("1261", "NOT_CHARGED"),
         ("1268", "REJECTED"),
         ("1104", "REJECTED"),
         ("1241", "REJECTED"),
@@ -248,6 +245,50 @@ def test_final_answers_become_outcomes(respcd, status):
     assert detail["status"] == status
     assert detail["endpoint"] == "reversal"
     assert detail["attempts"] == 1
+
+
+NOT_CHARGED_ANSWERS = ["1261", "1147", "1201", "2005", "1142", "1181", "1125", "1262", "1263", "1264"]
+
+
+@pytest.mark.parametrize("respcd", NOT_CHARGED_ANSWERS)
+def test_not_charged_answer_is_published_only_once_the_enquiry_shows_the_payment_ended(respcd):
+    fake = FakeQFPay(reversal=[cancel_answer(respcd, syssn="")], enquiry=[enquiry_shows(respcd="1261")])
+    detail = outcome_of(decide(fake))
+    assert detail["status"] == "NOT_CHARGED"
+    assert fake.names == ["reversal", "enquiry"]
+    assert respcd in detail["reason"]
+    assert "1261" in detail["reason"]  # what the Enquiry showed
+
+
+@pytest.mark.parametrize("respcd", NOT_CHARGED_ANSWERS)
+def test_not_charged_answer_while_the_payment_is_live_goes_to_the_loop(respcd):
+    """QFPay said "not paid", but the payment is still open: the customer can still pay."""
+    fake = FakeQFPay(reversal=[cancel_answer(respcd, syssn="")], enquiry=[enquiry_shows(respcd="1143")])
+    state = handoff_of(decide(fake))
+    assert state["respcd"] == respcd
+    # Our cancel was refused: nothing of ours can take effect, so a paid row later is a refund case.
+    assert state["cancel_may_take_effect"] is False
+    assert fake.names == ["reversal", "enquiry"]
+
+
+@pytest.mark.parametrize(
+    "enquiry",
+    [enquiry_answer(), QFPayUnavailable("enquiry: HTTP 503", http_status=503), enquiry_shows(cancel="9")],
+    ids=["no-row", "unavailable", "unreadable-row"],
+)
+def test_not_charged_answer_that_the_enquiry_cannot_confirm_goes_to_the_loop(enquiry):
+    fake = FakeQFPay(reversal=[cancel_answer("1261", syssn="")], enquiry=[enquiry])
+    handoff_of(decide(fake))
+
+
+def test_not_charged_answer_and_the_payment_cancelled_meanwhile_says_cancelled():
+    fake = FakeQFPay(reversal=[cancel_answer("1261", syssn="")], enquiry=[enquiry_shows(cancel="2")])
+    assert outcome_of(decide(fake))["status"] == "CANCELLED"
+
+
+def test_not_charged_answer_and_the_payment_paid_meanwhile_needs_refund():
+    fake = FakeQFPay(reversal=[cancel_answer("1261", syssn="")], enquiry=[enquiry_shows(respcd="0000")])
+    assert outcome_of(decide(fake))["status"] == "REFUND_REQUIRED"
 
 
 def test_answer_without_respcd_is_unknown():
@@ -314,12 +355,22 @@ def test_redelivered_asks_first_and_sends_nothing_when_already_cancelled():
 
 
 @pytest.mark.parametrize(
-    ("row", "status"), [({"respcd": "1261"}, "NOT_CHARGED"), ({"respcd": "0000"}, "REFUND_REQUIRED")]
+    ("row", "status"), [({"respcd": "1261"}, "NOT_CHARGED"), ({"cancel": "5"}, "REFUND_REQUIRED")]
 )
 def test_redelivered_final_enquiry_sends_nothing(row, status):
     fake = FakeQFPay(enquiry=[enquiry_shows(**row)])
     assert outcome_of(decide(fake, redelivered=True))["status"] == status
     assert fake.names == ["enquiry"]
+
+
+@pytest.mark.parametrize("row", [{"respcd": "0000"}, {"cancel": "9"}, {"respcd": "7777"}])
+def test_redelivered_paid_or_unreadable_goes_to_the_loop_without_sending(row):
+    """An earlier attempt's cancel may still take effect on a paid row; a row we cannot read
+    decides nothing. Neither is a reason to send, nor an outcome yet."""
+    fake = FakeQFPay(enquiry=[enquiry_shows(**row)])
+    state = handoff_of(decide(fake, redelivered=True))
+    assert fake.names == ["enquiry"]
+    assert (state["reversal_pending"], state["cancel_may_take_effect"]) == (True, True)
 
 
 def test_redelivered_still_live_asks_then_sends():
@@ -368,6 +419,7 @@ def test_handoff_input_matches_the_contract():
         "respcd": "1143",
         "resperr": "processing",
         "reversal_pending": True,
+        "cancel_may_take_effect": True,
         "attempts": 1,
         "polls": 0,
         "resent": False,
@@ -476,7 +528,6 @@ def test_run_does_not_change_its_input():
         ({"cancel": "1", "respcd": "0000"}, "CANCELLED"),
         ({"cancel": "2"}, "CANCELLED"),
         ({"respcd": "1261"}, "NOT_CHARGED"),
-        ({"respcd": "0000"}, "REFUND_REQUIRED"),
         ({"cancel": "5", "respcd": "0000"}, "REFUND_REQUIRED"),
     ],
 )
@@ -630,6 +681,81 @@ def test_enquiry_unavailable_is_still_in_progress(failure):
     assert state["wait_seconds"] == 6
     assert "Enquiry unavailable" in state["last_reason"]
     assert fake.names == ["enquiry"]  # not live as far as we know: nothing resent
+
+
+# --- the loop: a paid row while our cancel may still take effect ----------------------------------
+
+
+@pytest.mark.parametrize("pending", [True, False], ids=["in-progress-answer", "no-answer"])
+def test_paid_row_while_our_cancel_may_take_effect_waits_for_it(pending):
+    state = handoff_state(pending=pending)
+    fake = FakeQFPay(enquiry=[enquiry_shows(respcd="0000"), enquiry_shows(respcd="0000", cancel="1")])
+    state = run(state, fake)
+    assert state["status"] == "IN_PROGRESS"
+    assert "may still take effect" in state["last_reason"]
+    assert fake.names == ["enquiry"]  # paid: nothing is resent
+    # The reversal then completes: the payment was cancelled, no refund needed.
+    assert loop_outcome(run(state, fake, now=NOW + 10))["status"] == "CANCELLED"
+
+
+def test_paid_row_while_our_cancel_may_take_effect_is_unknown_at_the_deadline():
+    state = handoff_state()
+    fake = FakeQFPay(enquiry=[enquiry_shows(respcd="0000")])
+    detail = loop_outcome(run(state, fake, now=state["deadline_at"]))
+    assert detail["status"] == "UNKNOWN"
+    assert "may still take effect" in detail["reason"]
+
+
+def test_paid_row_and_our_cancel_row_failed_needs_refund():
+    state = handoff_state()
+    own_row = payment_row(syssn=REVERSAL_SYSSN, respcd="1261")
+    fake = FakeQFPay(enquiry=[enquiry_answer(own_row, payment_row(respcd="0000"))])
+    assert loop_outcome(run(state, fake))["status"] == "REFUND_REQUIRED"
+
+
+def test_paid_row_after_our_cancel_was_refused_needs_refund():
+    fake = FakeQFPay(reversal=[cancel_answer("1261", syssn="")], enquiry=[enquiry_shows(respcd="1143")])
+    state = handoff_of(decide(fake))
+    detail = loop_outcome(run(state, FakeQFPay(enquiry=[enquiry_shows(respcd="0000")])))
+    assert detail["status"] == "REFUND_REQUIRED"
+
+
+def test_live_payment_after_a_not_charged_answer_is_unknown_at_the_deadline_not_not_charged():
+    fake = FakeQFPay(reversal=[cancel_answer("1261", syssn="")], enquiry=[enquiry_shows(respcd="1143")])
+    state = handoff_of(decide(fake))
+    # The loop may resend once (nothing of ours is pending); QFPay refuses again.
+    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 2, reversal=[cancel_answer("1261", syssn="")])
+    state = run(state, loop)
+    assert state["status"] == "IN_PROGRESS"
+    assert state["cancel_may_take_effect"] is False
+    detail = loop_outcome(run(state, loop, now=state["deadline_at"]))
+    assert detail["status"] == "UNKNOWN"
+    assert loop.names.count("reversal") == 1
+
+
+# --- the loop: rows we cannot read --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"respcd": "7777"},
+        {"respcd": None},
+        {"respcd": "1205"},
+        {"cancel": "9"},
+        {"cancel": "7", "respcd": "0000"},
+    ],
+)
+def test_row_we_cannot_read_asks_again_and_is_unknown_with_the_row_at_the_deadline(row):
+    state = handoff_state(pending=False)  # nothing pending: even so, an unreadable row is not "live"
+    fake = FakeQFPay(enquiry=[enquiry_shows(**row)] * 2)
+    state = run(state, fake)
+    assert state["status"] == "IN_PROGRESS"
+    assert fake.names == ["enquiry"]  # nothing resent on a row we cannot read
+    detail = loop_outcome(run(state, fake, now=state["deadline_at"]))
+    assert detail["status"] == "UNKNOWN"
+    assert "cannot be read" in detail["reason"]
+    assert f'"syssn": "{SYSSN}"' in detail["reason"]
 
 
 def test_long_loop_keeps_waiting_at_max_wait():

@@ -84,17 +84,22 @@ def test_cancel_flag_4_5_still_charged_needs_refund(flag):
     assert not finding.live
 
 
-def test_undocumented_non_zero_flag_is_no_longer_live_and_keeps_the_detail():
-    finding = read_enquiry(answer(payment_row(cancel="9", respcd="1143")), ORDER)
-    assert finding.status is not None
-    assert not finding.live
-    assert "9" in finding.reason
+@pytest.mark.parametrize("flag", ["9", "6", "-1", "01", "yes", 1.0, True])
+@pytest.mark.parametrize("row_respcd", ["0000", "1143"])
+def test_undocumented_cancel_flag_decides_nothing_and_shows_the_row(flag, row_respcd):
+    """QFPay documents 0-5 only: any other flag is not read as cancelled (or as anything)."""
+    finding = read_enquiry(answer(payment_row(cancel=flag, respcd=row_respcd)), ORDER)
+    assert finding.status is None
+    assert finding.found
+    assert not finding.live  # never a reason to send a cancel either
+    assert "cancel flag" in finding.reason
+    assert '"cancel": ' in finding.reason  # the raw row, for the person who looks
 
 
 # --- the row's own respcd ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", ["0", 0, None, ""])
+@pytest.mark.parametrize("flag", ["0", 0])
 def test_completed_and_not_cancelled_needs_refund(flag):
     finding = read_enquiry(answer(payment_row(cancel=flag, respcd="0000")), ORDER)
     assert finding.status is Status.REFUND_REQUIRED
@@ -145,13 +150,110 @@ def test_row_respcd_given_as_a_number_is_read():
     assert finding.respcd == "1143"
 
 
-@pytest.mark.parametrize("row_respcd", ["1261", "1201", "1147", "1142", "1181", "1212", "9999"])
+@pytest.mark.parametrize("row_respcd", ["1261", "1201", "1147", "1142", "1181", "1212"])
 def test_failed_payment_is_not_charged(row_respcd):
     finding = read_enquiry(answer(payment_row(respcd=row_respcd, paydtm="")), ORDER)
     assert finding.status is Status.NOT_CHARGED
     assert finding.respcd == row_respcd
     assert not finding.live
     assert finding.reason.startswith(f"payment did not complete (respcd {row_respcd}")
+
+
+# --- a row we cannot read decides nothing -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"respcd": None}, "no respcd"),
+        ({"respcd": ""}, "no respcd"),
+        ({"respcd": "9999"}, "not in QFPay's table"),
+        ({"respcd": "00000"}, "not in QFPay's table"),
+        ({"respcd": "1205"}, "not a payment state"),  # "try later"
+        ({"respcd": "1100"}, "not a payment state"),  # maintenance
+        ({"respcd": "1108"}, "not a payment state"),  # signature
+        ({"respcd": "1260"}, "not a payment state"),  # "already paid" is not how a row says paid
+        ({"cancel": None}, "no cancel flag"),
+        ({"cancel": ""}, "no cancel flag"),
+        ({"txamt": "12.50"}, "txamt"),
+        ({"txamt": None}, "txamt"),
+        ({"txcurrcd": "XXX"}, "txcurrcd"),
+        ({"txcurrcd": None}, "txcurrcd"),
+    ],
+)
+def test_row_we_cannot_read_decides_nothing(changes, problem):
+    finding = read_enquiry(answer(payment_row(**changes, paydtm="")), ORDER)
+    assert finding.status is None
+    assert finding.found
+    assert not finding.live
+    assert problem in finding.reason
+    assert f'"syssn": "{SYSSN}"' in finding.reason  # the raw row is kept
+
+
+def test_row_without_the_cancel_field_decides_nothing():
+    row = payment_row(respcd="0000")
+    del row["cancel"]
+    finding = read_enquiry(answer(row), ORDER)
+    assert (finding.status, finding.live) == (None, False)
+
+
+def test_refund_row_whose_amount_cannot_be_read_decides_nothing():
+    finding = read_enquiry(answer(payment_row(), refund_row(txamt="lots", respcd="0000")), ORDER)
+    assert finding.status is None
+    assert "refund row" in finding.reason
+
+
+def test_a_very_long_row_is_cut_in_the_reason():
+    finding = read_enquiry(answer(payment_row(respcd="7777", errmsg="x" * 5000)), ORDER)
+    assert finding.status is None
+    assert len(finding.reason) < 1000
+
+
+# --- a paid row while a cancel of ours may still take effect ------------------------------------
+
+
+def reversal_row(respcd: str) -> dict[str, Any]:
+    return payment_row(syssn=REVERSAL_SYSSN, respcd=respcd, cancel="0")
+
+
+def test_paid_row_while_our_cancel_is_pending_is_not_yet_a_refund_case():
+    finding = read_enquiry(
+        answer(payment_row(respcd="0000", cancel="0")),
+        ORDER,
+        reversal_syssn=REVERSAL_SYSSN,
+        cancel_pending=True,
+    )
+    assert finding.status is None
+    assert not finding.live  # paid: a cancel would not be sent again either
+    assert "may still take effect" in finding.reason
+
+
+@pytest.mark.parametrize("own_respcd", ["1143", "1145", "0000", "7777"])
+def test_paid_row_while_our_cancel_row_is_not_failed_waits(own_respcd):
+    rows = answer(reversal_row(own_respcd), payment_row(respcd="0000", cancel="0"))
+    finding = read_enquiry(rows, ORDER, reversal_syssn=REVERSAL_SYSSN, cancel_pending=True)
+    assert finding.status is None
+    assert own_respcd in finding.reason
+
+
+@pytest.mark.parametrize("own_respcd", ["1261", "1147", "1260"])
+def test_paid_row_and_our_cancel_row_failed_needs_refund(own_respcd):
+    rows = answer(reversal_row(own_respcd), payment_row(respcd="0000", cancel="0"))
+    finding = read_enquiry(rows, ORDER, reversal_syssn=REVERSAL_SYSSN, cancel_pending=True)
+    assert finding.status is Status.REFUND_REQUIRED
+    assert own_respcd in finding.reason
+
+
+def test_our_cancel_row_sharing_the_out_trade_no_is_not_the_payment():
+    rows = answer(reversal_row("0000"), payment_row(respcd="1143"))
+    finding = read_enquiry(rows, ORDER_BY_OUT_TRADE_NO, reversal_syssn=REVERSAL_SYSSN)
+    assert finding.live
+    assert finding.respcd == "1143"
+
+
+def test_paid_row_with_nothing_of_ours_pending_needs_refund():
+    finding = read_enquiry(answer(payment_row(respcd="0000")), ORDER, cancel_pending=False)
+    assert finding.status is Status.REFUND_REQUIRED
 
 
 # --- finding the row ---------------------------------------------------------------------------

@@ -168,6 +168,22 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("txdtm feb 29 non-leap", {"txdtm": "2026-02-29 10:00:00"}, "txdtm is not a real date and time"),
     ("txdtm month 13", {"txdtm": "2026-13-01 10:00:00"}, "txdtm is not a real date and time"),
     ("txdtm hour 24", {"txdtm": "2026-11-26 24:00:00"}, "txdtm is not a real date and time"),
+    # The Enquiry searches a day either side of txdtm: such dates once escaped as OverflowError.
+    (
+        "txdtm last second",
+        {"txdtm": "9999-12-31 23:59:59"},
+        "txdtm must be between 2000-01-01 00:00:00 and 2099-12-31 23:59:59",
+    ),
+    (
+        "txdtm far future",
+        {"txdtm": "2100-01-01 00:00:00"},
+        "txdtm must be between 2000-01-01 00:00:00 and 2099-12-31 23:59:59",
+    ),
+    (
+        "txdtm first day",
+        {"txdtm": "0001-01-01 00:00:00"},
+        "txdtm must be between 2000-01-01 00:00:00 and 2099-12-31 23:59:59",
+    ),
     ("currency lower", {"txcurrcd": "hkd"}, "txcurrcd must be one of "),
     ("currency GBP", {"txcurrcd": "GBP"}, "txcurrcd must be one of "),
     ("currency number", {"txcurrcd": 344}, "txcurrcd must be one of "),

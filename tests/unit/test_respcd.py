@@ -1,7 +1,7 @@
 """Every respcd of QFPay's documented table, and what a cancellation does with it.
 
-The expectations below are written from QFPay's table (the API digest in ../shared/qfpay-api.md,
-beside the repository), not copied from the code's table: a disposition (what the caller does
+The expectations below are written from QFPay's table (the project's docs/qfpay.md), not copied
+from the code's table: a disposition (what the caller does
 next) and, for final answers, the status the customer's order ends in.
 """
 
@@ -95,7 +95,7 @@ EXPECTED: dict[str, tuple[Disposition, Status | None]] = {
     "1272": REJECTED,
 }
 
-QFPAY_DIGEST = Path(__file__).resolve().parents[3] / "shared" / "qfpay-api.md"  # beside the repository
+QFPAY_FACTS = Path(__file__).resolve().parents[2] / "docs" / "qfpay.md"
 
 
 @pytest.mark.parametrize(("respcd", "expected"), sorted(EXPECTED.items()), ids=sorted(EXPECTED))
@@ -118,10 +118,8 @@ def test_code_table_holds_nothing_undocumented():
 
 
 def test_every_code_of_the_digest_is_covered():
-    """The respcd table of the QFPay digest, ranges expanded, is exactly what EXPECTED covers."""
-    if not QFPAY_DIGEST.exists():
-        pytest.skip("QFPay digest not available here")
-    text = QFPAY_DIGEST.read_text(encoding="utf-8")
+    """The respcd table of docs/qfpay.md, ranges expanded, is exactly what EXPECTED covers."""
+    text = QFPAY_FACTS.read_text(encoding="utf-8")
     table = text.split("## Response codes", 1)[1].split("\n## ", 1)[0]
     codes: set[str] = set()
     for line in table.splitlines():

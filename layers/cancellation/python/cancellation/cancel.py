@@ -71,11 +71,15 @@ class CancelAttempt:
         endpoint = self.routing.endpoint_for(self.order.pay_type)
         if self.redelivered:
             # A crashed or timed-out earlier run may have cancelled already: ask before sending.
-            finding = self._enquire(None)
+            finding = self._enquire(None, cancel_pending=True)
             if finding is None:
                 raise RetryLater("QFPay Enquiry unavailable before a redelivered cancel")
             if finding.status is not None:
                 return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
+            if finding.found and not finding.live:
+                # Paid while the earlier cancel may still take effect, or a row we cannot read:
+                # sending would decide nothing more; the loop decides by the Enquiry.
+                return self._handoff(endpoint, None, respcd=None, resperr=finding.reason, pending=True)
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, self.order)
         except QFPayUnavailable as exc:
@@ -88,33 +92,47 @@ class CancelAttempt:
         meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
         facts = {"respcd": respcd, "resperr": resperr, "reversal_syssn": own_syssn}
         if meaning.disposition is Disposition.DONE:
-            return self._confirm(endpoint, facts)
+            return self._confirm(endpoint, facts, pending=True)
         if meaning.disposition is Disposition.IN_PROGRESS:
             return self._handoff(endpoint, own_syssn, respcd=respcd, resperr=resperr, pending=True)
         if meaning.disposition is Disposition.RETRY_LATER:
             raise RetryLater(f"QFPay answered {respcd} ({meaning.text})")
+        if meaning.status is Status.NOT_CHARGED:
+            # QFPay's view at that instant, not proof: the customer may still pay. Our cancel was
+            # refused, so nothing of ours is pending; the Enquiry decides.
+            return self._confirm(endpoint, facts, pending=False, answered=meaning.text)
         status = meaning.status or Status.UNKNOWN
         return self._outcome(
             status, f"{endpoint} answered {respcd}: {meaning.text}", endpoint, attempts=1, **facts
         )
 
-    def _confirm(self, endpoint: Endpoint, facts: dict[str, Any]) -> dict[str, Any]:
-        """QFPay's word is not proof: one Enquiry confirms that the customer is not charged; anything
-        else (not visible yet, still live, Enquiry unavailable) goes to the loop to decide."""
-        finding = self._enquire(facts["reversal_syssn"])
-        if finding is not None and finding.status in (Status.CANCELLED, Status.NOT_CHARGED):
-            return self._outcome(finding.status, finding.reason, endpoint, attempts=1, **facts)
+    def _confirm(
+        self, endpoint: Endpoint, facts: dict[str, Any], *, pending: bool, answered: str | None = None
+    ) -> dict[str, Any]:
+        """QFPay's word is not proof: one Enquiry decides; anything it leaves open (not visible yet,
+        still live, a row we cannot read, Enquiry unavailable) goes to the loop to decide.
+        ``pending``: our cancel may still take effect; ``answered``: what a refusal said."""
+        finding = self._enquire(facts["reversal_syssn"], cancel_pending=pending)
+        if finding is not None and finding.status is not None:
+            reason = finding.reason
+            if answered is not None:
+                reason = f"{endpoint} answered {facts['respcd']} ({answered}); {reason}"
+            return self._outcome(finding.status, reason, endpoint, attempts=1, **facts)
         return self._handoff(
             endpoint,
             facts["reversal_syssn"],
             respcd=facts["respcd"],
             resperr=facts["resperr"],
-            pending=True,
+            pending=pending,
+            may_take_effect=pending,
         )
 
-    def _enquire(self, reversal_syssn: str | None) -> Finding | None:
+    def _enquire(self, reversal_syssn: str | None, *, cancel_pending: bool) -> Finding | None:
         try:
-            return read_enquiry(self.qfpay.enquiry(enquiry_params(self.order, reversal_syssn)), self.order)
+            answer = self.qfpay.enquiry(enquiry_params(self.order, reversal_syssn))
+            return read_enquiry(
+                answer, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
+            )
         except (QFPayUnavailable, ValueError):
             return None
 
@@ -143,6 +161,7 @@ class CancelAttempt:
         respcd: str | None,
         resperr: str | None,
         pending: bool,
+        may_take_effect: bool = True,
     ) -> dict[str, Any]:
         now = self.clock()
         schedule = self.loop.schedule
@@ -154,9 +173,12 @@ class CancelAttempt:
             "reversal_syssn": reversal_syssn,
             "respcd": respcd,
             "resperr": resperr,
-            # False when we do not know whether QFPay received our cancel (no answer): the loop may
-            # then resend it once, and only if the Enquiry shows the payment still live.
+            # False when we do not know whether QFPay received our cancel (no answer), or QFPay
+            # refused it: the loop may then resend it once, only if the Enquiry shows the payment
+            # still live.
             "reversal_pending": pending,
+            # False only when QFPay refused our cancel: until then a paid row is not a refund case.
+            "cancel_may_take_effect": may_take_effect,
             "attempts": 1,
             "polls": 0,
             "resent": False,

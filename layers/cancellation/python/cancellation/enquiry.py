@@ -3,20 +3,24 @@
 QFPay's advice: a reversal's 0000 does not prove the customer was not charged; always confirm here.
 The row's ``respcd`` is the transaction's own status; ``cancel`` non-zero means it is no longer a live
 payment (current docs: 1 reversed/refunded, 2 cancelled, 3 refunded, 4 pre-auth finished,
-5 partially refunded; older docs: 1 reversed, 2 refunded or closed).
+5 partially refunded; older docs: 1 reversed, 2 refunded or closed). docs/qfpay.md has the rules.
+A row holding anything else in a field we read decides nothing: we never guess.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from cancellation.orders import TXDTM_FORMAT, Order
+from cancellation.orders import CURRENCIES, TXDTM_FORMAT, Order
 from cancellation.outcomes import Status
-from cancellation.respcd import Disposition, meaning_of
+from cancellation.respcd import RESPCD_MEANINGS, Disposition, meaning_of
 
 CANCEL_FLAGS = {
+    "0": "not cancelled",
     "1": "reversed or refunded",
     "2": "cancelled or closed",
     "3": "refunded",
@@ -29,28 +33,46 @@ ENQUIRY_WINDOW = timedelta(days=1)
 _STILL_CHARGED_FLAGS = frozenset({"4", "5"})
 # A refund is not our cancellation: the customer is not charged, but nothing was cancelled.
 _REFUNDED_FLAGS = frozenset({"3"})
+_RAW_ROW_LIMIT = 600  # characters of an unreadable row kept in the reason
+_CENTS = re.compile(r"[0-9]{1,13}")
 
 
 class Finding(NamedTuple):
-    """What the Enquiry says about the original payment. ``status`` None means still in progress."""
+    """What the Enquiry says about the original payment. ``status`` None means not decided: still in
+    progress, not readable, or waiting for a cancel of ours that may still take effect."""
 
     status: Status | None
     reason: str
     respcd: str | None = None  # the row's own respcd
     found: bool = True
+    # An open, uncancelled payment that nothing of ours is known to be cancelling: the only state
+    # in which a cancel may be (re)sent.
+    live: bool = False
+    payment: Mapping[str, Any] | None = None  # the payment's row, as QFPay showed it
 
     @property
-    def live(self) -> bool:
-        """Still an open, uncancelled payment: the only state in which a cancel may be (re)sent."""
-        return self.found and self.status is None
+    def amount(self) -> QFPayAmount | None:
+        """QFPay's figures for the payment (read only from a row that passed ``_unreadable``)."""
+        if self.payment is None or _unreadable_amount(self.payment) is not None:
+            return None
+        return QFPayAmount(int(str(self.payment["txamt"])), str(self.payment["txcurrcd"]))
 
 
-def enquiry_params(order: Order, reversal_syssn: str | None = None) -> dict[str, str | None]:
+class QFPayAmount(NamedTuple):
+    txamt: int
+    txcurrcd: str
+
+
+def enquiry_params(
+    order: Order, reversal_syssn: str | None = None, payment_syssn: str | None = None
+) -> dict[str, str | None]:
     """One query for the original and the reversal's own number together. QFPay filters rows on
-    every list given, so the order is named by syssn when known, else by out_trade_no alone; then a
-    time window around the order is given, because QFPay otherwise searches the current month only."""
-    if order.syssn:
-        numbers = [n for n in (order.syssn, reversal_syssn) if n]
+    every list given, so the order is named by syssn when known (from the order, or learnt from an
+    earlier Enquiry), else by out_trade_no alone; then a time window around the order is given,
+    because QFPay otherwise searches the current month only."""
+    syssn = order.syssn or payment_syssn
+    if syssn:
+        numbers = [n for n in (syssn, reversal_syssn) if n]
         return {"mchid": order.mchid, "syssn": ",".join(numbers)}
     placed = datetime.strptime(order.txdtm, TXDTM_FORMAT)
     return {
@@ -61,8 +83,18 @@ def enquiry_params(order: Order, reversal_syssn: str | None = None) -> dict[str,
     }
 
 
-def read_enquiry(answer: Mapping[str, Any], order: Order) -> Finding:
-    """Interpret an Enquiry answer for ``order``; raises ValueError if the query itself failed."""
+def read_enquiry(
+    answer: Mapping[str, Any],
+    order: Order,
+    *,
+    reversal_syssn: str | None = None,
+    cancel_pending: bool = False,
+) -> Finding:
+    """Interpret an Enquiry answer for ``order``; raises ValueError if the query itself failed.
+
+    ``cancel_pending``: a cancel of ours may still take effect (it answered in progress, or may
+    have reached QFPay unanswered); ``reversal_syssn`` is that cancel's own number, if known.
+    """
     if answer.get("respcd") != "0000":
         raise ValueError(
             f"enquiry failed: respcd {answer.get('respcd')} {answer.get('resperr') or ''}".strip()
@@ -71,45 +103,136 @@ def read_enquiry(answer: Mapping[str, Any], order: Order) -> Finding:
     if not isinstance(data, list):
         raise ValueError("enquiry answer: data is not a list")
     rows = [row for row in data if isinstance(row, Mapping)]
-    payment = _original_payment(rows, order)
+    payment = _original_payment(rows, order, reversal_syssn)
     if payment is None:
         return Finding(None, "QFPay has no record of the transaction", found=False)
-    row_respcd = str(payment.get("respcd") or "")
-    cancel = str(payment.get("cancel") or "0")
-    refunded = sum(
-        _cents(r.get("txamt"))
-        for r in rows
-        if _is(r, "refund") and r.get("origssn") == payment.get("syssn") and str(r.get("respcd")) == "0000"
-    )
-    if cancel not in ("", "0"):
-        what = CANCEL_FLAGS.get(cancel, f"cancel flag {cancel}")
+    row_respcd = _text(payment.get("respcd"))
+    problem = _unreadable(payment) or _unreadable_refunds(rows, payment)
+    if problem is not None:
+        # Never guess: a row we cannot read decides nothing; the loop asks again.
+        return Finding(
+            None, f"QFPay's row cannot be read ({problem}): {_raw(payment)}", row_respcd, payment=payment
+        )
+    cancel = _text(payment.get("cancel")) or ""  # read by _unreadable: one of CANCEL_FLAGS
+    row_respcd = row_respcd or ""  # likewise: a documented code
+    if cancel != "0":
+        what = CANCEL_FLAGS[cancel]
         if cancel in _STILL_CHARGED_FLAGS:
-            return Finding(Status.REFUND_REQUIRED, f"payment completed and {what}", row_respcd)
-        if cancel in _REFUNDED_FLAGS:
-            return Finding(Status.NOT_CHARGED, f"Enquiry shows the payment was {what}", row_respcd)
-        return Finding(Status.CANCELLED, f"Enquiry confirms the payment is {what}", row_respcd)
-    if row_respcd == "0000":
-        if refunded and refunded >= _cents(payment.get("txamt")):
-            return Finding(Status.NOT_CHARGED, "payment completed and was refunded in full", row_respcd)
-        if refunded:
             return Finding(
-                Status.REFUND_REQUIRED, "payment completed and was refunded only in part", row_respcd
+                Status.REFUND_REQUIRED, f"payment completed and {what}", row_respcd, payment=payment
             )
-        return Finding(Status.REFUND_REQUIRED, "payment completed and was not cancelled", row_respcd)
+        if cancel in _REFUNDED_FLAGS:
+            return Finding(
+                Status.NOT_CHARGED, f"Enquiry shows the payment was {what}", row_respcd, payment=payment
+            )
+        return Finding(
+            Status.CANCELLED, f"Enquiry confirms the payment is {what}", row_respcd, payment=payment
+        )
     meaning = meaning_of(row_respcd)
+    if row_respcd == "0000":
+        return _paid(rows, payment, reversal_syssn, cancel_pending)
     if meaning.disposition is Disposition.IN_PROGRESS:
-        return Finding(None, f"payment still {meaning.text} (respcd {row_respcd})", row_respcd)
+        return Finding(
+            None,
+            f"payment still {meaning.text} (respcd {row_respcd})",
+            row_respcd,
+            live=True,
+            payment=payment,
+        )
     return Finding(
         Status.NOT_CHARGED,
         f"payment did not complete (respcd {row_respcd}: {meaning.text})",
         row_respcd,
+        payment=payment,
     )
 
 
-def _original_payment(rows: Sequence[Mapping[str, Any]], order: Order) -> Mapping[str, Any] | None:
+def _paid(
+    rows: Sequence[Mapping[str, Any]],
+    payment: Mapping[str, Any],
+    reversal_syssn: str | None,
+    cancel_pending: bool,
+) -> Finding:
+    """A completed payment whose cancel flag is 0."""
+    refunded = sum(
+        int(str(r.get("txamt"))) for r in _refunds_of(rows, payment) if _text(r.get("respcd")) == "0000"
+    )
+    if refunded and refunded >= int(str(payment.get("txamt"))):
+        return Finding(
+            Status.NOT_CHARGED, "payment completed and was refunded in full", "0000", payment=payment
+        )
+    if refunded:
+        return Finding(
+            Status.REFUND_REQUIRED, "payment completed and was refunded only in part", "0000", payment=payment
+        )
+    if cancel_pending:
+        # Our cancel may still take effect (QFPay shows a reversal in progress on a paid row):
+        # a refund case only once that cancel's own row shows it failed.
+        own = _row_of(rows, reversal_syssn)
+        own_respcd = _text(own.get("respcd")) if own is not None else None
+        own_meaning = meaning_of(own_respcd or "")
+        failed = own_respcd in RESPCD_MEANINGS and own_meaning.disposition is Disposition.FINAL
+        if own is None or not failed:
+            seen = f"its row reads respcd {own_respcd}" if own is not None else "QFPay shows no row of it"
+            return Finding(
+                None,
+                f"payment completed while a cancel of ours may still take effect ({seen})",
+                "0000",
+                payment=payment,
+            )
+        return Finding(
+            Status.REFUND_REQUIRED,
+            f"payment completed and our cancel failed (its respcd {own_respcd}: {own_meaning.text})",
+            "0000",
+            payment=payment,
+        )
+    return Finding(Status.REFUND_REQUIRED, "payment completed and was not cancelled", "0000", payment=payment)
+
+
+def _unreadable(row: Mapping[str, Any]) -> str | None:
+    """What keeps a payment row from being read, or None. Every field we read must hold a value
+    QFPay documents."""
+    respcd = _text(row.get("respcd"))
+    if respcd is None:
+        return "no respcd"
+    meaning = meaning_of(respcd)
+    if respcd not in RESPCD_MEANINGS:
+        return f"respcd {respcd} is not in QFPay's table"
+    if meaning.disposition in (Disposition.RETRY_LATER, Disposition.CREDENTIALS):
+        return f"respcd {respcd} ({meaning.text}) is not a payment state"
+    if meaning.status is Status.REFUND_REQUIRED:
+        return f"respcd {respcd} ({meaning.text}) is not a payment state"
+    cancel = _text(row.get("cancel"))
+    if cancel not in CANCEL_FLAGS:
+        return "no cancel flag" if cancel is None else f"cancel flag {cancel} is not one QFPay documents"
+    return _unreadable_amount(row)
+
+
+def _unreadable_amount(row: Mapping[str, Any]) -> str | None:
+    if not _CENTS.fullmatch(_text(row.get("txamt")) or ""):
+        return "txamt is not an amount in cents"
+    if _text(row.get("txcurrcd")) not in CURRENCIES:
+        return "txcurrcd is not a currency QFPay documents"
+    return None
+
+
+def _unreadable_refunds(rows: Sequence[Mapping[str, Any]], payment: Mapping[str, Any]) -> str | None:
+    for refund in _refunds_of(rows, payment):
+        if not _CENTS.fullmatch(_text(refund.get("txamt")) or ""):
+            return f"a refund row's txamt is not an amount in cents: {_raw(refund)}"
+    return None
+
+
+def _refunds_of(rows: Sequence[Mapping[str, Any]], payment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if _is(r, "refund") and r.get("origssn") == payment.get("syssn")]
+
+
+def _original_payment(
+    rows: Sequence[Mapping[str, Any]], order: Order, reversal_syssn: str | None
+) -> Mapping[str, Any] | None:
     for row in rows:
-        if _is(row, "refund"):
-            continue
+        if _is(row, "refund") or (reversal_syssn and row.get("syssn") == reversal_syssn):
+            continue  # a refund, or our cancel's own row (it may share the payment's out_trade_no)
         if (order.syssn and row.get("syssn") == order.syssn) or (
             order.out_trade_no and row.get("out_trade_no") == order.out_trade_no
         ):
@@ -117,12 +240,21 @@ def _original_payment(rows: Sequence[Mapping[str, Any]], order: Order) -> Mappin
     return None
 
 
+def _row_of(rows: Sequence[Mapping[str, Any]], syssn: str | None) -> Mapping[str, Any] | None:
+    return next((row for row in rows if syssn and row.get("syssn") == syssn), None)
+
+
 def _is(row: Mapping[str, Any], order_type: str) -> bool:
     return str(row.get("order_type") or "payment") == order_type
 
 
-def _cents(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
+def _text(value: Any) -> str | None:
+    """A field as QFPay's text (numbers sent as JSON numbers read the same); None if absent."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    return str(value) if isinstance(value, str | int) else None
+
+
+def _raw(row: Mapping[str, Any]) -> str:
+    text = json.dumps(row, default=str, sort_keys=True)
+    return text if len(text) <= _RAW_ROW_LIMIT else text[:_RAW_ROW_LIMIT] + "..."

@@ -31,6 +31,9 @@ _TEXT_FIELDS: dict[str, tuple[re.Pattern[str], str]] = {
 _TASK_TOKEN = re.compile(r"[\x21-\x7e]{1,2048}")  # Step Functions tokens: printable ASCII
 _TXAMT_DIGITS = re.compile(r"[0-9]{1,13}")
 TXDTM_FORMAT = "%Y-%m-%d %H:%M:%S"
+# QFPay began in 2012; the Enquiry searches a window around txdtm, which must stay a real date.
+TXDTM_EARLIEST = "2000-01-01 00:00:00"
+TXDTM_LATEST = "2099-12-31 23:59:59"
 _TXDTM_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
@@ -71,6 +74,11 @@ class Order(NamedTuple):
         """Rebuild an order this service validated earlier (the loop's state)."""
         fields: dict[str, Any] = {name: data.get(name) for name in cls._fields}
         return cls(**fields)
+
+
+def valid_syssn(value: Any) -> bool:
+    """A QFPay serial number as the order message accepts it (e.g. one learnt from QFPay's rows)."""
+    return isinstance(value, str) and _TEXT_FIELDS["syssn"][0].fullmatch(value) is not None
 
 
 def unwrap(message: Any) -> Any:
@@ -160,6 +168,9 @@ def _txdtm(value: Any, problems: list[str]) -> str | None:
         datetime.strptime(value, TXDTM_FORMAT)
     except ValueError:
         problems.append("txdtm is not a real date and time")
+        return None
+    if not TXDTM_EARLIEST <= value <= TXDTM_LATEST:  # the fixed-width form sorts as the time does
+        problems.append(f"txdtm must be between {TXDTM_EARLIEST} and {TXDTM_LATEST}")
         return None
     return value
 

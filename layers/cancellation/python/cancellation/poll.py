@@ -6,6 +6,7 @@ The state machine carries the state (see docs/contracts.md); this step returns i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ from typing import Any
 from cancellation.cancel import answer_text, send_cancel
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.observability import count_kind
-from cancellation.orders import Order
+from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
 from cancellation.outcomes import Status, build_outcome
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
-from cancellation.schedule import PollSchedule
+from cancellation.schedule import MAX_DEADLINE_SECONDS, PollSchedule
 from cancellation.settings import QFPaySettings
 
 IN_PROGRESS = "IN_PROGRESS"
@@ -41,7 +42,8 @@ class EnquiryStep:
 
     def run(self, state: dict[str, Any]) -> dict[str, Any]:
         state = dict(state)
-        order = Order.from_dict(state["order"])
+        # Anyone who may start the state machine chooses this input: checked before any request.
+        order, schedule = read_loop_state(state, self.clock())
         if state.get("task_error"):
             error = (
                 state["task_error"].get("Error", "error")
@@ -55,10 +57,13 @@ class EnquiryStep:
                 f"the enquiry loop failed ({error}); a person must look",
             )
         state["polls"] = int(state.get("polls", 0)) + 1
-        finding = self._enquire(order, state.get("reversal_syssn"))
+        finding = self._enquire(order, state)
         if finding.status is not None:
             return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
         state["last_reason"] = finding.reason
+        if finding.payment is not None and not state.get("payment_syssn") and not order.syssn:
+            # Named by syssn from now on, the Enquiry also returns our cancel's own row.
+            state["payment_syssn"] = _syssn_or_none(finding.payment.get("syssn"))
         now = self.clock()
         deadline = float(state["deadline_at"])
         if now >= deadline:
@@ -69,27 +74,34 @@ class EnquiryStep:
             decided = self._resend(state, order)
             if decided is not None:
                 return decided
-        wait = PollSchedule.from_dict(state["schedule"]).wait_after(state["polls"])
+        wait = schedule.wait_after(state["polls"])
         state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
         state["status"] = IN_PROGRESS
         return state
 
-    def _enquire(self, order: Order, reversal_syssn: str | None) -> Finding:
+    def _enquire(self, order: Order, state: dict[str, Any]) -> Finding:
+        reversal_syssn = state.get("reversal_syssn")
+        params = enquiry_params(order, reversal_syssn, state.get("payment_syssn"))
         try:
-            return read_enquiry(self.qfpay.enquiry(enquiry_params(order, reversal_syssn)), order)
+            return read_enquiry(
+                self.qfpay.enquiry(params),
+                order,
+                reversal_syssn=reversal_syssn,
+                cancel_pending=cancel_may_take_effect(state),
+            )
         except (QFPayUnavailable, ValueError) as exc:
             return Finding(None, f"Enquiry unavailable ({exc})", found=False)
 
     def _resend(self, state: dict[str, Any], order: Order) -> dict[str, Any] | None:
         """The Enquiry shows the payment still live and no cancel of ours is known to be pending:
-        the first one never arrived. Resend it, once per order."""
+        the first one never arrived (or was refused). Resend it, once per order."""
         endpoint = state["endpoint"]
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, order)
         except QFPayUnavailable:
             return None  # certainly not sent: the next turn may try again
         except QFPayAmbiguous:
-            state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1)
+            state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1, cancel_may_take_effect=True)
             return None
         respcd = str(answer.get("respcd") or "")
         own_syssn = str(answer.get("syssn") or "") or None
@@ -106,8 +118,10 @@ class EnquiryStep:
         if meaning.disposition is Disposition.FINAL and meaning.status not in (None, Status.NOT_CHARGED):
             reason = f"resent {endpoint} answered {respcd}: {meaning.text}"
             return self._final(state, order, meaning.status or Status.UNKNOWN, reason, respcd=respcd)
-        # 0000, in progress, or "not charged": the next Enquiry confirms it.
-        state["reversal_pending"] = True
+        if meaning.disposition is not Disposition.FINAL:
+            # 0000 or in progress: our cancel may take effect; the next Enquiry decides.
+            state.update(reversal_pending=True, cancel_may_take_effect=True)
+        # A refusal ("not charged") changes nothing of ours: the next Enquiry decides.
         return None
 
     def _final(
@@ -138,3 +152,54 @@ class EnquiryStep:
         )
         state.pop("task_error", None)
         return state
+
+
+class InvalidLoopState(ValueError):
+    """The loop's input is not one this service could have written; nothing is sent to QFPay."""
+
+
+ENDPOINTS = ("reversal", "close")
+
+
+def cancel_may_take_effect(state: dict[str, Any]) -> bool:
+    """A cancel of ours may still take effect: it answered in progress or success, or reached QFPay
+    unanswered. Only a refusal rules that out (states written before this field: assume it may)."""
+    return bool(state.get("cancel_may_take_effect", True))
+
+
+def read_loop_state(state: dict[str, Any], now: float) -> tuple[Order, PollSchedule]:
+    """The order validated exactly as the cancel function validates a message, and the schedule and
+    deadline within the bounds the cancel function's settings allow; raises InvalidLoopState."""
+    problems: list[str] = []
+    order: Order | None = None
+    try:
+        order = validate_order(state.get("order"))
+    except InvalidOrder as invalid:
+        problems.append(f"order: {invalid.reason}")
+    schedule: PollSchedule | None = None
+    try:
+        schedule = PollSchedule.from_dict(state["schedule"])
+        schedule.check_bounds()
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        problems.append(f"schedule: {exc}")
+    deadline = state.get("deadline_at")
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline):
+        problems.append("deadline_at must be a number of seconds")
+    elif deadline > now + MAX_DEADLINE_SECONDS:
+        problems.append(f"deadline_at is more than {MAX_DEADLINE_SECONDS} s away")
+    if state.get("endpoint") not in ENDPOINTS:
+        problems.append("endpoint must be reversal or close")
+    for name in ("reversal_syssn", "payment_syssn"):
+        if state.get(name) is not None and not valid_syssn(state[name]):
+            problems.append(f"{name} must be a QFPay syssn")
+    for name in ("polls", "attempts"):
+        value = state.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+            problems.append(f"{name} must be a small whole number")
+    if problems or order is None or schedule is None:
+        raise InvalidLoopState("invalid enquiry loop state: " + "; ".join(problems))
+    return order, schedule
+
+
+def _syssn_or_none(value: Any) -> str | None:
+    return value if valid_syssn(value) else None

@@ -42,6 +42,11 @@ from typing import Any
 
 DEFAULT_LATE_FRACTION = 0.2
 DEFAULT_LATE_FLOOR = 20
+# The largest values the cancel function's settings allow; the poll function refuses larger ones.
+MAX_FIRST_WAIT_SECONDS = 300
+MAX_WAIT_SECONDS = 3600
+MAX_FACTOR = 10.0
+MAX_DEADLINE_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,20 @@ class PollSchedule:
             raise ValueError("poll schedule needs 1 <= first_wait <= max_wait and factor >= 1")
         if not math.isfinite(self.late_fraction) or not 0 <= self.late_fraction <= 1 or self.late_floor < 1:
             raise ValueError("poll schedule needs 0 <= late_fraction <= 1 and late_floor >= 1")
+
+    def check_bounds(self) -> None:
+        """Within what the settings allow: a schedule from outside (the loop's input) may not make
+        the loop ask at a rate or over a span that no configuration of ours would."""
+        if (
+            self.first_wait > MAX_FIRST_WAIT_SECONDS
+            or self.max_wait > MAX_WAIT_SECONDS
+            or self.factor > MAX_FACTOR
+            or self.late_floor > MAX_WAIT_SECONDS
+        ):
+            raise ValueError(
+                f"poll schedule needs first_wait <= {MAX_FIRST_WAIT_SECONDS}, max_wait and late_floor"
+                f" <= {MAX_WAIT_SECONDS} and factor <= {MAX_FACTOR}"
+            )
 
     def wait_after(self, polls: int) -> int:
         """Seconds to wait after ``polls`` enquiries (0 = before the first one)."""

@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 from cancellation.cancel import LoopPolicy
 from cancellation.qfpay import RateLimit, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
-from cancellation.schedule import PollSchedule
+from cancellation.schedule import (
+    MAX_DEADLINE_SECONDS,
+    MAX_FACTOR,
+    MAX_FIRST_WAIT_SECONDS,
+    MAX_WAIT_SECONDS,
+    PollSchedule,
+)
 
 
 class ConfigurationError(ValueError):
@@ -197,9 +203,9 @@ def poll_settings(env: Mapping[str, str]) -> QFPaySettings:
 def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
     read = _Reader(env)
     qfpay = _qfpay(read)
-    first_wait = read.integer("POLL_FIRST_WAIT_SECONDS", 3, 1, 300)
-    max_wait = read.integer("POLL_MAX_WAIT_SECONDS", 60, 1, 3600)
-    factor = read.number("POLL_BACKOFF_FACTOR", 2.0, 1.0, 10.0)
+    first_wait = read.integer("POLL_FIRST_WAIT_SECONDS", 3, 1, MAX_FIRST_WAIT_SECONDS)
+    max_wait = read.integer("POLL_MAX_WAIT_SECONDS", 60, 1, MAX_WAIT_SECONDS)
+    factor = read.number("POLL_BACKOFF_FACTOR", 2.0, 1.0, MAX_FACTOR)
     schedule = PollSchedule()
     try:
         schedule = PollSchedule(first_wait, max_wait, factor)
@@ -210,7 +216,7 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         event_bus_name=read.text("EVENT_BUS_NAME"),
         state_machine_arn=read.text("STATE_MACHINE_ARN"),
         idempotency_table=read.text("IDEMPOTENCY_TABLE"),
-        loop=LoopPolicy(schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, 86400)),
+        loop=LoopPolicy(schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, MAX_DEADLINE_SECONDS)),
         idempotency_expiry=read.integer("IDEMPOTENCY_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 43200),
