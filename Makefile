@@ -7,9 +7,21 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := $(VENV)/checkov/.installed
+SAM_STAMP := $(VENV)/sam/.installed
+# The Lambda runtime's Python (template.yaml: python3.13) compiles the layer and runs the built
+# functions in the artifact tests and `make bench`: python3.13 on PATH, else pyenv's 3.13.x.
+RUNTIME_PYTHON ?= $(shell for p in python3.13 $(HOME)/.pyenv/versions/3.13*/bin/python3.13; do \
+	"$$p" -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+# What the runtime provides (python3.13 + the AWS SDK, layers/cancellation/lambda-runtime.txt).
+LAMBDA_RUNTIME := $(VENV)/lambda-runtime
+RUNTIME_STAMP := $(LAMBDA_RUNTIME)/.installed
+# `sam build`'s output: the template, each function and the layer, as `sam deploy` uploads them.
+BUILD_STAMP := .aws-sam/build/template.yaml
+BUILD_SOURCES := template.yaml $(wildcard layers/cancellation/Makefile layers/cancellation/requirements.txt \
+	layers/cancellation/python/cancellation/*.py functions/*/*.py)
 MYPY_TARGETS := layers/cancellation/python/cancellation functions/cancel/app.py functions/poll/app.py tests
 
-.PHONY: demo test lint typecheck unit install clean soak bench
+.PHONY: demo test lint typecheck unit install clean soak bench build
 
 demo: $(PY_STAMP)
 	$(BIN)/python -m tests.local.demo
@@ -21,12 +33,23 @@ demo: $(PY_STAMP)
 soak: $(PY_STAMP)
 	$(BIN)/python -m tests.local.soak
 
-# Cold start, batch concurrency, poll-loop cost and memory, as ratios measured side by side
-# (tests/benchmarks/bench.py; a few minutes). CI: `make bench BENCH_QUICK=1` (under 2 minutes,
-# asserts no times). The last three lines are cold_import_ratio / batch10_ratio /
+# Cold start (of the built artifact), batch concurrency, poll-loop cost and memory, as ratios
+# measured side by side (tests/benchmarks/bench.py; a few minutes). CI: `make bench BENCH_QUICK=1`
+# (under 2 minutes, asserts no times). The last three lines are cold_import_ratio / batch10_ratio /
 # poll_transitions_ratio_120s.
-bench: $(PY_STAMP)
-	BENCH_QUICK=$(BENCH_QUICK) $(BIN)/python -m tests.benchmarks.bench
+bench: $(PY_STAMP) build
+	BENCH_QUICK=$(BENCH_QUICK) RUNTIME_PYTHON=$(LAMBDA_RUNTIME)/bin/python $(BIN)/python -m tests.benchmarks.bench
+
+# What `sam deploy` would upload, built by the real `sam build` (.aws-sam/build; the layer by
+# layers/cancellation/Makefile), and the runtime-like environment the artifact tests import it in.
+build: $(BUILD_STAMP) $(RUNTIME_STAMP)
+
+$(BUILD_STAMP): $(BUILD_SOURCES) $(SAM_STAMP)
+	@test -n "$(RUNTIME_PYTHON)" || { echo "Python 3.13 (the template's runtime) is needed to build:" \
+		"put python3.13 on PATH, or 'pyenv install 3.13.0', or pass RUNTIME_PYTHON=/path/to/python3.13" >&2; exit 1; }
+	PATH="$(dir $(RUNTIME_PYTHON)):$$PATH" RUNTIME_PYTHON="$(RUNTIME_PYTHON)" SAM_CLI_TELEMETRY=0 \
+		$(VENV)/sam/bin/sam build --template-file template.yaml
+	touch $@
 
 test: lint typecheck unit
 
@@ -37,10 +60,10 @@ lint: $(PY_STAMP)
 typecheck: $(PY_STAMP)
 	$(BIN)/mypy $(MYPY_TARGETS)
 
-unit: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+unit: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) build
 	$(BIN)/pytest
 
-install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(SAM_STAMP) $(RUNTIME_STAMP)
 
 $(PY_STAMP): requirements-dev.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
@@ -54,10 +77,25 @@ $(CHECKOV_STAMP): requirements-checkov.txt $(PY_STAMP)
 	$(VENV)/checkov/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
+# aws-sam-cli pins its own boto3 and click too: an environment of its own.
+$(SAM_STAMP): requirements-sam.txt $(PY_STAMP)
+	$(PYTHON) -m venv --clear $(VENV)/sam
+	$(VENV)/sam/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	touch $@
+
+# Python 3.13 with only what Lambda's python3.13 runtime has besides the standard library.
+$(RUNTIME_STAMP): layers/cancellation/lambda-runtime.txt
+	@test -n "$(RUNTIME_PYTHON)" || { echo "Python 3.13 (the template's runtime) is needed:" \
+		"put python3.13 on PATH, or 'pyenv install 3.13.0', or pass RUNTIME_PYTHON=/path/to/python3.13" >&2; exit 1; }
+	$(RUNTIME_PYTHON) -m venv --clear --without-pip $(LAMBDA_RUNTIME)
+	$(RUNTIME_PYTHON) -m pip --python $(LAMBDA_RUNTIME)/bin/python install --quiet --disable-pip-version-check \
+		-r layers/cancellation/lambda-runtime.txt
+	touch $@
+
 # AWS's own ASL language service validates the state machine offline.
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .aws-sam node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -644,19 +644,18 @@ def test_globals(sam: dict[str, Any]) -> None:
     assert function["Layers"] == [{"Ref": "CancellationLayer"}]
 
 
-def test_layer_build_puts_the_package_at_opt_python(sam: dict[str, Any]) -> None:
+def test_the_layer_is_built_by_its_makefile(sam: dict[str, Any]) -> None:
+    """`sam build` runs layers/cancellation/Makefile's build-CancellationLayer in ContentUri (what
+    it builds is checked in tests/test_build_artifact.py)."""
     layer = sam["Resources"]["CancellationLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    assert layer["Metadata"]["BuildMethod"] == "python3.13"
-    # SAM's python layer build copies ContentUri into python/: the package must sit directly in it.
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert layer["Properties"]["CompatibleRuntimes"] == [sam["Globals"]["Function"]["Runtime"]]
+    assert layer["Properties"]["CompatibleArchitectures"] == sam["Globals"]["Function"]["Architectures"]
     content = TEMPLATE.parent / layer["Properties"]["ContentUri"]
-    assert (content / "cancellation" / "__init__.py").is_file()
-
-
-def test_layer_build_finds_the_requirements(sam: dict[str, Any]) -> None:
-    # sam build installs ContentUri/requirements.txt into the layer next to the package.
-    content = TEMPLATE.parent / sam["Resources"]["CancellationLayer"]["Properties"]["ContentUri"]
+    assert "build-CancellationLayer:" in (content / "Makefile").read_text(encoding="utf-8")
     assert (content / "requirements.txt").is_file()
+    assert (content / "python" / "cancellation" / "__init__.py").is_file()
 
 
 # ------------------------------------------------------------------ ingress and alarms
