@@ -388,6 +388,7 @@ def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
         "states:StartExecution",
         "states:DescribeExecution",
         "events:PutEvents",
+        "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "sqs:GetQueueUrl",

@@ -73,7 +73,9 @@ def decide(
 
 
 def outcome_of(result: dict[str, Any]) -> dict[str, Any]:
-    assert set(result) == {"outcome"}, result
+    # "request": QFPay refused this request; the decision belongs to the message, not the order.
+    assert set(result) - {"request"} == {"outcome"}, result
+    assert result.get("request", True) is True, result
     detail: dict[str, Any] = result["outcome"]
     errors = [f"{list(e.path)}: {e.message}" for e in VALIDATOR.iter_errors(detail)]
     assert not errors, errors
@@ -762,3 +764,33 @@ def test_long_loop_keeps_waiting_at_max_wait():
     state = {**handoff_state(), "polls": 1100, "deadline_at": NOW + 86400}
     state = run(state, FakeQFPay(enquiry=[enquiry_shows(respcd="1143")]))
     assert (state["status"], state["wait_seconds"]) == ("IN_PROGRESS", 60)
+
+
+@pytest.mark.parametrize(
+    ("respcd", "status", "belongs_to_the_request"),
+    [
+        ("1266", "REJECTED", True),  # wrong amount
+        ("1267", "REJECTED", True),
+        ("1268", "REJECTED", True),  # not (yet) known to QFPay
+        ("1136", "REJECTED", True),
+        ("1104", "REJECTED", True),
+        ("1294", "UNKNOWN", True),  # bank risk control refused this request
+        ("9876", "UNKNOWN", True),  # undocumented: nothing is known about the payment
+        ("1260", "REFUND_REQUIRED", False),  # already paid: a fact about the payment
+    ],
+)
+def test_only_a_refusal_of_the_request_belongs_to_the_request(respcd, status, belongs_to_the_request):
+    result = decide(FakeQFPay(reversal=[cancel_answer(respcd)]))
+    assert outcome_of(result)["status"] == status
+    assert ("request" in result) is belongs_to_the_request
+
+
+def test_close_not_supported_belongs_to_the_request():
+    result = decide(FakeQFPay(close=[cancel_answer("1297", syssn=None)]), CLOSE_ORDER)
+    assert outcome_of(result)["status"] == "REJECTED"
+    assert result["request"] is True
+
+
+def test_a_payment_fact_from_the_enquiry_belongs_to_the_order():
+    fake = FakeQFPay(reversal=[cancel_answer("0000")], enquiry=[enquiry_shows(cancel="1", respcd="0000")])
+    assert "request" not in decide(fake)

@@ -245,6 +245,18 @@ class DecisionLedger:
         )
         return Claim(DECIDED, decision, None, earlier_attempt=True)
 
+    def decision_of(self, key: str) -> dict[str, Any] | None:
+        """The decision recorded under ``key``, if any (a strongly consistent read)."""
+        answer = self._dynamodb().get_item(
+            TableName=self._table,
+            Key={"id": {"S": key}},
+            ConsistentRead=True,
+            ProjectionExpression="#decision",
+            ExpressionAttributeNames={"#decision": "decision"},
+        )
+        item = answer.get("Item") or {}
+        return json.loads(item["decision"]["S"]) if "decision" in item else None
+
     def record_decision(self, key: str, holder: str, decision: dict[str, Any]) -> None:
         """Store the decision. :class:`OrderBusy` if this attempt's lease ran out and another took
         the order over (that one decides again, asking the Enquiry first)."""

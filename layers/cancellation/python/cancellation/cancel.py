@@ -27,6 +27,12 @@ class RetryLater(Exception):
         self.throttled = throttled
 
 
+# QFPay refusing one request (REJECTED: the wrong amount, close not supported, a payment it does
+# not know yet; UNKNOWN: risk control, an undocumented code) says nothing certain about the
+# payment: such a decision belongs to the message that made the request, never to the order.
+REQUEST_STATUSES = frozenset({Status.REJECTED, Status.UNKNOWN})
+
+
 class LoopPolicy(NamedTuple):
     schedule: PollSchedule
     deadline_seconds: int
@@ -67,7 +73,8 @@ class CancelAttempt:
     redelivered: bool = False
 
     def decide(self) -> dict[str, Any]:
-        """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``."""
+        """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
+        belongs to this request only, not to the order, also has ``"request": True``."""
         endpoint = self.routing.endpoint_for(self.order.pay_type)
         if self.redelivered:
             # A crashed or timed-out earlier run may have cancelled already: ask before sending.
@@ -102,9 +109,12 @@ class CancelAttempt:
             # refused, so nothing of ours is pending; the Enquiry decides.
             return self._confirm(endpoint, facts, pending=False, answered=meaning.text)
         status = meaning.status or Status.UNKNOWN
-        return self._outcome(
+        decision = self._outcome(
             status, f"{endpoint} answered {respcd}: {meaning.text}", endpoint, attempts=1, **facts
         )
+        if status in REQUEST_STATUSES:
+            decision["request"] = True  # the message's own; see REQUEST_STATUSES
+        return decision
 
     def _confirm(
         self, endpoint: Endpoint, facts: dict[str, Any], *, pending: bool, answered: str | None = None

@@ -106,15 +106,23 @@ class CancelService:
         # The outcome_id is the order's correlation id in both functions' logs and in the event.
         logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
         receive_count = message.receive_count
+        # Where a decision that belongs to this message alone is kept (see cancel.REQUEST_STATUSES).
+        # The message, not its content: the same fields sent before QFPay knew the payment (1268)
+        # and again after must not share that refusal.
+        message_key = f"{order.identity}|message={message.message_id}"
         try:
             decision, status = self._once(
                 order.identity,
                 lease_until,
                 self._deliver,
-                lambda earlier_attempt: self._decide_order(order, receive_count > 1 or earlier_attempt),
+                lambda earlier_attempt: self._decide_order(
+                    order, message_key, receive_count > 1 or earlier_attempt, receive_count > 1
+                ),
+                message_key=message_key,
             )
             if order.task_token:
-                self._answer_caller_once(order.identity, order.task_token, decision, lease_until)
+                owner = message_key if decision.get("request") else order.identity
+                self._answer_caller_once(owner, order.task_token, decision, lease_until)
             return status
         except RetryLater as exc:
             count("QFPayRetryLater")
@@ -143,14 +151,17 @@ class CancelService:
         decide: Callable[[bool], dict[str, Any]],
         *,
         known: bool = False,
+        message_key: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         """The decision recorded under ``key`` and what ``deliver`` made of it. Decided here by
         ``decide`` (told whether an earlier attempt may have reached QFPay) unless stored;
         delivered here unless it was already. ``known``: ``decide`` asks nothing of QFPay, so its
-        decision is recorded with the claim."""
-        key, holder = f"cancel#{key}", os.urandom(16).hex()  # this attempt, as the lease's holder
+        decision is recorded with the claim. ``message_key``: where a decision that belongs to the
+        message (``"request"`` in it) is recorded and delivered instead; the order is then handed
+        back undecided, for other messages to decide."""
+        ledger_key, holder = f"cancel#{key}", os.urandom(16).hex()  # this attempt, as the lease's holder
         claim = self.deps.ledger.claim(
-            key, holder, self.deps.clock(), lease_until, decide(False) if known else None
+            ledger_key, holder, self.deps.clock(), lease_until, decide(False) if known else None
         )
         if claim.stage == DELIVERED and claim.decision is not None:
             return claim.decision, str(claim.result)
@@ -158,12 +169,17 @@ class CancelService:
             decision = claim.decision
             if decision is None:
                 decision = decide(claim.earlier_attempt)
-                self.deps.ledger.record_decision(key, holder, decision)
+                if message_key is not None and decision.get("request"):
+                    own = decision
+                    answered = self._once(message_key, lease_until, deliver, lambda _: own, known=True)
+                    self._release(ledger_key, holder)
+                    return answered
+                self.deps.ledger.record_decision(ledger_key, holder, decision)
             result = deliver(decision)
         except Exception:
-            self._release(key, holder)
+            self._release(ledger_key, holder)
             raise
-        self.deps.ledger.record_delivered(key, holder, result)
+        self.deps.ledger.record_delivered(ledger_key, holder, result)
         return decision, result
 
     def _release(self, key: str, holder: str) -> None:
@@ -172,9 +188,16 @@ class CancelService:
         except Exception:  # the lease then runs out with the invocation; the retry waits for it
             logger.exception("could not release the order after a failed attempt")
 
-    def _decide_order(self, order: Order, redelivered: bool) -> dict[str, Any]:
+    def _decide_order(
+        self, order: Order, message_key: str, redelivered: bool, received_before: bool
+    ) -> dict[str, Any]:
         # ``redelivered``: an attempt before this one may have reached QFPay, even when this message
         # is a first delivery (a duplicate can arrive after the earlier attempt died).
+        if received_before:
+            # QFPay may have refused this very message already: never ask it again.
+            own = self.deps.ledger.decision_of(f"cancel#{message_key}")
+            if own is not None and own.get("request"):
+                return own
         attempt = CancelAttempt(
             order=order,
             qfpay=self.qfpay,
@@ -184,6 +207,10 @@ class CancelService:
             redelivered=redelivered,
         )
         decision = attempt.decide()
+        if decision.get("request"):
+            # Its own outcome_id: consumers drop repeats by it, and the order's outcome is yet to come.
+            outcome = {**decision["outcome"], "outcome_id": outcome_id(message_key)}
+            decision = {"outcome": outcome, "request": True}
         # Counted here, where QFPay answered, not when a duplicate replays the stored decision.
         handoff = decision.get("handoff")
         respcd = handoff["input"]["respcd"] if handoff else decision["outcome"]["respcd"]
