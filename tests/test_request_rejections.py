@@ -17,7 +17,7 @@ import boto3
 from tests.conftest import PipelineFactory
 from tests.local.pipeline import Pipeline
 from tests.local.sqs_delivery import build_record
-from tests.test_cancel_integration import order_and_txn
+from tests.test_cancel_integration import order_and_txn, wait_for
 
 
 def decide(pipeline: Pipeline, body: dict[str, Any], seen: int) -> dict[str, Any]:
@@ -30,10 +30,16 @@ def decide(pipeline: Pipeline, body: dict[str, Any], seen: int) -> dict[str, Any
 
 def test_a_wrong_amount_does_not_block_the_genuine_message(pipeline_factory: PipelineFactory) -> None:
     order, txn = order_and_txn(31)
+    wrong_order = {**order, "txamt": order["txamt"] + 1}
     with pipeline_factory([txn]) as pipeline:
-        wrong = decide(pipeline, {**order, "txamt": order["txamt"] + 1}, 1)
+        wrong = decide(pipeline, wrong_order, 1)
+        pipeline.send(wrong_order)  # the same bad request in another message: refused again
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        again = pipeline.stack.read_outcomes(wait_seconds=1)
         genuine = decide(pipeline, order, 2)
         applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    # One bad request, one outcome identity: consumers drop the repeat.
+    assert [(o["status"], o["outcome_id"]) for o in again] == [("REJECTED", wrong["outcome_id"])]
     assert (wrong["status"], wrong["respcd"], wrong["txamt"]) == ("REJECTED", "1266", order["txamt"] + 1)
     assert (genuine["status"], genuine["txamt"]) == ("CANCELLED", order["txamt"])
     # Consumers drop repeats by outcome_id: the rejection must not make them drop the real outcome.

@@ -17,6 +17,7 @@ from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
+from cancellation.signing import signing_string
 
 
 class RetryLater(Exception):
@@ -41,6 +42,13 @@ class LoopPolicy(NamedTuple):
 def execution_name(order: Order) -> str:
     """Deterministic per order: a repeated hand-off finds the execution already there."""
     return f"order-{outcome_id(order.identity)}"
+
+
+def request_id(order: Order, endpoint: Endpoint) -> str:
+    """One request to QFPay: the endpoint and everything signed. The ``outcome_id`` of QFPay's
+    refusal of it, so that every message making the same bad request publishes one outcome."""
+    request = f"{endpoint}?{signing_string(cancel_params(order))}"
+    return outcome_id(f"{order.identity}|request={request}")
 
 
 def cancel_params(order: Order) -> dict[str, str | None]:

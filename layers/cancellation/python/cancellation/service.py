@@ -31,7 +31,7 @@ from cancellation.aws import (
     RedeliveryDelay,
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
-from cancellation.cancel import CancelAttempt, RetryLater
+from cancellation.cancel import CancelAttempt, RetryLater, request_id
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id, rejected_outcome
@@ -208,9 +208,11 @@ class CancelService:
         )
         decision = attempt.decide()
         if decision.get("request"):
-            # Its own outcome_id: consumers drop repeats by it, and the order's outcome is yet to come.
-            outcome = {**decision["outcome"], "outcome_id": outcome_id(message_key)}
-            decision = {"outcome": outcome, "request": True}
+            # Named by the request: consumers drop repeats by outcome_id, and must neither drop the
+            # order's outcome, yet to come, nor see one bad request sent twice as two refusals.
+            outcome = decision["outcome"]
+            refused = request_id(order, outcome["endpoint"])
+            decision = {"outcome": {**outcome, "outcome_id": refused}, "request": True}
         # Counted here, where QFPay answered, not when a duplicate replays the stored decision.
         handoff = decision.get("handoff")
         respcd = handoff["input"]["respcd"] if handoff else decision["outcome"]["respcd"]
