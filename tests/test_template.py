@@ -88,6 +88,7 @@ CANCEL_VARIABLES = {
     "POLL_MAX_WAIT_SECONDS",
     "POLL_DEADLINE_SECONDS",
     "RETRY_BASE_DELAY_SECONDS",
+    "ORDER_QUEUE_MAX_RECEIVE_COUNT",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "POWERTOOLS_LOG_LEVEL",
@@ -275,6 +276,10 @@ def test_queue_redrives_to_the_dead_letter_queue(cfn: dict[str, Any]) -> None:
     }
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
     assert dlq["MessageRetentionPeriod"] > queue.get("MessageRetentionPeriod", 4 * 24 * 3600)
+    # A caller's message held while the loop runs is answered on its last receive: the function
+    # must know which receive that is.
+    cancel = cfn["Resources"]["CancelFunction"]["Properties"]["Environment"]["Variables"]
+    assert cancel["ORDER_QUEUE_MAX_RECEIVE_COUNT"] == str(queue["RedrivePolicy"]["maxReceiveCount"])
 
 
 def test_cancel_function_reads_the_queue_with_batch_item_failures(cfn: dict[str, Any]) -> None:
@@ -387,6 +392,7 @@ def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
         "secretsmanager:GetSecretValue",
         "states:StartExecution",
         "states:DescribeExecution",
+        "states:GetExecutionHistory",
         "events:PutEvents",
         "dynamodb:GetItem",
         "dynamodb:PutItem",

@@ -11,6 +11,7 @@ from cancellation.cancel import LoopPolicy
 from cancellation.qfpay import Timeouts
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
+from cancellation.service import caller_hold_seconds
 from cancellation.settings import (
     CancelSettings,
     ConfigurationError,
@@ -470,3 +471,48 @@ def test_userinfo_is_refused_without_repeating_it(url):
         assert "S3CR3TPASS" not in problem
     message = problems_of(poll_settings, {**POLL_ENV, "QFPAY_BASE_URL": url, "QFPAY_ALLOW_ANY_HOST": "true"})
     assert "S3CR3TPASS" not in message
+
+
+# --- how long a caller's message is held while its order's loop runs ---------------------------
+
+
+def holds(start: float, deadline: float, receives_left: int, decided: float = math.inf) -> list[float]:
+    """The times a held message is received again, until the loop has decided (or none is left)."""
+    now, seen = start, []
+    while receives_left > 0:
+        now += caller_hold_seconds(now, start, deadline, receives_left)
+        receives_left -= 1
+        seen.append(now - start)
+        if now - start >= decided:
+            break
+    return seen
+
+
+def test_the_last_receive_comes_after_the_loop_has_certainly_decided():
+    for receives_left in range(1, 6):
+        times = holds(0, 900, receives_left)
+        assert len(times) == receives_left
+        assert times[-1] >= 900 + 30  # past the deadline, with the loop's last turn and publish
+        assert all(b > a for a, b in itertools.pairwise(times))
+
+
+def test_a_quick_decision_is_heard_quickly():
+    # Four receives left (the message handed off on its first of five): a loop that decides
+    # within ten seconds is heard at the second look, one that takes two minutes before 4 minutes.
+    assert holds(0, 900, 4, decided=10)[-1] <= 20
+    assert holds(0, 900, 4, decided=120)[-1] <= 240
+
+
+def test_holds_stay_within_what_sqs_allows():
+    assert caller_hold_seconds(0, 0, 86400, 1) == 43200
+    assert caller_hold_seconds(1000, 0, 900, 4) == 5  # past the deadline: look again soon
+    assert caller_hold_seconds(0, 0, 900, 0) == 930
+
+
+def test_the_queue_s_max_receive_count_is_read():
+    assert cancel_settings(CANCEL_ENV).max_receive_count == 5
+    settings = cancel_settings({**CANCEL_ENV, "ORDER_QUEUE_MAX_RECEIVE_COUNT": "8"})
+    assert settings.max_receive_count == 8
+    assert "ORDER_QUEUE_MAX_RECEIVE_COUNT must be between 1 and 1000" in problems_of(
+        cancel_settings, {**CANCEL_ENV, "ORDER_QUEUE_MAX_RECEIVE_COUNT": "0"}
+    )

@@ -84,10 +84,36 @@ class EnquiryLoopStarter:
     def result(self, name: str) -> LoopResult:
         """Where the loop of that name stands; its outcome once it has decided."""
         prefix, _, machine = self._arn.rpartition(":stateMachine:")
-        answer = self._sfn().describe_execution(executionArn=f"{prefix}:execution:{machine}:{name}")
+        arn = f"{prefix}:execution:{machine}:{name}"
+        answer = self._sfn().describe_execution(executionArn=arn)
         output = json.loads(answer.get("output") or "null")
         outcome = output.get("outcome") if isinstance(output, dict) else None
-        return LoopResult(answer["status"], outcome, answer.get("error"), answer.get("cause"))
+        if outcome is None and answer["status"] == "FAILED":
+            outcome = self._published_outcome(arn)
+        state = json.loads(answer.get("input") or "null")
+        started_at, deadline_at = (
+            (float(state["started_at"]), float(state["deadline_at"]))
+            if isinstance(state, dict) and "started_at" in state and "deadline_at" in state
+            else (None, None)
+        )
+        return LoopResult(
+            answer["status"], outcome, answer.get("error"), answer.get("cause"), started_at, deadline_at
+        )
+
+    def _published_outcome(self, arn: str) -> dict[str, Any] | None:
+        """A loop that ends UNKNOWN ends in a Fail state, which has no output: its outcome is the
+        last one a state passed on (the most recent events come first)."""
+        pages = (
+            self._sfn()
+            .get_paginator("get_execution_history")
+            .paginate(executionArn=arn, reverseOrder=True, includeExecutionData=True)
+        )
+        for page in pages:
+            for event in page["events"]:
+                state = json.loads((event.get("stateExitedEventDetails") or {}).get("output") or "null")
+                if isinstance(state, dict) and isinstance(state.get("outcome"), dict):
+                    return dict(state["outcome"])
+        return None
 
 
 class LoopResult(NamedTuple):
@@ -95,6 +121,8 @@ class LoopResult(NamedTuple):
     outcome: dict[str, Any] | None
     error: str | None
     cause: str | None
+    started_at: float | None = None  # from the execution's input
+    deadline_at: float | None = None
 
 
 class CallerNotifier:

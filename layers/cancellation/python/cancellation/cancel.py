@@ -186,7 +186,9 @@ class CancelAttempt:
         state = {
             # Lets the state machine describe an outcome by itself if the poll function is broken.
             "outcome_id": outcome_id(self.order.identity),
-            "order": self.order.to_dict(),
+            # No task token: the execution history keeps its input for 90 days, readable by anyone
+            # with states:GetExecutionHistory. The caller is answered from its own message.
+            "order": {name: value for name, value in self.order.to_dict().items() if name != "task_token"},
             "endpoint": endpoint,
             "reversal_syssn": reversal_syssn,
             "respcd": respcd,

@@ -29,7 +29,9 @@ def traced(enabled: bool) -> Callable[[Handler], Handler]:
     tracer = Tracer(patch_modules=["botocore", "httplib"])
 
     def capture(handler: Handler) -> Handler:
-        return cast(Handler, tracer.capture_lambda_handler(handler))
+        # Never the response as trace metadata: anyone who may read traces would read the loop's
+        # state. Fixed here, whatever POWERTOOLS_TRACER_CAPTURE_RESPONSE says.
+        return cast(Handler, tracer.capture_lambda_handler(handler, capture_response=False))
 
     return capture
 

@@ -96,7 +96,7 @@ class CancelService:
             raise
         finally:
             # Threads are reused across orders: no key may outlive its message.
-            logger.thread_safe_remove_keys(["message_id", "order", "correlation_id"])
+            logger.thread_safe_remove_keys(["message_id", "order", "correlation_id", "caller"])
 
     def _process(self, message: QueueMessage, lease_until: float) -> str:
         try:
@@ -122,8 +122,17 @@ class CancelService:
             )
             if order.task_token:
                 owner = message_key if decision.get("request") else order.identity
-                self._answer_caller_once(owner, order.task_token, decision, lease_until)
+                last_receive = receive_count >= self.settings.max_receive_count
+                self._answer_caller_once(owner, order.task_token, decision, lease_until, last_receive)
             return status
+        except AwaitingLoop as waiting:
+            # The caller's token stays in its message, and nowhere else, until the loop decides.
+            hold = caller_hold_seconds(
+                self.deps.clock(), waiting.started_at, waiting.deadline_at, self._receives_left(message)
+            )
+            self._delay(message, hold)
+            logger.info("caller waits for the enquiry loop", extra={"hold_seconds": hold})
+            raise
         except RetryLater as exc:
             count("QFPayRetryLater")
             self._back_off(message, receive_count, throttled=exc.throttled)
@@ -248,35 +257,48 @@ class CancelService:
         )
         return str(detail["status"])
 
+    def _receives_left(self, message: QueueMessage) -> int:
+        return max(0, self.settings.max_receive_count - message.receive_count)
+
     def _answer_caller_once(
-        self, order_key: str, task_token: str, decision: dict[str, Any], lease_until: float
+        self,
+        order_key: str,
+        task_token: str,
+        decision: dict[str, Any],
+        lease_until: float,
+        last_receive: bool = False,
     ) -> None:
         """Answer one Step Functions caller, once per task token: every caller of an order hears
         its outcome, not only the first one."""
-        # The token is not a secret but is long: the record is keyed by its hash.
+        # Stored and logged only as its hash: whoever reads a token can answer its task.
         caller = hashlib.sha256(task_token.encode("utf-8")).hexdigest()
+        logger.thread_safe_append_keys(caller=caller)
         self._once(
             f"{order_key}|caller={caller}",
             lease_until,
-            lambda recorded: str(self._answer_caller(task_token, recorded)),
+            lambda recorded: str(self._answer_caller(task_token, recorded, last_receive)),
             lambda _: decision,
             known=True,
         )
 
-    def _answer_caller(self, token: str, decision: dict[str, Any]) -> bool:
+    def _answer_caller(self, token: str, decision: dict[str, Any], last_receive: bool) -> bool:
         if "outcome" in decision:
             return self.deps.notifier.notify(token, decision["outcome"])
         handoff = decision["handoff"]
         if handoff["input"]["order"].get("task_token") == token:
-            return True  # the loop answers the caller whose message started it
+            # A loop started before tokens were kept out of its state answers this caller itself.
+            return True
         loop = self.deps.loop_starter.result(handoff["name"])
         if loop.outcome is not None:
             return self.deps.notifier.notify(token, loop.outcome)
         if loop.status == "RUNNING":
+            if not last_receive and loop.started_at is not None and loop.deadline_at is not None:
+                raise AwaitingLoop(loop.started_at, loop.deadline_at)
             # Explicit, so the caller can retry later; a later message gets the decided outcome.
-            cause = "another message for this order is being decided by the enquiry loop; retry later"
+            cause = "this order is still being decided by the enquiry loop; retry later"
             return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
-        return self.deps.notifier.fail(token, loop.error or "Cancellation.Unknown", loop.cause or loop.status)
+        # Ended without an outcome we can read: never claim more than "not confirmed".
+        return self.deps.notifier.fail(token, "Cancellation.Unknown", loop.cause or loop.status)
 
     def _reject(self, message: QueueMessage, invalid: InvalidOrder, lease_until: float) -> str:
         ids = invalid.identifiers
@@ -300,12 +322,42 @@ class CancelService:
         """Exponential backoff with full jitter, by receive count; QFPay's 429 backs off harder."""
         base = self.settings.retry_base_delay * (4 if throttled else 1)
         ceiling = min(self.settings.retry_max_delay, base * 2 ** min(receive_count - 1, 16))
-        delay = math.ceil(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
+        self._delay(message, math.ceil(random.uniform(ceiling / 2, ceiling)))  # noqa: S311 - jitter
+
+    def _delay(self, message: QueueMessage, delay: int) -> None:
         try:
             self.deps.redelivery.delay(message.queue_arn, message.receipt_handle, delay)
         except Exception:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
 
 
+class AwaitingLoop(Exception):
+    """A caller's order is being decided by the enquiry loop: its message is held until then."""
+
+    def __init__(self, started_at: float, deadline_at: float) -> None:
+        super().__init__("the enquiry loop is still deciding")
+        self.started_at = started_at
+        self.deadline_at = deadline_at
+
+
+# The loop's last turn comes within a second of its deadline; then it publishes.
+HOLD_PAST_DEADLINE = 30
+MIN_HOLD, MAX_HOLD = 5, 43200  # 43200 s: the most SQS allows a message to stay invisible
+
+
+def caller_hold_seconds(now: float, started_at: float, deadline_at: float, receives_left: int) -> int:
+    """How long a caller's message is held while its order's loop runs. The holds grow
+    geometrically from the time the loop has already taken to just past its deadline, so that the
+    caller hears a quick decision quickly and the message's last receive (``receives_left`` from
+    now) comes when the loop has certainly decided: a held message is never dead-lettered."""
+    end = deadline_at + HOLD_PAST_DEADLINE
+    taken = max(float(MIN_HOLD), now - started_at)
+    if receives_left <= 1 or now + MIN_HOLD >= end:
+        hold = end - now
+    else:
+        hold = taken * (((end - started_at) / taken) ** (1 / receives_left) - 1)
+    return int(min(MAX_HOLD, max(MIN_HOLD, math.ceil(hold))))
+
+
 # Raised to have SQS deliver the message again, after being logged where they were understood.
-_RETRIED = (RetryLater, OrderBusy, CredentialsRejected)
+_RETRIED = (RetryLater, OrderBusy, CredentialsRejected, AwaitingLoop)

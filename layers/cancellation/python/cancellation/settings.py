@@ -52,6 +52,7 @@ class CancelSettings(NamedTuple):
     retry_base_delay: int = 10
     retry_max_delay: int = 900
     batch_concurrency: int = 10
+    max_receive_count: int = 5  # the order queue's maxReceiveCount (its RedrivePolicy)
 
 
 class _Reader:
@@ -221,6 +222,7 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 43200),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
+        max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
     )
     read.done()
     return settings
