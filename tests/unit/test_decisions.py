@@ -415,7 +415,8 @@ def test_handoff_input_matches_the_contract():
     assert set(state["order"]) == set(example["order"])
     assert state == {
         "outcome_id": outcome_id(ORDER.identity),
-        "order": ORDER.to_dict(),
+        # Never the caller's task token: the execution history keeps the input for 90 days.
+        "order": {name: value for name, value in ORDER.to_dict().items() if name != "task_token"},
         "endpoint": "reversal",
         "reversal_syssn": REVERSAL_SYSSN,
         "respcd": "1143",
@@ -794,3 +795,9 @@ def test_close_not_supported_belongs_to_the_request():
 def test_a_payment_fact_from_the_enquiry_belongs_to_the_order():
     fake = FakeQFPay(reversal=[cancel_answer("0000")], enquiry=[enquiry_shows(cancel="1", respcd="0000")])
     assert "request" not in decide(fake)
+
+
+def test_the_handoff_never_carries_the_callers_token():
+    order = ORDER._replace(task_token="CALLER-TOKEN-0123456789")
+    result = decide(FakeQFPay(reversal=[cancel_answer("1143")]), order)
+    assert "CALLER-TOKEN" not in json.dumps(result)
