@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import PipelineFactory
 from tests.test_cancel_integration import order_and_txn, wait_for
+from tests.test_secrets_never_leak import recorded_logs  # noqa: F401 - the fixture, shared
 
 TOKEN = "CALLER-TOKEN-7f1c0d9e2b4a4c7e9d3b5a1f6e8c2d40"
 
@@ -35,7 +37,9 @@ def everything_at_rest(table_name: str, state_machine_arn: str) -> list[str]:
 
 @pytest.mark.e2e
 def test_the_loop_and_the_ledger_never_hold_the_raw_token(
-    pipeline_factory: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+    pipeline_factory: PipelineFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    recorded_logs: Callable[[], list[str]],  # noqa: F811 - the fixture imported above
 ) -> None:
     from cancellation.aws import CallerNotifier  # noqa: PLC0415 - the class the handler uses
 
@@ -62,3 +66,6 @@ def test_the_loop_and_the_ledger_never_hold_the_raw_token(
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     assert any(digest in text for text in at_rest), "the caller's record is keyed by the token's hash"
     assert heard, answered
+    logs = recorded_logs()
+    assert not [line[:200] for line in logs if TOKEN in line]
+    assert any(digest in line for line in logs), "logs name the caller by the token's hash"
