@@ -38,7 +38,7 @@ soak: $(PY_STAMP)
 # (under 2 minutes, asserts no times). The last three lines are cold_import_ratio / batch10_ratio /
 # poll_transitions_ratio_120s.
 bench: $(PY_STAMP) build
-	BENCH_QUICK=$(BENCH_QUICK) RUNTIME_PYTHON=$(LAMBDA_RUNTIME)/bin/python $(BIN)/python -m tests.benchmarks.bench
+	BENCH_QUICK=$(BENCH_QUICK) LAMBDA_RUNTIME_PYTHON=$(LAMBDA_RUNTIME)/bin/python $(BIN)/python -m tests.benchmarks.bench
 
 # What `sam deploy` would upload, built by the real `sam build` (.aws-sam/build; the layer by
 # layers/cancellation/Makefile), and the runtime-like environment the artifact tests import it in.

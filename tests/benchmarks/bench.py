@@ -596,8 +596,8 @@ class Command:
 
 
 def runtime_python() -> str:
-    """The runtime-like interpreter `make build` creates (``RUNTIME_PYTHON`` overrides it)."""
-    path = Path(os.environ.get("RUNTIME_PYTHON") or DEFAULT_RUNTIME_PYTHON)
+    """The runtime-like interpreter `make build` creates (``LAMBDA_RUNTIME_PYTHON`` overrides it)."""
+    path = Path(os.environ.get("LAMBDA_RUNTIME_PYTHON") or DEFAULT_RUNTIME_PYTHON)
     if not path.is_file() or not (BUILD / "template.yaml").is_file():
         raise SystemExit("section 1 times the built artifact: run `make build` first (`make bench` does)")
     return str(path)
