@@ -25,6 +25,7 @@ from tests.conftest import PipelineFactory
 from tests.local import lambda_runtime
 from tests.local.pipeline import CALLER_ASL, Pipeline
 from tests.local.scenarios import order_in, transaction_for
+from tests.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
 from tests.test_template import _validate_asl
 
 pytestmark = pytest.mark.e2e
@@ -171,7 +172,7 @@ def test_a_broken_loop_reaches_the_callers_unknown_catch(
     broken = tmp_path / "broken_poll"
     broken.mkdir()
     (broken / "app.py").write_text(BROKEN_POLL_FUNCTION)
-    with pipeline_factory([transaction]) as pipeline:
+    with pipeline_factory([transaction]) as pipeline, cancel_function_calls() as called:
         stack = pipeline.stack
         lambda_runtime.register_function(
             stack.poll_function_name, broken, "app.lambda_handler", stack.poll_environment
@@ -188,6 +189,9 @@ def test_a_broken_loop_reaches_the_callers_unknown_catch(
     assert (published["status"], published["decided_by"]) == ("UNKNOWN", "poll-loop")
     assert "failed twice" in published["reason"]
     assert "ReportFailureToCaller" not in loop  # answered by the cancel function, from the message
+    # The loop ended in a Fail state: its outcome was read from its history, as the role allows.
+    assert "states:GetExecutionHistory" in called
+    assert not_granted_to_the_cancel_function(called) == set()
     assert loop[-1] == "EnquiryLoopBroken"
     assert finished["status"] == "FAILED"
     assert finished["error"] == "Cancellation.Unknown"

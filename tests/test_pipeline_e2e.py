@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,29 @@ def test_every_demo_scenario_reaches_its_expected_outcome(pipeline_factory: Pipe
         ("/trade/v1/reversal", "1108"),
         ("/trade/v1/reversal", "0000"),
     ]
+
+
+@contextmanager
+def cancel_function_calls() -> Iterator[set[str]]:
+    """The AWS actions the cancel function calls meanwhile (its orders run on its pool's threads,
+    "order_0", ...; its clients are made from the default session on first use, hook included)."""
+    called: set[str] = set()
+
+    def record(model: Any, **_: Any) -> None:
+        if threading.current_thread().name.startswith("order"):
+            called.add(f"{model.service_model.signing_name}:{model.name}")
+
+    session = boto3._get_default_session()
+    session.events.register("before-call", record)
+    try:
+        yield called
+    finally:
+        session.events.unregister("before-call", record)
+
+
+def not_granted_to_the_cancel_function(called: set[str]) -> set[str]:
+    role = sam_transform(load_template(TEMPLATE))["Resources"]["CancelFunctionRole"]
+    return called - granted_actions(role)
 
 
 def test_the_cancel_function_calls_only_what_its_role_allows(pipeline_factory: PipelineFactory) -> None:

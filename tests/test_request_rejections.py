@@ -18,6 +18,7 @@ from tests.conftest import PipelineFactory
 from tests.local.pipeline import Pipeline
 from tests.local.sqs_delivery import build_record
 from tests.test_cancel_integration import order_and_txn, wait_for
+from tests.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
 
 
 def decide(pipeline: Pipeline, body: dict[str, Any], seen: int) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def test_a_redelivered_rejected_message_is_answered_from_the_ledger(
     QFPay is not asked again and no second outcome is published."""
     order, txn = order_and_txn(34)
     lam, sqs = boto3.client("lambda"), boto3.client("sqs")
-    with pipeline_factory([txn]) as pipeline:
+    with pipeline_factory([txn]) as pipeline, cancel_function_calls() as called:
         pipeline.source.stop()  # this test is the event source
         stack = pipeline.stack
         pipeline.send({**order, "txamt": order["txamt"] + 5})
@@ -106,3 +107,5 @@ def test_a_redelivered_rejected_message_is_answered_from_the_ledger(
     assert answers == [{"batchItemFailures": []}] * 2
     assert [(o["status"], o["respcd"]) for o in outcomes] == [("REJECTED", "1266")]
     assert calls == [("/trade/v1/reversal", "1266")]
+    assert "dynamodb:GetItem" in called  # the redelivery read its own record ...
+    assert not_granted_to_the_cancel_function(called) == set()  # ... as its role allows
