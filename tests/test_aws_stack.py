@@ -85,7 +85,9 @@ def test_queue_and_dlq_have_the_template_properties(stack: Stack, template: dict
     assert stack.visibility_timeout == queue_properties["VisibilityTimeout"]
     assert int(queue["MessageRetentionPeriod"]) == queue_properties["MessageRetentionPeriod"]
     assert int(dlq["MessageRetentionPeriod"]) == dlq_properties["MessageRetentionPeriod"] == 1209600
-    assert queue["SqsManagedSseEnabled"] == dlq["SqsManagedSseEnabled"] == "true"
+    data_key = boto3.client("kms").describe_key(KeyId=queue["KmsMasterKeyId"])["KeyMetadata"]
+    assert dlq["KmsMasterKeyId"] == queue["KmsMasterKeyId"] == data_key["KeyId"]
+    assert data_key["Description"] == template["Resources"]["DataEncryptionKey"]["Properties"]["Description"]
 
     redrive = json.loads(queue["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == stack.dlq_arn == dlq["QueueArn"]
@@ -265,7 +267,9 @@ def test_order_timeout_events_with_the_template_pattern_reach_the_queue(
     source = parameters["OrderTimeoutEventSource"]["Default"]
     detail_type = parameters["OrderTimeoutDetailType"]["Default"]
     order = json.loads((ROOT / "events" / "eventbridge-order-timeout.json").read_text())["detail"]
-    assert stack.ingress_bus_name == parameters["OrderTimeoutEventBusName"]["Default"] == "default"
+    # No OrderTimeoutEventBusName: the stack's own ingress bus.
+    assert parameters["OrderTimeoutEventBusName"]["Default"] == ""
+    assert stack.ingress_bus_name == f"{stack.stack_name}-orders"
     assert stack.ingress_event_pattern == {"source": [source], "detail-type": [detail_type]}
 
     _put(stack.ingress_bus_name, source, detail_type, order)
@@ -294,6 +298,13 @@ def test_the_rule_targets_the_queue_with_retries_and_the_dlq(stack: Stack, templ
     assert target["RetryPolicy"] == declared["RetryPolicy"]
 
 
+def _queue_urls(statement: dict[str, Any], policy: dict[str, Any]) -> set[str]:
+    """The URLs of the queues a statement's Resource names (ARNs mapped back to URLs)."""
+    sqs = boto3.client("sqs")
+    arns = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+    return {sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"] for arn in arns}
+
+
 def test_the_queue_policies_name_the_local_rules(stack: Stack, template: dict[str, Any]) -> None:
     loop_rule_arn = boto3.client("events").describe_rule(
         Name=stack.loop_unknown_rule_name, EventBusName=stack.bus_name
@@ -306,8 +317,13 @@ def test_the_queue_policies_name_the_local_rules(stack: Stack, template: dict[st
         policy = json.loads(_queue_attributes(url)["Policy"])
         (allow,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
         assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": rule_arn}}
-        (deny,) = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
-        assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        denials = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
+        assert {"Bool": {"aws:SecureTransport": "false"}} in [d["Condition"] for d in denials]
+        # Everybody but the rule is denied SendMessage on this queue (no producers are named).
+        (senders,) = [
+            d for d in denials if d["Action"] == "sqs:SendMessage" and url in _queue_urls(d, policy)
+        ]
+        assert senders["Condition"] == {"ArnNotEquals": {"aws:SourceArn": rule_arn}}
     # UnknownOutcomeAlarm names the rule by the last part of its ARN (rule/<bus>/<name>).
     metrics = template["Resources"]["UnknownOutcomeAlarm"]["Properties"]["Metrics"]
     (loop,) = [m["MetricStat"]["Metric"] for m in metrics if m["Id"] == "loop"]
@@ -346,6 +362,60 @@ def test_the_ingress_parameters_choose_the_bus_and_the_pattern(
                 stack_name="typo",
                 parameters={"OrderTimeoutBus": "x"},
             )
+
+
+def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack: Stack) -> None:
+    """The local stack carries the template's roles, keys and resource policies (moto stores
+    them and enforces none: tests/test_template.py evaluates the policies as IAM does)."""
+    iam, lambda_ = boto3.client("iam"), boto3.client("lambda")
+    roles = {}
+    for name, logical_id in (
+        (stack.cancel_function_name, "CancelFunctionRole"),
+        (stack.poll_function_name, "PollFunctionRole"),
+    ):
+        role_arn = lambda_.get_function_configuration(FunctionName=name)["Role"]
+        assert role_arn.endswith(f"role/{stack.stack_name}-{logical_id}")
+        roles[logical_id] = role_arn
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.describe_state_machine(stateMachineArn=stack.state_machine_arn)
+    assert machine["roleArn"].endswith(f"role/{stack.stack_name}-CancellationStateMachineRole")
+    roles["CancellationStateMachineRole"] = machine["roleArn"]
+    for role_arn in roles.values():
+        role_name = role_arn.rsplit("/", 1)[-1]
+        assert iam.list_role_policies(RoleName=role_name)["PolicyNames"]
+        assert iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"] == []
+
+    kms = boto3.client("kms")
+    data_key = kms.describe_key(KeyId=machine["encryptionConfiguration"]["kmsKeyId"])["KeyMetadata"]
+    assert machine["encryptionConfiguration"]["type"] == "CUSTOMER_MANAGED_KMS_KEY"
+    table = boto3.client("dynamodb").describe_table(TableName=stack.table_name)["Table"]
+    assert table["SSEDescription"]["SSEType"] == "KMS"
+    assert table["SSEDescription"]["KMSMasterKeyArn"].endswith(data_key["KeyId"])  # moto: the id given
+
+    secrets = boto3.client("secretsmanager")
+    secret_key = kms.describe_key(KeyId=secrets.describe_secret(SecretId=stack.secret_id)["KmsKeyId"])
+    assert secret_key["KeyMetadata"]["KeyId"] != data_key["KeyId"]
+    secret_policy = json.loads(secrets.get_resource_policy(SecretId=stack.secret_id)["ResourcePolicy"])
+    (deny,) = secret_policy["Statement"]
+    assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
+        roles["CancelFunctionRole"],
+        roles["PollFunctionRole"],
+    ]
+
+    bus_policy = json.loads(boto3.client("events").describe_event_bus(Name=stack.bus_name)["Policy"])
+    (deny,) = bus_policy["Statement"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
+        roles["CancelFunctionRole"],
+        roles["CancellationStateMachineRole"],
+    ]
+    # No producers named: nobody may put events on the ingress bus.
+    ingress_policy = json.loads(
+        boto3.client("events").describe_event_bus(Name=stack.ingress_bus_name)["Policy"]
+    )
+    assert [(s["Effect"], s["Action"], "Condition" in s) for s in ingress_policy["Statement"]] == [
+        ("Deny", "events:PutEvents", False)
+    ]
 
 
 def test_the_loops_unknown_outcomes_are_copied_to_their_queue(stack: Stack) -> None:

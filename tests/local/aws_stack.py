@@ -32,6 +32,7 @@ when the endpoint is elsewhere).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -53,6 +54,8 @@ OUTCOME_SOURCE = "qfpay.cancellation"
 QUEUE_ID = "OrderTimeoutQueue"
 DLQ_ID = "OrderTimeoutDeadLetterQueue"
 BUS_ID = "OutcomeEventBus"
+INGRESS_BUS_ID = "OrderIngressBus"
+SECRET_POLICY_ID = "QFPayCredentialsSecretPolicy"
 SECRET_ID = "QFPayCredentialsSecret"
 TABLE_ID = "IdempotencyTable"
 CANCEL_ID = "CancelFunction"
@@ -84,6 +87,16 @@ _SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 
 class StackTemplateError(ValueError):
     """template.yaml uses something this local builder cannot resolve or create."""
+
+
+class _NoValue:
+    """``AWS::NoValue``: the list item or property holding it is left out."""
+
+    def __repr__(self) -> str:
+        return "AWS::NoValue"
+
+
+NO_VALUE = _NoValue()
 
 
 @dataclass
@@ -195,10 +208,20 @@ class _Resolver:
         pseudo: Mapping[str, str],
     ) -> None:
         self.template = template
-        self.parameters = dict(parameters)
-        self.pseudo = dict(pseudo)
+        # A CommaDelimitedList parameter is a list, as CloudFormation gives it ("" -> [""]).
+        types = {name: spec.get("Type") for name, spec in template.get("Parameters", {}).items()}
+        self.parameters: dict[str, Any] = {
+            name: value.split(",") if types.get(name) == "CommaDelimitedList" else value
+            for name, value in parameters.items()
+        }
+        self.pseudo: dict[str, Any] = {**pseudo, "AWS::NoValue": NO_VALUE}
         # logical id -> {"Ref": ..., "Arn": ..., other attributes}
         self.resources: dict[str, dict[str, str]] = {}
+
+    def exists(self, logical_id: str) -> bool:
+        """Whether the template creates this resource with these parameters (its Condition)."""
+        condition = self.template.get("Resources", {}).get(logical_id, {}).get("Condition")
+        return condition is None or self.condition(condition)
 
     def condition(self, name: str) -> bool:
         conditions = self.template.get("Conditions", {})
@@ -222,7 +245,7 @@ class _Resolver:
                 return self.condition(args)
         raise StackTemplateError(f"unsupported condition {node!r}")
 
-    def ref(self, name: str) -> str:
+    def ref(self, name: str) -> Any:
         if name in self.pseudo:
             return self.pseudo[name]
         if name in self.parameters:
@@ -247,7 +270,7 @@ class _Resolver:
             if "." in inner and not inner.startswith("AWS::"):
                 name, attribute = inner.split(".", 1)
                 return self.get_att(name, attribute)
-            return self.ref(inner)
+            return self.scalar({"Ref": inner})
 
         return _SUB_VARIABLE.sub(replace, text)
 
@@ -261,7 +284,8 @@ class _Resolver:
 
     def resolve(self, node: Any) -> Any:
         if isinstance(node, list):
-            return [self.resolve(item) for item in node]
+            items = (self.resolve(item) for item in node)
+            return [item for item in items if item is not NO_VALUE]
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
@@ -289,7 +313,8 @@ class _Resolver:
                 return self.template["Mappings"][mapping][top][second]
             if key.startswith("Fn::") or key == "Condition":
                 raise StackTemplateError(f"unsupported intrinsic {key}")
-        return {key: self.resolve(value) for key, value in node.items()}
+        resolved = ((key, self.resolve(value)) for key, value in node.items())
+        return {key: value for key, value in resolved if value is not NO_VALUE}
 
 
 def _resource(template: Mapping[str, Any], logical_id: str, type_: str) -> dict[str, Any]:
@@ -368,7 +393,7 @@ def _sqs_event(properties: Mapping[str, Any], resolver: _Resolver) -> dict[str, 
 
 
 def _state_machine_definition(template_dir: Path, properties: Mapping[str, Any], resolver: _Resolver) -> str:
-    text = (template_dir / properties["DefinitionUri"]).read_text(encoding="utf-8")
+    text = (template_dir / properties["DefinitionS3Location"]).read_text(encoding="utf-8")
     substitutions = {
         name: resolver.scalar(value) for name, value in properties.get("DefinitionSubstitutions", {}).items()
     }
@@ -422,6 +447,82 @@ def _create_rule(
         if answer.get("FailedEntryCount"):
             raise StackTemplateError(f"{logical_id}: targets failed: {answer['FailedEntries']}")
     return {"name": name, "arn": arn, "bus_name": bus_name, "pattern": pattern}
+
+
+def _logical_ids(template: Mapping[str, Any], type_: str) -> list[str]:
+    return [name for name, r in template.get("Resources", {}).items() if r.get("Type") == type_]
+
+
+def _create_key(template: Mapping[str, Any], logical_id: str, resolver: _Resolver, kms: Any) -> None:
+    """An AWS::KMS::Key with its key policy (stored by moto, not enforced)."""
+    properties = resolver.resolve(_resource(template, logical_id, "AWS::KMS::Key")["Properties"])
+    metadata = kms.create_key(
+        Description=properties.get("Description", ""),
+        Policy=json.dumps(properties["KeyPolicy"]),
+    )["KeyMetadata"]
+    if properties.get("EnableKeyRotation"):
+        kms.enable_key_rotation(KeyId=metadata["KeyId"])
+    resolver.resources[logical_id] = {
+        "Ref": metadata["KeyId"],
+        "Arn": metadata["Arn"],
+        "KeyId": metadata["KeyId"],
+    }
+
+
+def _create_log_group(
+    template: Mapping[str, Any], logical_id: str, resolver: _Resolver, logs: Any, arn_prefix: str
+) -> None:
+    """An AWS::Logs::LogGroup (its Arn, like CloudFormation's, ends in ":*")."""
+    properties = resolver.resolve(_resource(template, logical_id, "AWS::Logs::LogGroup")["Properties"])
+    name = properties["LogGroupName"]
+    # The same stack name may be created again in one local AWS.
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(
+            logGroupName=name, **({"kmsKeyId": properties["KmsKeyId"]} if "KmsKeyId" in properties else {})
+        )
+    if "RetentionInDays" in properties:
+        logs.put_retention_policy(logGroupName=name, retentionInDays=int(properties["RetentionInDays"]))
+    resolver.resources[logical_id] = {"Ref": name, "Arn": f"{arn_prefix}:log-group:{name}:*"}
+
+
+def _create_role(
+    template: Mapping[str, Any], logical_id: str, resolver: _Resolver, iam: Any, name: str
+) -> None:
+    """An AWS::IAM::Role and its inline policies (moto stores them; it does not enforce IAM)."""
+    properties = resolver.resolve(_resource(template, logical_id, "AWS::IAM::Role")["Properties"])
+    if properties.get("ManagedPolicyArns"):
+        raise StackTemplateError(f"{logical_id}: managed policies are not created locally")
+    arn = iam.create_role(
+        RoleName=name,
+        AssumeRolePolicyDocument=json.dumps(properties["AssumeRolePolicyDocument"]),
+        Description=properties.get("Description", ""),
+    )["Role"]["Arn"]
+    for policy in properties.get("Policies", []):
+        iam.put_role_policy(
+            RoleName=name,
+            PolicyName=policy["PolicyName"],
+            PolicyDocument=json.dumps(policy["PolicyDocument"]),
+        )
+    resolver.resources[logical_id] = {"Ref": name, "Arn": arn}
+
+
+def _apply_event_bus_policies(template: Mapping[str, Any], resolver: _Resolver, events: Any) -> None:
+    """Each bus's AWS::Events::EventBusPolicy statements, as one policy per bus."""
+    statements: dict[str, list[dict[str, Any]]] = {}
+    for logical_id in _logical_ids(template, "AWS::Events::EventBusPolicy"):
+        if not resolver.exists(logical_id):
+            continue
+        properties = resolver.resolve(
+            _resource(template, logical_id, "AWS::Events::EventBusPolicy")["Properties"]
+        )
+        if "Statement" not in properties:
+            raise StackTemplateError(f"{logical_id}: only the Statement form is created locally")
+        bus = _bus_name(str(properties.get("EventBusName", "default")))
+        statements.setdefault(bus, []).append({"Sid": properties["StatementId"], **properties["Statement"]})
+    for bus, bus_statements in statements.items():
+        events.put_permission(
+            EventBusName=bus, Policy=json.dumps({"Version": "2012-10-17", "Statement": bus_statements})
+        )
 
 
 def _apply_queue_policy(
@@ -489,6 +590,7 @@ def create_stack(
         return session.client(service, region_name=region)
 
     sqs, events, secrets = client("sqs"), client("events"), client("secretsmanager")
+    kms, logs = client("kms"), client("logs")
     dynamodb, iam, lambda_, sfn = (
         client("dynamodb"),
         client("iam"),
@@ -512,7 +614,6 @@ def create_stack(
             "AWS::AccountId": account_id,
             "AWS::Partition": partition,
             "AWS::URLSuffix": "amazonaws.com",
-            "AWS::NoValue": "",
         },
     )
 
@@ -534,6 +635,13 @@ def create_stack(
         }
         return attributes
 
+    # KMS keys and log groups first: queues, secret, table, state machine and roles name them.
+    for logical_id in _logical_ids(template, "AWS::KMS::Key"):
+        if resolver.exists(logical_id):
+            _create_key(template, logical_id, resolver, kms)
+    for logical_id in _logical_ids(template, "AWS::Logs::LogGroup"):
+        _create_log_group(template, logical_id, resolver, logs, f"arn:{partition}:logs:{region}:{account_id}")
+
     # Queues: the DLQ first, so the queue's RedrivePolicy resolves to its real ARN.
     create_queue(DLQ_ID, None)
     queue_attributes = create_queue(QUEUE_ID, visibility_timeout)
@@ -544,6 +652,13 @@ def create_stack(
     bus_name = resolver.scalar(bus_properties["Name"])
     bus_arn = events.create_event_bus(Name=bus_name)["EventBusArn"]
     resolver.resources[BUS_ID] = {"Ref": bus_name, "Arn": bus_arn, "Name": bus_name}
+
+    # Our ingress bus, unless OrderTimeoutEventBusName names an existing one.
+    if resolver.exists(INGRESS_BUS_ID):
+        ingress_properties = _resource(template, INGRESS_BUS_ID, "AWS::Events::EventBus")["Properties"]
+        ingress_bus = resolver.scalar(ingress_properties["Name"])
+        ingress_bus_arn = events.create_event_bus(Name=ingress_bus)["EventBusArn"]
+        resolver.resources[INGRESS_BUS_ID] = {"Ref": ingress_bus, "Arn": ingress_bus_arn, "Name": ingress_bus}
 
     # EventBridge rules and what they deliver to; then the queue policies naming the rules.
     create_queue(LOOP_UNKNOWN_QUEUE_ID, None)
@@ -557,12 +672,15 @@ def create_stack(
 
     # Credentials. The template creates this secret only without ExistingQFPaySecretArn; a
     # local run always has its own, so it is created whatever the condition says.
-    _resource(template, SECRET_ID, "AWS::SecretsManager::Secret")
-    secret_arn = secrets.create_secret(
-        Name=local_name(SECRET_ID),
-        Description="QFPay credentials of the local cancellation stack",
-        SecretString=json.dumps(credentials),
-    )["ARN"]
+    secret_properties = _resource(template, SECRET_ID, "AWS::SecretsManager::Secret")["Properties"]
+    create_secret: dict[str, Any] = {
+        "Name": local_name(SECRET_ID),
+        "Description": "QFPay credentials of the local cancellation stack",
+        "SecretString": json.dumps(credentials),
+    }
+    if resolver.exists(SECRET_ID) and "KmsKeyId" in secret_properties:
+        create_secret["KmsKeyId"] = resolver.scalar(secret_properties["KmsKeyId"])
+    secret_arn = secrets.create_secret(**create_secret)["ARN"]
     resolver.resources[SECRET_ID] = {"Ref": secret_arn, "Id": secret_arn}
 
     # Idempotency table.
@@ -575,8 +693,11 @@ def create_stack(
         "BillingMode": resolver.scalar(table.get("BillingMode", "PROVISIONED")),
     }
     if "SSESpecification" in table:
+        sse = resolver.resolve(table["SSESpecification"])
         create_table["SSESpecification"] = {
-            "Enabled": resolver.resolve(table["SSESpecification"].get("SSEEnabled", False))
+            "Enabled": bool(sse.get("SSEEnabled", False)),
+            **({"SSEType": sse["SSEType"]} if "SSEType" in sse else {}),
+            **({"KMSMasterKeyId": sse["KMSMasterKeyId"]} if "KMSMasterKeyId" in sse else {}),
         }
     table_arn = dynamodb.create_table(**create_table)["TableDescription"]["TableArn"]
     if "TimeToLiveSpecification" in table:
@@ -596,7 +717,8 @@ def create_stack(
         )
     resolver.resources[TABLE_ID] = {"Ref": table_name, "Arn": table_arn}
 
-    # One role for everything local (moto does not enforce IAM).
+    # A role for what the template does not deploy (the example caller workflow): moto does not
+    # enforce IAM.
     role_arn = iam.create_role(
         RoleName=local_name("LocalRole"),
         AssumeRolePolicyDocument=json.dumps(
@@ -629,6 +751,11 @@ def create_stack(
         "Name": machine_name,
     }
 
+    # The template's roles, with their inline policies as the template resolves them here.
+    for logical_id in _logical_ids(template, "AWS::IAM::Role"):
+        if resolver.exists(logical_id):
+            _create_role(template, logical_id, resolver, iam, local_name(logical_id))
+
     environments: dict[str, dict[str, str]] = {}
     settings: dict[str, dict[str, Any]] = {}
     for logical_id, name in function_names.items():
@@ -641,7 +768,7 @@ def create_stack(
         created = lambda_.create_function(
             FunctionName=name,
             Runtime=resolver.scalar(merged["Runtime"]),
-            Role=role_arn,
+            Role=resolver.scalar(merged["Role"]) if "Role" in merged else role_arn,
             Handler=resolver.scalar(merged["Handler"]),
             Code={"ZipFile": _tiny_zip()},
             Timeout=int(resolver.scalar(merged.get("Timeout", 3))),
@@ -663,16 +790,41 @@ def create_stack(
             environment=environment,
         )
 
-    machine = _resource(template, STATE_MACHINE_ID, "AWS::Serverless::StateMachine")["Properties"]
+    machine = _resource(template, STATE_MACHINE_ID, "AWS::StepFunctions::StateMachine")["Properties"]
     definition = _state_machine_definition(template_dir, machine, resolver)
-    created_arn = sfn.create_state_machine(
-        name=machine_name,
-        definition=definition,
-        roleArn=role_arn,
-        type=resolver.scalar(machine.get("Type", "STANDARD")),
-    )["stateMachineArn"]
+    create_machine: dict[str, Any] = {
+        "name": machine_name,
+        "definition": definition,
+        "roleArn": resolver.scalar(machine["RoleArn"]),
+        "type": resolver.scalar(machine.get("StateMachineType", "STANDARD")),
+    }
+    if "EncryptionConfiguration" in machine:
+        # moto keeps it (DescribeStateMachine shows it) but encrypts nothing.
+        encryption = resolver.resolve(machine["EncryptionConfiguration"])
+        create_machine["encryptionConfiguration"] = {
+            "type": encryption["Type"],
+            **({"kmsKeyId": encryption["KmsKeyId"]} if "KmsKeyId" in encryption else {}),
+            **(
+                {"kmsDataKeyReusePeriodSeconds": int(encryption["KmsDataKeyReusePeriodSeconds"])}
+                if "KmsDataKeyReusePeriodSeconds" in encryption
+                else {}
+            ),
+        }
+    created_arn = sfn.create_state_machine(**create_machine)["stateMachineArn"]
     if created_arn != machine_arn:
         raise StackTemplateError(f"state machine ARN {created_arn}, expected {machine_arn}")
+
+    # Resource policies naming the roles: the secret's and the event buses'. moto stores them
+    # (so they can be read back) but enforces none of them; tests/test_template.py evaluates
+    # them as IAM does.
+    if resolver.exists(SECRET_POLICY_ID):
+        secret_policy = resolver.resolve(
+            _resource(template, SECRET_POLICY_ID, "AWS::SecretsManager::ResourcePolicy")["Properties"]
+        )
+        secrets.put_resource_policy(
+            SecretId=secret_arn, ResourcePolicy=json.dumps(secret_policy["ResourcePolicy"])
+        )
+    _apply_event_bus_policies(template, resolver, events)
 
     sqs_event = _sqs_event(settings[CANCEL_ID], resolver)
     if resolver.resolve(sqs_event["queue"]) != resolver.resources[QUEUE_ID]["Arn"]:
