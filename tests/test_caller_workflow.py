@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 
 from tests.conftest import PipelineFactory
 from tests.local import lambda_runtime
-from tests.local.pipeline import CALLER_ASL, Pipeline
+from tests.local.pipeline import CALLER_ASL, Pipeline, caller_definition
 from tests.local.scenarios import order_in, transaction_for
 from tests.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
 from tests.test_template import _validate_asl
@@ -124,6 +126,7 @@ def test_an_unpaid_order_is_cancelled_and_the_caller_gets_the_outcome(
     assert output["order"] == _order(event_file)
     assert [name for name, _ in _entered(finished["history"])] == [
         "RequestCancellation",
+        "IsOurOrder",
         "IsRefundRequired",
         "NotCharged",
     ]
@@ -195,3 +198,112 @@ def test_a_broken_loop_reaches_the_callers_unknown_catch(
     assert loop[-1] == "EnquiryLoopBroken"
     assert finished["status"] == "FAILED"
     assert finished["error"] == "Cancellation.Unknown"
+
+
+# ------------------------------------------------------------------ an answer about another order
+
+
+def _caller_waiting_on(queue_url: str, order: dict[str, Any]) -> tuple[str, str]:
+    """Start the example caller against ``queue_url``; return its execution and the task token
+    it sent (read from the queue, as whoever holds the queue could)."""
+    sfn, sqs = boto3.client("stepfunctions"), boto3.client("sqs")
+    machine = sfn.create_state_machine(
+        name=f"caller-{uuid.uuid4().hex[:8]}",
+        definition=caller_definition(queue_url),
+        roleArn=boto3.client("iam").list_roles()["Roles"][0]["Arn"],
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=machine, input=json.dumps({"order": order}))[
+        "executionArn"
+    ]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get("Messages", [])
+        if messages:
+            return execution, json.loads(messages[0]["Body"])["task_token"]
+        time.sleep(0.1)
+    pytest.fail("the caller sent no message")
+
+
+def _finished(execution: str) -> dict[str, Any]:
+    sfn = boto3.client("stepfunctions")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution)
+        if described["status"] != "RUNNING":
+            history = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+            described["history"] = history
+            return described
+        time.sleep(0.1)
+    pytest.fail("the caller is still running")
+
+
+def _refund_required(order: dict[str, Any], **identity: Any) -> dict[str, Any]:
+    """A REFUND_REQUIRED outcome as the service publishes it, about ``order`` with ``identity``
+    replacing its out_trade_no / syssn."""
+    outcome: dict[str, Any] = {
+        "outcome_id": "5d41402abc4b2a76b9719d911017c592",
+        **{name: order.get(name) for name in ("out_trade_no", "syssn", "mchid", "pay_type", "txcurrcd")},
+        "txamt": order.get("txamt"),
+        "status": "REFUND_REQUIRED",
+        "reason": "QFPay shows the payment paid (1260)",
+        "endpoint": "reversal",
+        "respcd": "1260",
+        "resperr": "already paid",
+        "reversal_syssn": None,
+        "attempts": 1,
+        "polls": 0,
+        "resent": False,
+        "decided_by": "cancel-function",
+        "decided_at": "2026-11-26T10:20:00Z",
+        **identity,
+    }
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("order_file", "identity", "acted_on"),
+    [
+        ("orders/reversal-confirmed.json", {}, True),
+        ("orders/reversal-confirmed.json", {"out_trade_no": "SOMEONE-ELSES-ORDER"}, False),
+        ("orders/reversal-confirmed.json", {"out_trade_no": None}, False),
+    ],
+)
+def test_the_caller_acts_only_on_an_outcome_about_its_own_order(
+    pipeline_factory: PipelineFactory, order_file: str, identity: dict[str, Any], acted_on: bool
+) -> None:
+    """Our role may answer any task token (SendTaskSuccess has no resource type): a caller must
+    check that the outcome names its order before it refunds or closes anything."""
+    order = _order(order_file)
+    with pipeline_factory([]):
+        scratch = boto3.client("sqs").create_queue(QueueName=f"caller-check-{uuid.uuid4().hex[:8]}")[
+            "QueueUrl"
+        ]
+        execution, token = _caller_waiting_on(scratch, order)
+        outcome = _refund_required(order, **identity)
+        boto3.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(outcome))
+        finished = _finished(execution)
+
+    states = [name for name, _ in _entered(finished["history"])]
+    if acted_on:
+        assert finished["status"] == "SUCCEEDED", finished
+        assert states == ["RequestCancellation", "IsOurOrder", "IsRefundRequired", "RefundRequired"]
+    else:
+        assert finished["status"] == "FAILED"
+        assert finished["error"] == "Cancellation.NotOurOrder"
+        assert states == ["RequestCancellation", "IsOurOrder", "NotOurOrder"]
+
+
+def test_a_caller_without_out_trade_no_checks_the_syssn(pipeline_factory: PipelineFactory) -> None:
+    order = {
+        **_order("orders/reversal-confirmed.json"),
+        "out_trade_no": None,
+        "syssn": "20261126000100020000000001",
+    }
+    with pipeline_factory([]):
+        sqs = boto3.client("sqs")
+        for syssn, expected in ((order["syssn"], "SUCCEEDED"), ("20261126000100020000000999", "FAILED")):
+            scratch = sqs.create_queue(QueueName=f"caller-check-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+            execution, token = _caller_waiting_on(scratch, order)
+            outcome = _refund_required(order, syssn=syssn)
+            boto3.client("stepfunctions").send_task_success(taskToken=token, output=json.dumps(outcome))
+            assert _finished(execution)["status"] == expected, syssn
