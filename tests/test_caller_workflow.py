@@ -261,19 +261,22 @@ def _refund_required(order: dict[str, Any], **identity: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("order_file", "identity", "acted_on"),
+    ("sent", "identity", "acted_on"),
     [
-        ("orders/reversal-confirmed.json", {}, True),
-        ("orders/reversal-confirmed.json", {"out_trade_no": "SOMEONE-ELSES-ORDER"}, False),
-        ("orders/reversal-confirmed.json", {"out_trade_no": None}, False),
+        ({}, {}, True),
+        ({}, {"out_trade_no": "SOMEONE-ELSES-ORDER"}, False),
+        ({}, {"out_trade_no": None}, False),
+        ({"mchid": "M-1"}, {}, True),
+        ({"mchid": "M-1"}, {"mchid": "M-2"}, False),  # the same out_trade_no at another merchant
+        ({"mchid": "M-1"}, {"mchid": None}, False),
     ],
 )
 def test_the_caller_acts_only_on_an_outcome_about_its_own_order(
-    pipeline_factory: PipelineFactory, order_file: str, identity: dict[str, Any], acted_on: bool
+    pipeline_factory: PipelineFactory, sent: dict[str, Any], identity: dict[str, Any], acted_on: bool
 ) -> None:
     """Our role may answer any task token (SendTaskSuccess has no resource type): a caller must
     check that the outcome names its order before it refunds or closes anything."""
-    order = _order(order_file)
+    order = {**_order("orders/reversal-confirmed.json"), **sent}
     with pipeline_factory([]):
         scratch = boto3.client("sqs").create_queue(QueueName=f"caller-check-{uuid.uuid4().hex[:8]}")[
             "QueueUrl"
