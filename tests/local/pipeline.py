@@ -8,6 +8,7 @@ cancel function with SQS-to-Lambda semantics, and their outcomes read back from 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -155,6 +156,10 @@ def local_pipeline(
     close_methods: tuple[str, ...] = ("GET", "POST"),
 ) -> Iterator[Pipeline]:
     """Start everything; on exit stop delivery and the stand-in (and moto, if started here)."""
+    # The local Lambda runtime applies each function's environment to this process (its handlers
+    # read their settings at import): what one pipeline's functions were given must not reach the
+    # next pipeline's, which may not set the variable at all.
+    environment_before = dict(os.environ)
     own_aws = aws is None
     local_aws = aws or LocalAws()
     if own_aws:
@@ -191,3 +196,6 @@ def local_pipeline(
         lambda_runtime.clear_invocations()
         if own_aws:
             local_aws.stop()
+        for name in set(os.environ) - set(environment_before):
+            del os.environ[name]
+        os.environ.update(environment_before)
