@@ -131,7 +131,11 @@ def test_bus_secret_and_table_exist(stack: Stack, template: dict[str, Any]) -> N
     table = dynamodb.describe_table(TableName=stack.table_name)["Table"]
     properties = template["Resources"]["IdempotencyTable"]["Properties"]
     assert table["KeySchema"] == properties["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
-    assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert table["AttributeDefinitions"] == properties["AttributeDefinitions"]
+    # The reconciliation due list: the sparse index the template declares.
+    (index,) = table["GlobalSecondaryIndexes"]
+    (declared,) = properties["GlobalSecondaryIndexes"]
+    assert (index["IndexName"], index["KeySchema"]) == (declared["IndexName"], declared["KeySchema"])
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     ttl = dynamodb.describe_time_to_live(TableName=stack.table_name)["TimeToLiveDescription"]
     assert ttl["AttributeName"] == "expiration"
@@ -182,15 +186,24 @@ def test_environments_are_resolved_to_the_local_resources(stack: Stack) -> None:
     ) == ("3", "60", "900")
     assert cancel["RETRY_BASE_DELAY_SECONDS"] == "10"
     assert "STATE_MACHINE_ARN" not in poll
+    reconcile = stack.reconcile_environment
+    assert reconcile["IDEMPOTENCY_TABLE"] == stack.table_name
+    assert reconcile["RECONCILE_INTAKE_QUEUE_URL"] == stack.intake_queue_url
+    assert reconcile["RECONCILE_CHECKS_AFTER_SECONDS"] == "300,3600,86400,172800,259200,345600,432000"
 
 
 def test_each_function_is_registered_with_the_local_runtime(
     stack: Stack, registered: list[dict[str, Any]]
 ) -> None:
     by_name = {call["function_name"]: call for call in registered}
-    assert set(by_name) == {stack.cancel_function_name, stack.poll_function_name}
+    assert set(by_name) == {
+        stack.cancel_function_name,
+        stack.poll_function_name,
+        stack.reconcile_function_name,
+    }
     assert by_name[stack.cancel_function_name]["code_dir"] == ROOT / "functions" / "cancel"
     assert by_name[stack.poll_function_name]["code_dir"] == ROOT / "functions" / "poll"
+    assert by_name[stack.reconcile_function_name]["code_dir"] == ROOT / "functions" / "reconcile"
     for name, call in by_name.items():
         assert call["handler"] == "app.lambda_handler"
         assert call["environment"] == stack.function_environments[name]

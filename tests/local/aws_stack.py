@@ -64,6 +64,9 @@ STATE_MACHINE_ID = "CancellationStateMachine"
 INGRESS_RULE_ID = "OrderTimeoutRule"
 LOOP_UNKNOWN_RULE_ID = "LoopUnknownOutcomeRule"
 LOOP_UNKNOWN_QUEUE_ID = "LoopUnknownOutcomeQueue"
+RECONCILE_ID = "ReconcileFunction"
+INTAKE_RULE_ID = "ReconciliationIntakeRule"
+INTAKE_QUEUE_ID = "ReconciliationIntakeQueue"
 
 # CloudFormation AWS::SQS::Queue properties that are SQS queue attributes of the same name.
 _SQS_ATTRIBUTES = (
@@ -141,6 +144,10 @@ class Stack:
     # LoopUnknownOutcomeRule and the queue it copies the loop's UNKNOWN outcomes to.
     loop_unknown_rule_name: str
     loop_unknown_queue_url: str
+    # ReconcileFunction (invoked directly: moto runs no schedules) and its intake queue.
+    reconcile_function_name: str
+    reconcile_environment: dict[str, str]
+    intake_queue_url: str
     _sqs: Any = field(repr=False, compare=False, default=None)
 
     @property
@@ -149,6 +156,7 @@ class Stack:
         return {
             self.cancel_function_name: self.cancel_environment,
             self.poll_function_name: self.poll_environment,
+            self.reconcile_function_name: self.reconcile_environment,
         }
 
     def read_outcome_events(
@@ -662,10 +670,12 @@ def create_stack(
 
     # EventBridge rules and what they deliver to; then the queue policies naming the rules.
     create_queue(LOOP_UNKNOWN_QUEUE_ID, None)
+    create_queue(INTAKE_QUEUE_ID, None)
     ingress = _create_rule(template, INGRESS_RULE_ID, resolver, events, local_name(INGRESS_RULE_ID))
     loop_unknown = _create_rule(
         template, LOOP_UNKNOWN_RULE_ID, resolver, events, local_name(LOOP_UNKNOWN_RULE_ID)
     )
+    _create_rule(template, INTAKE_RULE_ID, resolver, events, local_name(INTAKE_RULE_ID))
     for logical_id, resource in template.get("Resources", {}).items():
         if resource.get("Type") == "AWS::SQS::QueuePolicy":
             _apply_queue_policy(logical_id, resource.get("Properties", {}), resolver, sqs)
@@ -692,6 +702,8 @@ def create_stack(
         "AttributeDefinitions": resolver.resolve(table["AttributeDefinitions"]),
         "BillingMode": resolver.scalar(table.get("BillingMode", "PROVISIONED")),
     }
+    if "GlobalSecondaryIndexes" in table:
+        create_table["GlobalSecondaryIndexes"] = resolver.resolve(table["GlobalSecondaryIndexes"])
     if "SSESpecification" in table:
         sse = resolver.resolve(table["SSESpecification"])
         create_table["SSESpecification"] = {
@@ -737,7 +749,11 @@ def create_stack(
 
     # Functions and state machine refer to each other's ARNs (state machine -> poll function,
     # cancel function -> state machine): their names are ours, so the ARNs are known upfront.
-    function_names = {CANCEL_ID: local_name(CANCEL_ID), POLL_ID: local_name(POLL_ID)}
+    function_names = {
+        CANCEL_ID: local_name(CANCEL_ID),
+        POLL_ID: local_name(POLL_ID),
+        RECONCILE_ID: local_name(RECONCILE_ID),
+    }
     for logical_id, name in function_names.items():
         resolver.resources[logical_id] = {
             "Ref": name,
@@ -905,5 +921,8 @@ def create_stack(
         ingress_event_pattern=ingress["pattern"],
         loop_unknown_rule_name=loop_unknown["name"],
         loop_unknown_queue_url=resolver.resources[LOOP_UNKNOWN_QUEUE_ID]["QueueUrl"],
+        reconcile_function_name=function_names[RECONCILE_ID],
+        reconcile_environment=environments[RECONCILE_ID],
+        intake_queue_url=resolver.resources[INTAKE_QUEUE_ID]["QueueUrl"],
         _sqs=sqs,
     )

@@ -30,6 +30,7 @@ def ledger(aws_env: None) -> Iterator[DecisionLedger]:
             TableName="ledger",
             KeySchema=table["KeySchema"],
             AttributeDefinitions=table["AttributeDefinitions"],
+            GlobalSecondaryIndexes=table["GlobalSecondaryIndexes"],
             BillingMode=table["BillingMode"],
         )
         yield DecisionLedger("ledger", EXPIRY, lambda: client)

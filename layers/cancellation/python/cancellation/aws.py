@@ -17,6 +17,7 @@ import boto3
 from cancellation.outcomes import (
     CALLER_ERRORS,
     CALLER_SUCCESS_STATUSES,
+    CORRECTION_DETAIL_TYPE,
     OUTCOME_DETAIL_TYPE,
     OUTCOME_SOURCE,
     Status,
@@ -50,12 +51,14 @@ class OutcomePublisher:
         self._events = events or LazyClient("events")
 
     def publish(self, detail: dict[str, Any]) -> None:
+        """A first outcome (revision 1) or a correction, each under its own DetailType."""
+        correction = int(detail.get("revision") or 1) > 1
         answer = self._events().put_events(
             Entries=[
                 {
                     "EventBusName": self._bus_name,
                     "Source": OUTCOME_SOURCE,
-                    "DetailType": OUTCOME_DETAIL_TYPE,
+                    "DetailType": CORRECTION_DETAIL_TYPE if correction else OUTCOME_DETAIL_TYPE,
                     "Detail": _json(detail),
                 }
             ]
@@ -353,3 +356,171 @@ class RedeliveryDelay:
         client.change_message_visibility(
             QueueUrl=url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
         )
+
+
+# ------------------------------------------------------------------ reconciliation records
+
+DUE, NEEDS_ATTENTION, RESOLVED = "DUE", "NEEDS_ATTENTION", "RESOLVED"
+# The sparse index's partitions: a record is in one of them until it is resolved, then in none.
+_INDEX_QUEUE = {DUE: "due", NEEDS_ATTENTION: "attention"}
+RECONCILIATION_INDEX = "ReconciliationQueue"
+RECONCILIATION_PREFIX = "reconcile#"
+
+
+class ReconciliationRecord(NamedTuple):
+    """One order whose outcome a person would otherwise have to settle: UNKNOWN (re-checked by the
+    Transaction Enquiry on a schedule) or REFUND_REQUIRED (a person refunds it)."""
+
+    outcome_id: str
+    stage: str  # DUE, NEEDS_ATTENTION or RESOLVED
+    due_at: float  # DUE: when the next check is due; NEEDS_ATTENTION: since when
+    checks: int  # Transaction Enquiries asked so far
+    outcome: dict[str, Any]  # the latest revision published
+    history: list[dict[str, Any]]  # every revision: revision, status, reason, decided_by, decided_at
+    enrolled_at: float
+    version: int  # optimistic lock: every write names the version it read
+    last_finding: str | None = None
+    resolved_by: str | None = None
+    resolved_at: float | None = None
+    note: str | None = None
+
+
+class ReconciliationBusy(Exception):
+    """Another pass or a person changed the record since it was read; it is left to them."""
+
+
+class ReconciliationLedger:
+    """The due list and the needs-attention list, as records of their own in the ledger table
+    (``reconcile#<outcome_id>``), found through a sparse index (``queue`` + ``due_at``): only
+    unresolved records carry ``queue``, so a pass reads what is due and nothing else."""
+
+    def __init__(self, table_name: str, dynamodb: Callable[[], Any] | None = None) -> None:
+        self._table = table_name
+        self._dynamodb = dynamodb or LazyClient("dynamodb")
+
+    def enrol(self, record: ReconciliationRecord) -> bool:
+        """False if the order is enrolled already (a repeated outcome event)."""
+        client = self._dynamodb()
+        try:
+            client.put_item(
+                TableName=self._table,
+                Item=_reconciliation_item(record),
+                ConditionExpression="attribute_not_exists(#id)",
+                ExpressionAttributeNames={"#id": "id"},
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def get(self, outcome_id: str) -> ReconciliationRecord | None:
+        answer = self._dynamodb().get_item(
+            TableName=self._table,
+            Key={"id": {"S": RECONCILIATION_PREFIX + outcome_id}},
+            ConsistentRead=True,
+        )
+        item = answer.get("Item")
+        return _reconciliation_record(item) if item else None
+
+    def due(self, now: float, limit: int) -> list[ReconciliationRecord]:
+        """Records whose next check is due, oldest first."""
+        return self._query(DUE, limit, "#due_at <= :now", {":now": {"N": _number(now)}})
+
+    def needing_attention(self, limit: int = 1000) -> list[ReconciliationRecord]:
+        return self._query(NEEDS_ATTENTION, limit)
+
+    def _query(
+        self, stage: str, limit: int, condition: str | None = None, values: dict[str, Any] | None = None
+    ) -> list[ReconciliationRecord]:
+        client = self._dynamodb()
+        names = {"#queue": "queue", **({"#due_at": "due_at"} if condition else {})}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": RECONCILIATION_INDEX,
+            "KeyConditionExpression": "#queue = :queue" + (f" AND {condition}" if condition else ""),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {":queue": {"S": _INDEX_QUEUE[stage]}, **(values or {})},
+        }
+        records: list[ReconciliationRecord] = []
+        while len(records) < limit:
+            answer = client.query(**request, Limit=limit - len(records))
+            records += [_reconciliation_record(item) for item in answer.get("Items", [])]
+            if "LastEvaluatedKey" not in answer:
+                break
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        return records
+
+    def save(self, record: ReconciliationRecord) -> ReconciliationRecord:
+        """Write ``record`` (read at ``record.version``) as the next version; :class:`ReconciliationBusy`
+        if someone else wrote it in between."""
+        saved = record._replace(version=record.version + 1)
+        client = self._dynamodb()
+        try:
+            client.put_item(
+                TableName=self._table,
+                Item=_reconciliation_item(saved),
+                ConditionExpression="#version = :version",
+                ExpressionAttributeNames={"#version": "version"},
+                ExpressionAttributeValues={":version": {"N": str(record.version)}},
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            raise ReconciliationBusy(f"reconciliation record {record.outcome_id} changed meanwhile") from None
+        return saved
+
+
+def _reconciliation_item(record: ReconciliationRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": {"S": RECONCILIATION_PREFIX + record.outcome_id},
+        "stage": {"S": record.stage},
+        "due_at": {"N": _number(record.due_at)},
+        "checks": {"N": str(record.checks)},
+        "outcome": {"S": _json(record.outcome)},
+        "history": {"S": json.dumps(record.history, separators=(",", ":"))},
+        "enrolled_at": {"N": _number(record.enrolled_at)},
+        "version": {"N": str(record.version)},
+    }
+    if record.stage in _INDEX_QUEUE:
+        item["queue"] = {"S": _INDEX_QUEUE[record.stage]}
+    for name in ("last_finding", "resolved_by", "note"):
+        value = getattr(record, name)
+        if value is not None:
+            item[name] = {"S": value}
+    if record.resolved_at is not None:
+        item["resolved_at"] = {"N": _number(record.resolved_at)}
+    return item
+
+
+def _reconciliation_record(item: dict[str, Any]) -> ReconciliationRecord:
+    def text(name: str) -> str | None:
+        return item[name]["S"] if name in item else None
+
+    return ReconciliationRecord(
+        outcome_id=item["id"]["S"].removeprefix(RECONCILIATION_PREFIX),
+        stage=item["stage"]["S"],
+        due_at=float(item["due_at"]["N"]),
+        checks=int(item["checks"]["N"]),
+        outcome=json.loads(item["outcome"]["S"]),
+        history=json.loads(item["history"]["S"]),
+        enrolled_at=float(item["enrolled_at"]["N"]),
+        version=int(item["version"]["N"]),
+        last_finding=text("last_finding"),
+        resolved_by=text("resolved_by"),
+        resolved_at=float(item["resolved_at"]["N"]) if "resolved_at" in item else None,
+        note=text("note"),
+    )
+
+
+class OutcomeIntake:
+    """The queue EventBridge copies UNKNOWN and REFUND_REQUIRED outcomes into; a pass enrols each
+    before deleting it, so an outcome is never lost between the bus and the due list."""
+
+    def __init__(self, queue_url: str, sqs: Callable[[], Any] | None = None) -> None:
+        self._url = queue_url
+        self._sqs = sqs or LazyClient("sqs")
+
+    def receive(self) -> list[tuple[str, str]]:
+        """Up to 10 messages as (receipt handle, body)."""
+        answer = self._sqs().receive_message(QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        return [(m["ReceiptHandle"], m["Body"]) for m in answer.get("Messages", [])]
+
+    def delete(self, receipt_handle: str) -> None:
+        self._sqs().delete_message(QueueUrl=self._url, ReceiptHandle=receipt_handle)

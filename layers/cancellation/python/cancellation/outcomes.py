@@ -10,9 +10,12 @@ from typing import Any, Literal
 
 OUTCOME_SOURCE = "qfpay.cancellation"
 OUTCOME_DETAIL_TYPE = "Payment Cancellation Outcome"
+# Corrections (revision 2, 3, ...) travel under a DetailType of their own: a consumer whose rule
+# names only OUTCOME_DETAIL_TYPE never receives one, so it cannot drop it as a repeat.
+CORRECTION_DETAIL_TYPE = "Payment Cancellation Outcome Correction"
 
 Endpoint = Literal["reversal", "close"]
-DecidedBy = Literal["cancel-function", "poll-loop"]
+DecidedBy = Literal["cancel-function", "poll-loop", "reconciliation", "operator"]
 
 
 class Status(StrEnum):
@@ -71,7 +74,38 @@ def build_outcome(
         "resent": resent,
         "decided_by": decided_by,
         "decided_at": utc_now_iso(now),
+        "revision": 1,
     }
+
+
+def corrected_outcome(
+    previous: Mapping[str, Any],
+    status: Status,
+    reason: str,
+    *,
+    now: float,
+    decided_by: DecidedBy,
+    respcd: str | None = None,
+) -> dict[str, Any]:
+    """The next revision of an outcome: same ``outcome_id`` and order, the status QFPay (or a
+    person) has now shown, and ``supersedes`` naming the status it replaces. Consumers keep the
+    highest revision of an ``outcome_id``."""
+    return {
+        **previous,
+        "status": status.value,
+        "reason": reason,
+        "respcd": respcd if respcd is not None else previous.get("respcd"),
+        "decided_by": decided_by,
+        "decided_at": utc_now_iso(now),
+        "revision": revision_of(previous) + 1,
+        "supersedes": previous["status"],
+    }
+
+
+def revision_of(outcome: Mapping[str, Any]) -> int:
+    """An outcome published before revisions existed (or by the loop's broken-loop path) is 1."""
+    revision = outcome.get("revision")
+    return revision if isinstance(revision, int) and revision >= 1 else 1
 
 
 def rejected_outcome(

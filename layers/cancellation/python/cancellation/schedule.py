@@ -38,7 +38,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_LATE_FRACTION = 0.2
 DEFAULT_LATE_FLOOR = 20
@@ -134,3 +134,34 @@ class PollSchedule:
             float(data.get("late_fraction", DEFAULT_LATE_FRACTION)),
             int(data.get("late_floor", DEFAULT_LATE_FLOOR)),
         )
+
+
+# About 5 minutes, 1 hour, then once a day for 5 days after the UNKNOWN outcome.
+DEFAULT_CHECKS_AFTER_SECONDS = (300, 3600, 86400, 2 * 86400, 3 * 86400, 4 * 86400, 5 * 86400)
+
+
+class ReconcileSchedule(NamedTuple):
+    """When each check is due, in seconds after the order was enrolled (its UNKNOWN outcome)."""
+
+    checks_after: tuple[int, ...] = DEFAULT_CHECKS_AFTER_SECONDS
+
+    @classmethod
+    def parse(cls, text: str) -> ReconcileSchedule:
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(
+                f"RECONCILE_CHECKS_AFTER_SECONDS must be whole seconds, comma-separated: {text!r}"
+            ) from None
+        if not values or any(v < 0 for v in values) or list(values) != sorted(values):
+            raise ValueError(f"RECONCILE_CHECKS_AFTER_SECONDS must be rising seconds >= 0: {text!r}")
+        return cls(values)
+
+    def next_due(self, enrolled_at: float, checks_done: int) -> float | None:
+        """When check number ``checks_done + 1`` is due; None once every check was made."""
+        if checks_done >= len(self.checks_after):
+            return None
+        return enrolled_at + self.checks_after[checks_done]
+
+
+DEFAULT_RECONCILE_SCHEDULE = ReconcileSchedule()

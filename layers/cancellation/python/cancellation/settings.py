@@ -20,6 +20,7 @@ from cancellation.schedule import (
     MAX_FIRST_WAIT_SECONDS,
     MAX_WAIT_SECONDS,
     PollSchedule,
+    ReconcileSchedule,
 )
 
 
@@ -223,6 +224,38 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 43200),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
+    )
+    read.done()
+    return settings
+
+
+class ReconcileSettings(NamedTuple):
+    qfpay: QFPaySettings
+    event_bus_name: str
+    table: str
+    intake_queue_url: str
+    schedule: ReconcileSchedule = ReconcileSchedule()
+    settle_seconds: int = 3600
+    batch_limit: int = 200
+
+
+def reconcile_settings(env: Mapping[str, str]) -> ReconcileSettings:
+    read = _Reader(env)
+    qfpay = _qfpay(read)
+    schedule = ReconcileSchedule()
+    if raw := env.get("RECONCILE_CHECKS_AFTER_SECONDS", "").strip():
+        try:
+            schedule = ReconcileSchedule.parse(raw)
+        except ValueError as exc:
+            read.problems.append(str(exc))
+    settings = ReconcileSettings(
+        qfpay=qfpay,
+        event_bus_name=read.text("EVENT_BUS_NAME"),
+        table=read.text("IDEMPOTENCY_TABLE"),
+        intake_queue_url=read.text("RECONCILE_INTAKE_QUEUE_URL"),
+        schedule=schedule,
+        settle_seconds=read.integer("RECONCILE_SETTLE_SECONDS", 3600, 0, 86400),
+        batch_limit=read.integer("RECONCILE_BATCH_LIMIT", 200, 1, 1000),
     )
     read.done()
     return settings
