@@ -29,7 +29,7 @@ SCHEMA = json.loads(
 pytestmark = pytest.mark.e2e
 
 # Two checks: at once, then a second later; after the second, the order needs attention.
-FAST_SCHEDULE = {"RECONCILE_CHECKS_AFTER_SECONDS": "0,1", "RECONCILE_SETTLE_SECONDS": "0"}
+FAST_SCHEDULE = {"RECONCILE_CHECKS_AFTER_SECONDS": "0,1"}
 
 
 def risk_controlled(n: int) -> Transaction:

@@ -88,3 +88,12 @@ def test_the_enquiry_asks_by_syssn_when_known_else_by_out_trade_no_in_a_window()
         "start_time": "2026-11-29 00:00:00",
         "end_time": "2026-12-07 00:00:00",
     }
+
+
+def test_a_cancel_may_still_take_effect_unless_none_was_sent_or_qfpay_refused_it_for_good() -> None:
+    from cancellation.reconciliation import cancel_may_take_effect  # noqa: PLC0415
+
+    assert not cancel_may_take_effect({"attempts": 0, "respcd": None})
+    assert not cancel_may_take_effect({"attempts": 1, "respcd": "1294"})  # bank risk control refused it
+    assert cancel_may_take_effect({"attempts": 1, "respcd": "1143"})  # in progress at the deadline
+    assert cancel_may_take_effect({"attempts": 1, "respcd": None})  # never answered

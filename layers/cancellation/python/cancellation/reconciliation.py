@@ -36,6 +36,7 @@ from cancellation.observability import count, count_kind, logger
 from cancellation.orders import TXDTM_FORMAT, Order
 from cancellation.outcomes import OUTCOME_DETAIL_TYPE, Status, corrected_outcome
 from cancellation.qfpay import QFPayClient, QFPayError, Timeouts
+from cancellation.respcd import Disposition, meaning_of
 from cancellation.schedule import DEFAULT_RECONCILE_SCHEDULE, ReconcileSchedule
 
 if TYPE_CHECKING:
@@ -93,12 +94,27 @@ def reconciliation_enquiry(outcome: Mapping[str, Any]) -> dict[str, str | None]:
     }
 
 
+def cancel_may_take_effect(outcome: Mapping[str, Any]) -> bool:
+    """Whether a cancel of ours may still take effect after this outcome: one was sent and QFPay
+    did not refuse it for good (it answered in progress or success, or never answered). A paid row
+    then decides nothing until that cancel's own row shows it failed."""
+    if int(outcome.get("attempts") or 0) == 0:
+        return False
+    respcd = outcome.get("respcd")
+    return not respcd or meaning_of(str(respcd)).disposition is not Disposition.FINAL
+
+
 def qfpay_enquirer(qfpay: QFPayClient) -> Callable[[Mapping[str, Any]], Finding]:
     """What QFPay's Enquiry shows for an outcome's order; an answer we cannot read is "not decided"."""
 
     def enquire(outcome: Mapping[str, Any]) -> Finding:
         try:
-            return read_enquiry(qfpay.enquiry(reconciliation_enquiry(outcome)), order_of(outcome))
+            return read_enquiry(
+                qfpay.enquiry(reconciliation_enquiry(outcome)),
+                order_of(outcome),
+                reversal_syssn=outcome.get("reversal_syssn"),
+                cancel_pending=cancel_may_take_effect(outcome),
+            )
         except (QFPayError, ValueError) as exc:
             return Finding(None, f"Enquiry unavailable ({exc})", found=False)
 
@@ -140,8 +156,6 @@ class Reconciler:
     enquire: Callable[[Mapping[str, Any]], Finding]
     intake: OutcomeIntake | None = None
     schedule: ReconcileSchedule = DEFAULT_RECONCILE_SCHEDULE
-    # A paid row soon after a cancel of ours may be a reversal still processing: not yet a refund case.
-    settle_seconds: int = 3600
     batch_limit: int = 200
     clock: Callable[[], float] = time.time
 
@@ -157,7 +171,6 @@ class Reconciler:
             enquire=qfpay_enquirer(qfpay),
             intake=OutcomeIntake(settings.intake_queue_url),
             schedule=settings.schedule,
-            settle_seconds=settings.settle_seconds,
             batch_limit=settings.batch_limit,
         )
 
@@ -232,13 +245,6 @@ class Reconciler:
             finding = self.enquire(record.outcome)
             status, reason = finding.status, finding.reason
             current = Status(record.outcome["status"])
-            if (
-                status is Status.REFUND_REQUIRED
-                and current is Status.UNKNOWN
-                and int(record.outcome.get("attempts") or 0) > 0
-                and now - record.enrolled_at < self.settle_seconds
-            ):
-                status, reason = None, f"{reason}; a cancel of ours may still be processing"
             checks = record.checks + 1
             if status is not None and status is not current:
                 return self._correct(claimed, status, reason, finding.respcd, checks)

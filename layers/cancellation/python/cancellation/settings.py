@@ -235,7 +235,6 @@ class ReconcileSettings(NamedTuple):
     table: str
     intake_queue_url: str
     schedule: ReconcileSchedule = ReconcileSchedule()
-    settle_seconds: int = 3600
     batch_limit: int = 200
 
 
@@ -254,7 +253,6 @@ def reconcile_settings(env: Mapping[str, str]) -> ReconcileSettings:
         table=read.text("IDEMPOTENCY_TABLE"),
         intake_queue_url=read.text("RECONCILE_INTAKE_QUEUE_URL"),
         schedule=schedule,
-        settle_seconds=read.integer("RECONCILE_SETTLE_SECONDS", 3600, 0, 86400),
         batch_limit=read.integer("RECONCILE_BATCH_LIMIT", 200, 1, 1000),
     )
     read.done()
