@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := $(VENV)/checkov/.installed
+CLI_STAMP := $(VENV)/.cli-installed
 SAM_STAMP := $(VENV)/sam/.installed
 # The Lambda runtime's Python (template.yaml: python3.13) compiles the layer and runs the built
 # functions in the artifact tests and `make bench`: python3.13 on PATH, else pyenv's 3.13.x.
@@ -60,15 +61,21 @@ lint: $(PY_STAMP)
 typecheck: $(PY_STAMP)
 	$(BIN)/mypy $(MYPY_TARGETS)
 
-unit: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) build
+unit: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(CLI_STAMP) build
 	$(BIN)/pytest
 
-install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(SAM_STAMP) $(RUNTIME_STAMP)
+install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(SAM_STAMP) $(RUNTIME_STAMP) $(CLI_STAMP)
 
 $(PY_STAMP): requirements-dev.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The operators' CLI (pyproject.toml [project.scripts]): the project installed in place, so the
+# console script runs the layer's package as it is in the tree (built with the pinned setuptools).
+$(CLI_STAMP): pyproject.toml $(PY_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # checkov pins boto3 and friends below our pins, so it gets an environment of its own.

@@ -28,7 +28,11 @@ BUILD = REPO / ".aws-sam" / "build"
 LAYER_SOURCE = REPO / "layers" / "cancellation"
 # What Lambda's python3.13 runtime has: Python 3.13 and the AWS SDK (`make build` creates it).
 RUNTIME_PYTHON = REPO / ".venv" / "lambda-runtime" / "bin" / "python"
-FUNCTIONS = {"CancelFunction": REPO / "functions" / "cancel", "PollFunction": REPO / "functions" / "poll"}
+FUNCTIONS = {
+    "CancelFunction": REPO / "functions" / "cancel",
+    "PollFunction": REPO / "functions" / "poll",
+    "ReconcileFunction": REPO / "functions" / "reconcile",
+}
 LAMBDA_SIZE_LIMIT = 250 * 2**20  # unzipped: the function's code and all its layers
 ELF_MACHINE_AARCH64 = 0xB7
 PYC_UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked

@@ -38,6 +38,7 @@ import io
 import json
 import re
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -560,6 +561,24 @@ def _register_with_lambda_runtime(
     )
 
 
+def _register_outputs(
+    cloudformation: Any, stack_name: str, outputs: dict[str, str], template: Mapping[str, Any]
+) -> None:
+    """A CloudFormation stack of that name whose Outputs are the local resources, so that tools
+    reading a deployed stack's outputs (the operators' CLI, ``--stack``) work locally the same way.
+    It holds one inert resource: the resources themselves were created above."""
+    unknown = set(outputs) - set(template.get("Outputs", {}))
+    if unknown:
+        raise StackTemplateError(f"outputs not in template.yaml: {sorted(unknown)}")
+    body = {
+        "Resources": {"LocalPlaceholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {name: {"Value": value} for name, value in outputs.items()},
+    }
+    with warnings.catch_warnings():  # moto: "WaitConditionHandle ... not supported": it needs none
+        warnings.simplefilter("ignore", UserWarning)
+        cloudformation.create_stack(StackName=stack_name, TemplateBody=json.dumps(body))
+
+
 def _speed_up_moto() -> None:
     # Imported here, like the runtime above: moto's own modules are only needed by local runs.
     # The patches cache moto's repeated pure work (same answers); see that module's doc.
@@ -884,6 +903,21 @@ def create_stack(
     )
     if answer.get("FailedEntryCount"):
         raise StackTemplateError(f"outcome observer target failed: {answer['FailedEntries']}")
+
+    _register_outputs(
+        client("cloudformation"),
+        stack_name,
+        {
+            "OrderTimeoutQueueUrl": resolver.resources[QUEUE_ID]["QueueUrl"],
+            "OrderTimeoutDeadLetterQueueUrl": resolver.resources[DLQ_ID]["QueueUrl"],
+            "OutcomeEventBusName": bus_name,
+            "CancellationStateMachineArn": machine_arn,
+            "IdempotencyTableName": table_name,
+            "ReconcileFunctionName": function_names[RECONCILE_ID],
+            "ReconciliationIntakeQueueUrl": resolver.resources[INTAKE_QUEUE_ID]["QueueUrl"],
+        },
+        template,
+    )
 
     return Stack(
         stack_name=stack_name,
