@@ -476,11 +476,30 @@ def test_a_small_soak_loses_nothing_reverses_nothing_twice_and_contradicts_nothi
     assert code == 0, text
     assert "HARNESS ERROR" not in text
     assert re.search(r"cancel-function crashes: [1-9]", text), text
+    # The end of the run reconciles its UNKNOWN outcomes and says how many stayed UNKNOWN.
+    assert re.search(
+        r"^reconciled at the end: \d+ UNKNOWN checked, \d+ corrected \(.*\), \d+ stayed UNKNOWN",
+        text,
+        flags=re.MULTILINE,
+    ), text
     entries = re.findall(r"^  (\S+) .*received \S+ times: (.*)$", text, flags=re.MULTILINE)
     assert len(entries) == int(re.search(r"^DLQ entries: (\d+)$", text, flags=re.MULTILINE)[1])  # type: ignore[index]
     for _, reason in entries:
         assert reason, text
         assert reason != "no failed attempt recorded for this message", text
+
+
+def test_a_correction_the_settled_ledger_contradicts_is_a_contradiction():
+    orders = soak.plan_orders(SoakConfig(n=40, seed=3))
+    paid = next(o for o in orders if o.transaction is not None)
+    run = soak._Run(SoakConfig(n=40, seed=3), orders)
+    run.ledger[paid.key] = soak.Ledger(exists=True, state="paid", cancel=0, applied=0)
+    named = {"out_trade_no": paid.transaction.out_trade_no, "syssn": paid.transaction.syssn}  # type: ignore[union-attr]
+    run.corrections = [{**named, "status": "CANCELLED"}]
+    (found,) = soak.reconciliation_contradictions(run)
+    assert found.startswith(f"{paid.key} ({paid.category}) reconciled: CANCELLED but the ledger shows")
+    run.corrections = [{**named, "status": "REFUND_REQUIRED"}]
+    assert soak.reconciliation_contradictions(run) == []
 
 
 def test_transaction_planning_matches_the_stand_in():

@@ -15,13 +15,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import boto3
+
 from tests.local.pipeline import Pipeline, local_pipeline
+from tests.local.qfpay_standin import Transaction
 from tests.local.scenarios import SCENARIOS, Scenario
 
 # Every field of an order message but task_token: the example caller's input (null when absent).
 ORDER_FIELDS = ("out_trade_no", "syssn", "txamt", "txdtm", "pay_type", "mchid", "udid", "txcurrcd")
 
 TIMEOUT_SECONDS = 45
+# Reconciliation: QFPay refuses this order's reversal for bank risk control (1294, UNKNOWN); later
+# the payment shows cancelled, and the reconcile function publishes the corrected outcome.
+RISK_CONTROLLED = Transaction(
+    syssn="20261126000113000001",
+    out_trade_no="DEMO-RISK-0013",
+    txamt=1300,
+    txdtm="2026-11-26 10:00:00",
+    pay_type="800101",
+    state="unpaid",
+    cancel_respcd="1294",
+)
 ROTATED_CLIENT_KEY = "LOCALROTATEDKEY00000000000000002"
 
 
@@ -57,12 +71,59 @@ def run_scenarios(pipeline: Pipeline) -> DemoRun:
     return DemoRun(rows, failures, seen, pipeline.dead_letters())
 
 
+def run_reconciliation(pipeline: Pipeline) -> tuple[tuple[str, ...], int]:
+    """One UNKNOWN order reconciled into CANCELLED: the table's row, and 1 if it failed."""
+    order = {
+        "out_trade_no": RISK_CONTROLLED.out_trade_no,
+        "syssn": RISK_CONTROLLED.syssn,
+        "txamt": RISK_CONTROLLED.txamt,
+        "txdtm": RISK_CONTROLLED.txdtm,
+        "pay_type": RISK_CONTROLLED.pay_type,
+    }
+    name = "UNKNOWN (1294), reconciled later"
+    sent = time.time()
+    pipeline.send(order)
+    first = [
+        e["detail"] for e in pipeline.stack.read_outcome_events(wait_seconds=TIMEOUT_SECONDS, expected=1)
+    ]
+    if [d["status"] for d in first] != ["UNKNOWN"]:
+        return (name, "-", "-", f"{[d['status'] for d in first]}", "-", "FAIL (expected UNKNOWN first)"), 1
+    print("QFPay now shows the risk-controlled payment cancelled; running a reconciliation pass ...")
+    pipeline.qfpay.update(RISK_CONTROLLED.syssn, cancel=1)
+    answer = boto3.client("lambda").invoke(FunctionName=pipeline.stack.reconcile_function_name, Payload=b"{}")
+    summary = json.loads(answer["Payload"].read())
+    events = pipeline.stack.read_outcome_events(wait_seconds=TIMEOUT_SECONDS, expected=1)
+    corrected = [
+        e["detail"] for e in events if e["detail"].get("out_trade_no") == RISK_CONTROLLED.out_trade_no
+    ]
+    key = RISK_CONTROLLED.out_trade_no
+    calls = f"{pipeline.qfpay.count('reversal', key)}+{pipeline.qfpay.count('query', key)}"
+    if len(corrected) != 1:
+        return (name, "-", calls, "UNKNOWN", "-", f"FAIL (pass {summary}, {len(corrected)} corrections)"), 1
+    detail = corrected[0]
+    took = datetime.fromisoformat(detail["decided_at"]).timestamp() - sent
+    shown = f"UNKNOWN -> {detail['status']} (revision {detail['revision']})"
+    ok = (detail["status"], detail["revision"], detail["supersedes"], detail["outcome_id"]) == (
+        "CANCELLED",
+        2,
+        "UNKNOWN",
+        first[0]["outcome_id"],
+    )
+    path = f"reversal / cancel-function, then {detail['decided_by']}"
+    return (name, path, calls, shown, f"{took:.1f} s", "ok" if ok else "FAIL"), 0 if ok else 1
+
+
 def main() -> int:
     started = time.monotonic()
     transactions = [s.transaction for s in SCENARIOS if s.transaction is not None]
     print("Starting moto (real ASL), the QFPay stand-in and the stack from template.yaml ...", flush=True)
-    with local_pipeline(transactions, env_overrides={"POWERTOOLS_LOG_LEVEL": "ERROR"}) as pipeline:
+    # Reconciliation's first check is due at once here (deployed: 5 minutes after the UNKNOWN).
+    environment = {"POWERTOOLS_LOG_LEVEL": "ERROR", "RECONCILE_CHECKS_AFTER_SECONDS": "0"}
+    with local_pipeline([*transactions, RISK_CONTROLLED], env_overrides=environment) as pipeline:
         run = run_scenarios(pipeline)
+        row, failed = run_reconciliation(pipeline)
+    run.rows.append(row)
+    run.failures += failed
     _print_table(("order", "path taken", "QFPay cancel+enquiry calls", "outcome", "time", "check"), run.rows)
     elapsed = time.monotonic() - started
     print(f"\nDead-letter queue: {len(run.dead_letters)} message(s). Total time: {elapsed:.1f} s")

@@ -840,6 +840,10 @@ class _Run:
     peak_running_executions: int = 0
     settled: int = 0
     """Cancellations still in progress at QFPay when the run stopped (ended before judging)."""
+    reconciled: dict[str, int] = field(default_factory=dict)
+    """The end-of-run reconciliation's summary (see :func:`_reconcile`)."""
+    corrections: list[dict[str, Any]] = field(default_factory=list)
+    """The corrected outcomes it published."""
 
 
 def _rss_mb() -> float:
@@ -926,6 +930,9 @@ class _Producer:
                 self.sent_messages += 1
 
 
+# docs/contracts.md: corrected outcomes (revision 2+) travel under a DetailType of their own.
+CORRECTION_DETAIL_TYPE = "Payment Cancellation Outcome Correction"
+
 _SOAK_ENVIRONMENT = {
     "POWERTOOLS_LOG_LEVEL": "INFO",
     "POWERTOOLS_METRICS_DISABLED": "true",
@@ -936,6 +943,8 @@ _SOAK_ENVIRONMENT = {
     # Deployed, the loop's deadline (900 s) is about 4 visibility timeouts (210 s): a hand-off
     # replayed after a crash still leaves the loop most of its time. Same ratio here (24 s).
     "POLL_DEADLINE_SECONDS": "90",
+    # At the end of the run every UNKNOWN is re-checked once, at once (deployed: 5 min, 1 h, daily).
+    "RECONCILE_CHECKS_AFTER_SECONDS": "0",
 }
 
 
@@ -984,6 +993,7 @@ def run_soak(config: SoakConfig, out: TextIO) -> _Run:
             run.cancel_function_name = pipeline.stack.cancel_function_name
             run.calls = pipeline.qfpay.calls
             run.settled = pipeline.qfpay.settle()  # what QFPay's ledger ends as, cancellations done
+            _reconcile(pipeline, run)  # after the calls were taken: the judge's evidence is unchanged
             for order in with_ledger:
                 assert order.transaction is not None
                 syssn = order.transaction.syssn
@@ -1001,6 +1011,41 @@ def run_soak(config: SoakConfig, out: TextIO) -> _Run:
         run.harness_error = f"{type(exc).__name__}: {exc}"
     run.elapsed = time.monotonic() - started
     return run
+
+
+def _reconcile(pipeline: Pipeline, run: _Run) -> None:
+    """The reconcile function, as its schedule would run it, until a pass finds nothing due: each
+    UNKNOWN outcome is checked once against QFPay's settled ledger; the corrections it publishes
+    are judged against that ledger too (:func:`reconciliation_contradictions`)."""
+    lambda_ = boto3.client("lambda")
+    totals: Counter[str] = Counter()
+    for _ in range(20):
+        answer = lambda_.invoke(FunctionName=pipeline.stack.reconcile_function_name, Payload=b"{}")
+        summary = json.loads(answer["Payload"].read())
+        if "FunctionError" in answer:
+            raise RuntimeError(f"the reconcile function failed: {summary}")
+        totals.update(summary)
+        if not summary["checked"]:
+            break
+    run.reconciled = {key: totals[key] for key in ("checked", "resolved", "still_unknown")}
+    run.corrections = [
+        event["detail"]
+        for event in pipeline.stack.read_outcome_events(wait_seconds=2.0, expected=totals["resolved"])
+        if event.get("detail-type") == CORRECTION_DETAIL_TYPE
+    ]
+
+
+def reconciliation_contradictions(run: _Run) -> list[str]:
+    """Corrected outcomes the settled ledger contradicts, judged like every first outcome."""
+    owner = {name: order for order in run.orders for name in order.names}
+    found = []
+    for detail in run.corrections:
+        named = {str(detail[n]) for n in ("out_trade_no", "syssn") if detail.get(n)}
+        for order in {owner[n].index: owner[n] for n in named if n in owner}.values():
+            why = contradiction(str(detail["status"]), run.ledger.get(order.key, Ledger(exists=False)))
+            if why is not None:
+                found.append(f"{order.key} ({order.category}) reconciled: {why}")
+    return found
 
 
 def _prepare(pipeline: Pipeline, config: SoakConfig) -> None:
@@ -1377,6 +1422,15 @@ def report(run: _Run, verdict: Verdict, evidence: Sequence[OrderEvidence], out: 
         f"p95 {_percentile(per_order, 0.95)} / max {max(per_order)} (total {len(run.calls)})",
         file=out,
     )
+    if run.reconciled:
+        statuses = Counter(str(d["status"]) for d in run.corrections)
+        print(
+            f"reconciled at the end: {run.reconciled['checked']} UNKNOWN checked, "
+            f"{run.reconciled['resolved']} corrected ("
+            + (", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none")
+            + f"), {run.reconciled['still_unknown']} stayed UNKNOWN (needs attention)",
+            file=out,
+        )
     print(f"elapsed: {run.elapsed:.1f} s", file=out)
     print(f"lost: {len(verdict.lost)}", file=out)
     print(f"double_reversals: {len(verdict.double_reversals)}", file=out)
@@ -1389,6 +1443,7 @@ def main(env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int
     run = run_soak(config, out)
     evidence = collect_evidence(run)
     verdict = judge(evidence, config.strict_rules)
+    verdict.contradictions.extend(reconciliation_contradictions(run))
     report(run, verdict, evidence, out)
     if verdict.lost or verdict.double_reversals or verdict.contradictions:
         return 1
