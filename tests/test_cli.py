@@ -88,10 +88,14 @@ def test_reconcile_attention_show_and_resolve(pipeline_factory: PipelineFactory)
         assert unknown["outcome_id"] in table.out
 
         shown = cli(pipeline, "show", "--out-trade-no", stuck.out_trade_no, "--json").json()
-        assert shown["outcome_id"] == unknown["outcome_id"]
-        assert shown["ledger"]["stage"] == "DELIVERED"
-        assert shown["reconciliation"]["stage"] == "NEEDS_ATTENTION"
-        assert [r["status"] for r in shown["revisions"]] == ["UNKNOWN"]
+        assert shown["order"] == f"|out_trade_no={stuck.out_trade_no}"
+        assert shown["ledger"] is not None
+        (reconciliation,) = shown["reconciliation"]
+        assert (reconciliation["outcome_id"], reconciliation["stage"]) == (
+            unknown["outcome_id"],
+            "NEEDS_ATTENTION",
+        )
+        assert [r["status"] for r in reconciliation["revisions"]] == ["UNKNOWN"]
         assert shown["loop"] is None
         assert shown["dead_letters"] == []
 
@@ -115,7 +119,9 @@ def test_reconcile_attention_show_and_resolve(pipeline_factory: PipelineFactory)
         )
         assert corrected["reason"] == "resolved by ops@example.com: cancelled in the merchant portal"
         assert cli(pipeline, "attention").out.strip() == "nothing needs attention"
-        after = cli(pipeline, "show", "--out-trade-no", stuck.out_trade_no).out
+        after = cli(
+            pipeline, "show", "--out-trade-no", stuck.out_trade_no, "--outcome-id", unknown["outcome_id"]
+        ).out
         assert "revision 2: CANCELLED (operator" in after
         assert "resolved" not in cli(pipeline, "show", "--syssn", "NOSUCH").out
 

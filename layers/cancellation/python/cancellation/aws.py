@@ -428,6 +428,10 @@ class ReconciliationLedger:
     def needing_attention(self, limit: int = 1000) -> list[ReconciliationRecord]:
         return self._query(NEEDS_ATTENTION, limit)
 
+    def unresolved(self, limit: int = 1000) -> list[ReconciliationRecord]:
+        """Every record still due or needing attention (the index holds nothing else)."""
+        return self._query(DUE, limit) + self._query(NEEDS_ATTENTION, limit)
+
     def _query(
         self, stage: str, limit: int, condition: str | None = None, values: dict[str, Any] | None = None
     ) -> list[ReconciliationRecord]:

@@ -194,19 +194,21 @@ def show(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
     order = order_named(args)
     oid = outcome_id(order.identity)
     record = ledger_record(tool, stack, order)
-    reconciliation = ReconciliationLedger(stack.table, lambda: tool.client("dynamodb")).get(oid)
-    revisions = reconciliation.history if reconciliation else _first_revision(record)
-    view = _reconciliation_view(reconciliation)
+    reconciled = _reconciliation_records(
+        tool, stack, order, [oid, *([args.outcome_id] if args.outcome_id else [])]
+    )
     loop = loop_summary(tool, stack, order)
     dead = [m["MessageId"] for m in peek(tool, stack.dlq_url) if names_order(m, order)]
-    if record is None and reconciliation is None and loop is None and not dead:
+    if record is None and not reconciled and loop is None and not dead:
         raise Failure(f"no such order: nothing recorded for {order.identity}", EXIT_NOT_FOUND)
+    revisions = _first_revision(record)
+    views = [_reconciliation_view(r) for r in reconciled]
     found = {
         "order": order.identity,
         "outcome_id": oid,
         "ledger": record,
         "revisions": revisions,
-        "reconciliation": view,
+        "reconciliation": views,
         "loop": loop,
         "dead_letters": dead,
     }
@@ -214,21 +216,43 @@ def show(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
         tool.say(json.dumps(found, indent=2, default=str))
         return EXIT_OK
     tool.say(f"order        {order.identity}")
-    tool.say(f"outcome_id   {oid}")
+    tool.say(f"outcome_id   {oid} (the order's)")
     if record is not None:
         tool.say(f"ledger       stage {record.get('stage')}, result {record.get('result', '-')}")
-    for line in summarise_revisions(revisions):
+    for line in summarise_revisions(revisions if not reconciled else []):
         tool.say(f"  {line}")
-    if view is not None:
+    for view in views:
         tool.say(
-            f"reconcile    {view['stage']}, {view['checks']} checks, last: {view['last_finding'] or '-'}"
+            f"reconcile    {view['outcome_id']}: {view['stage']}, {view['checks']} checks, "
+            f"last: {view['last_finding'] or '-'}"
         )
+        for line in summarise_revisions(view["revisions"]):
+            tool.say(f"  {line}")
     if loop is not None:
         tool.say(f"loop         {loop['status']}, {loop['turns']} turns, resent {loop['resent']}")
         for answer in loop["enquiry_answers"]:
             tool.say(f"  {answer}")
     tool.say(f"DLQ          {', '.join(dead) if dead else 'none'}")
     return EXIT_OK
+
+
+def _reconciliation_records(
+    tool: Tool, stack: Stack, order: Order, outcome_ids: Sequence[str]
+) -> list[ReconciliationRecord]:
+    """The order's reconciliation records: by outcome_id (the order's, or one given), and every
+    unresolved one naming the order (a refused request's outcome has an outcome_id of its own)."""
+    ledger = ReconciliationLedger(stack.table, lambda: tool.client("dynamodb"))
+    found: dict[str, ReconciliationRecord] = {}
+    for oid in outcome_ids:
+        if (record := ledger.get(oid)) is not None:
+            found[oid] = record
+    for record in ledger.unresolved():
+        outcome = record.outcome
+        if (order.out_trade_no and outcome.get("out_trade_no") == order.out_trade_no) or (
+            order.syssn and outcome.get("syssn") == order.syssn
+        ):
+            found.setdefault(record.outcome_id, record)
+    return list(found.values())
 
 
 def _first_revision(record: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -246,10 +270,11 @@ def _first_revision(record: dict[str, Any] | None) -> list[dict[str, Any]]:
     ]
 
 
-def _reconciliation_view(record: ReconciliationRecord | None) -> dict[str, Any] | None:
-    if record is None:
-        return None
+def _reconciliation_view(record: ReconciliationRecord) -> dict[str, Any]:
     return {
+        "outcome_id": record.outcome_id,
+        "status": record.outcome.get("status"),
+        "revisions": record.history,
         "stage": record.stage,
         "checks": record.checks,
         "due_at": _iso(record.due_at) if record.stage != RESOLVED else None,
@@ -549,6 +574,7 @@ def parser() -> argparse.ArgumentParser:
 
     show_cmd = commands.add_parser("show", help="an order: ledger record, outcome revisions, loop, DLQ")
     order_options(show_cmd)
+    show_cmd.add_argument("--outcome-id", help="also the outcome with this id (e.g. from `attention`)")
     show_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     show_cmd.set_defaults(run=show)
 
