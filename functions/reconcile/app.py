@@ -1,7 +1,7 @@
 """Reconcile function: on a schedule, enrols the UNKNOWN and REFUND_REQUIRED outcomes waiting in
 the intake queue, then re-checks the UNKNOWN orders that are due with the Transaction Enquiry;
 returns ``{"checked": n, "resolved": n, "still_unknown": n}``. ``{"outcome_id": ...}`` checks
-that one order now."""
+that one order now; ``{"resolve": {...}}`` records a person's resolution (the operators' CLI)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from cancellation.observability import logger, metrics, traced
-from cancellation.reconciliation import PassSummary, Reconciler, time_left_in
+from cancellation.reconciliation import Reconciler, time_left_in
 from cancellation.settings import call_tracing, reconcile_settings
 
 if TYPE_CHECKING:
@@ -22,5 +22,5 @@ RECONCILER = Reconciler.for_settings(SETTINGS)
 @logger.inject_lambda_context
 @traced(call_tracing(os.environ))
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PassSummary:
-    return RECONCILER.run(event, time_left_in(context, SETTINGS.qfpay.timeouts))
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return RECONCILER.handle(event, time_left_in(context, SETTINGS.qfpay.timeouts))

@@ -24,14 +24,13 @@ from cancellation.aws import (
     DELIVERED,
     NEEDS_ATTENTION,
     RESOLVED,
-    OutcomePublisher,
     ReconciliationLedger,
     ReconciliationRecord,
 )
 from cancellation.cancel import execution_name
 from cancellation.orders import InvalidOrder, Order, parse_order_message
-from cancellation.outcomes import Status, outcome_id
-from cancellation.reconciliation import OPERATOR_STATUSES, resolve_by_hand, summarise_revisions
+from cancellation.outcomes import outcome_id
+from cancellation.reconciliation import OPERATOR_STATUSES, summarise_revisions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_NO_ACCESS, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
 EXIT_CODES = """exit codes:
@@ -506,23 +505,25 @@ def _copy_messages(tool: Tool, stack: Stack, rate: float, limit: int | None) -> 
 
 
 def resolve(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
+    """Through the reconcile function: only the service's own roles may publish outcomes."""
     who = args.who or str(tool.client("sts").get_caller_identity()["Arn"])
-    try:
-        outcome = resolve_by_hand(
-            ReconciliationLedger(stack.table, lambda: tool.client("dynamodb")),
-            publisher=OutcomePublisher(stack.bus_name, lambda: tool.client("events")),
-            outcome_id=args.outcome_id,
-            status=Status(args.status),
-            note=args.note,
-            who=who,
-            now=time.time(),
-        )
-    except LookupError as exc:
-        raise Failure(str(exc).strip("'\""), EXIT_NOT_FOUND) from None
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
+    request = {"outcome_id": args.outcome_id, "status": args.status, "note": args.note, "who": who}
+    outcome = invoke_reconcile(tool, stack, {"resolve": request})
     tool.say(f"{args.outcome_id}: revision {outcome['revision']} {outcome['status']} published ({who})")
     return EXIT_OK
+
+
+def invoke_reconcile(tool: Tool, stack: Stack, event: dict[str, Any]) -> dict[str, Any]:
+    """The reconcile function's answer; its refusal as one line with the matching exit code."""
+    answer = tool.client("lambda").invoke(FunctionName=stack.reconcile_function, Payload=json.dumps(event))
+    payload = json.loads(answer["Payload"].read() or b"null")
+    if "FunctionError" in answer:
+        error = payload if isinstance(payload, dict) else {}
+        code = {"LookupError": EXIT_NOT_FOUND, "ValueError": EXIT_USAGE}.get(
+            str(error.get("errorType")), EXIT_FAILED
+        )
+        raise Failure(str(error.get("errorMessage") or payload).strip("'\""), code)
+    return dict(payload)
 
 
 # -------------------------------------------------------------------------------- reconcile
@@ -530,21 +531,7 @@ def resolve(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
 
 def reconcile(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
     event = {"outcome_id": args.outcome_id} if args.outcome_id else {}
-    if args.outcome_id:
-        record = ReconciliationLedger(stack.table, lambda: tool.client("dynamodb")).get(args.outcome_id)
-        if record is None:
-            raise Failure(f"no reconciliation record for outcome_id {args.outcome_id}", EXIT_NOT_FOUND)
-        if record.stage == RESOLVED:
-            raise Failure(
-                f"outcome {args.outcome_id} is already resolved ({record.outcome['status']})", EXIT_USAGE
-            )
-    tool.progress(f"invoking {stack.reconcile_function} ...")
-    answer = tool.client("lambda").invoke(FunctionName=stack.reconcile_function, Payload=json.dumps(event))
-    payload = json.loads(answer["Payload"].read() or b"null")
-    if "FunctionError" in answer:
-        message = payload.get("errorMessage") if isinstance(payload, dict) else payload
-        raise Failure(f"the reconcile function failed: {message}")
-    tool.say(json.dumps(payload))
+    tool.say(json.dumps(invoke_reconcile(tool, stack, event)))
     return EXIT_OK
 
 

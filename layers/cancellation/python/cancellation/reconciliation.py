@@ -174,6 +174,23 @@ class Reconciler:
             batch_limit=settings.batch_limit,
         )
 
+    def handle(self, event: Any, time_left: Callable[[], float]) -> dict[str, Any]:
+        """The function's event: a pass or one order (:meth:`run`), or ``{"resolve": {"outcome_id",
+        "status", "note", "who"}}``, a person's resolution (published by this function's role, the
+        only one besides the deciders that may publish outcomes)."""
+        if isinstance(event, dict) and isinstance(event.get("resolve"), dict):
+            request = event["resolve"]
+            return resolve_by_hand(
+                self.ledger,
+                publisher=self.publisher,
+                outcome_id=str(request.get("outcome_id") or ""),
+                status=Status(str(request.get("status"))),
+                note=str(request.get("note") or ""),
+                who=str(request.get("who") or "unknown"),
+                now=self.clock(),
+            )
+        return dict(self.run(event, time_left))
+
     def run(self, event: Any, time_left: Callable[[], float]) -> PassSummary:
         """One pass (a scheduled or empty event), or one order (``{"outcome_id": ...}``) checked now
         whatever its due time. ``time_left``: seconds before the invocation must stop starting checks."""
