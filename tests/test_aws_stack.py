@@ -385,6 +385,7 @@ def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack:
     for name, logical_id in (
         (stack.cancel_function_name, "CancelFunctionRole"),
         (stack.poll_function_name, "PollFunctionRole"),
+        (stack.reconcile_function_name, "ReconcileFunctionRole"),
     ):
         role_arn = lambda_.get_function_configuration(FunctionName=name)["Role"]
         assert role_arn.endswith(f"role/{stack.stack_name}-{logical_id}")
@@ -413,6 +414,7 @@ def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack:
     assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
         roles["CancelFunctionRole"],
         roles["PollFunctionRole"],
+        roles["ReconcileFunctionRole"],
     ]
 
     bus_policy = json.loads(boto3.client("events").describe_event_bus(Name=stack.bus_name)["Policy"])
@@ -421,6 +423,7 @@ def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack:
     assert deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == [
         roles["CancelFunctionRole"],
         roles["CancellationStateMachineRole"],
+        roles["ReconcileFunctionRole"],
     ]
     # No producers named: nobody may put events on the ingress bus.
     ingress_policy = json.loads(

@@ -404,6 +404,7 @@ def test_no_role_has_a_managed_policy_after_the_transform(cfn: dict[str, Any]) -
     assert {name: f["Properties"]["Role"] for name, f in functions.items()} == {
         "CancelFunction": {"Fn::GetAtt": ["CancelFunctionRole", "Arn"]},
         "PollFunction": {"Fn::GetAtt": ["PollFunctionRole", "Arn"]},
+        "ReconcileFunction": {"Fn::GetAtt": ["ReconcileFunctionRole", "Arn"]},
     }
     machine = cfn["Resources"]["CancellationStateMachine"]["Properties"]
     assert machine["RoleArn"] == {"Fn::GetAtt": ["CancellationStateMachineRole", "Arn"]}
