@@ -326,3 +326,75 @@ def test_with_verification_on_an_unsigned_answer_is_never_believed(
     assert [o["status"] for o in outcomes] == ["UNKNOWN"]
     assert "X-QF-SIGN" in outcomes[0]["reason"]
     assert reversals == 1  # ambiguous, never resent blindly
+
+
+def fail_dynamodb_writes(times: int, marker: str) -> list[str]:
+    """Have DynamoDB answer an internal error to the next ``times`` UpdateItem calls whose update
+    expression names ``marker`` (as a throttled or failing table would). Returns the refused ones."""
+    from botocore.awsrequest import AWSResponse  # noqa: PLC0415
+
+    refused: list[str] = []
+
+    def refuse(params: dict[str, Any], **_: Any) -> Any:
+        expression = json.loads(params["body"]).get("UpdateExpression", "")
+        if marker not in expression or len(refused) >= times:
+            return None  # sent for real
+        refused.append(expression)
+        error = {"Error": {"Code": "InternalServerError", "Message": "Internal server error"}}
+        return AWSResponse("", 500, {}, None), error
+
+    boto3._get_default_session().events.register("before-call.dynamodb.UpdateItem", refuse)
+    return refused
+
+
+def test_a_decision_dynamodb_refuses_to_store_never_leads_to_a_third_cancel(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The reversal answers "in progress", then storing the decision fails, twice. The payment's
+    row keeps reading 1143 / cancel 0 while QFPay processes our reversal, which looks like a live
+    payment: each later attempt asks the Enquiry, but the order may have at most one further
+    cancel in total, so the third attempt sends nothing and hands the order to the loop."""
+    order, txn = order_and_txn(13, in_progress_enquiries=4)
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        refused = fail_dynamodb_writes(2, "#decision")
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=60)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert len(refused) == 2
+    assert [(o["status"], o["decided_by"]) for o in outcomes] == [("CANCELLED", "poll-loop")]
+    assert (reversals, applied) == (2, 1)
+
+
+def test_a_reversal_answered_502_is_never_resent_on_each_turn(pipeline_factory: PipelineFactory) -> None:
+    """The first reversal is lost on the way (reset); the loop's Enquiry shows the payment live,
+    so it resends once. That resend is answered 502 by a gateway, which may come after QFPay
+    acted: the order's one further cancel is spent and the loop only asks the Enquiry from then
+    on, however many turns it takes (the stand-in answers 502 three more times if asked)."""
+    bad_gateway = Fault("http_5xx", endpoints=("reversal",), status=502)
+    order, txn = order_and_txn(14, faults=(Fault("reset", endpoints=("reversal",)),) + (bad_gateway,) * 4)
+    with pipeline_factory([txn], env_overrides={"POLL_DEADLINE_SECONDS": "8"}) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        enquiries = pipeline.qfpay.count("query", txn.syssn)
+    assert [(o["status"], o["resent"], o["attempts"]) for o in outcomes] == [("UNKNOWN", True, 2)]
+    assert reversals == 2
+    assert enquiries >= 3
+
+
+def test_a_reversal_answered_502_after_qfpay_applied_it_is_confirmed_by_the_enquiry(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """A gateway answers 502 although QFPay reversed the payment: not "certainly not sent", so it
+    is not retried blindly; the loop's Enquiry finds the payment reversed."""
+    order, txn = order_and_txn(15, faults=(Fault("applied_then_5xx", endpoints=("reversal",), status=502),))
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert [(o["status"], o["decided_by"], o["resent"]) for o in outcomes] == [
+        ("CANCELLED", "poll-loop", False)
+    ]
+    assert (reversals, applied) == (1, 1)

@@ -715,7 +715,7 @@ def test_our_client_reports_every_calls_latency_answered_or_not(qf):
         http=new_pool(),
         observe_latency=seen.append,
     )
-    with pytest.raises(QFPayUnavailable, match="HTTP 503"):
+    with pytest.raises(QFPayAmbiguous, match="HTTP 503"):
         client.reversal(cancel_params(txn))
     assert client.reversal(cancel_params(txn))["respcd"] == "0000"
     assert len(seen) == 2

@@ -89,10 +89,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected_endpoint=None,
     ),
     Scenario(
-        "QFPay 500, retried by SQS",
+        # A 500 may come after QFPay acted: the loop's Enquiry shows the payment live, one resend.
+        "QFPay 500, then the loop's Enquiry and one resend",
         "orders/qfpay-500-then-success.json",
         "CANCELLED",
         transaction_for("orders/qfpay-500-then-success.json", state="unpaid", http_500_first=1),
+        expected_decided_by="poll-loop",
     ),
     Scenario(
         "EventBridge-wrapped order",

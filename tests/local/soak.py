@@ -149,7 +149,8 @@ CATEGORIES: dict[str, tuple[float, frozenset[str]]] = {
     "unknown_to_qfpay": (0.02, frozenset({"REJECTED"})),
     "wrong_amount": (0.02, frozenset({"REJECTED"})),
     "invalid_message": (0.04, frozenset({"REJECTED"})),
-    # QFPay answers every cancel with HTTP 503: the order must end in the dead-letter queue.
+    # QFPay refuses every cancel with HTTP 429 (its rate limit: nothing happens): the order must
+    # end in the dead-letter queue. (A 503 may come after QFPay acted, so it goes to the loop.)
     "qfpay_unavailable": (0.005, frozenset()),
     # The strict fault kinds (STRICT_FAULT_KINDS): planned only when switched on.
     "applied_then_5xx": (0.02, frozenset({"CANCELLED"})),
@@ -389,7 +390,7 @@ def _plan_one(index: int, category: str, rng: random.Random, seed: int) -> Plann
     elif category == "close_unsupported":
         script["close_supported"] = False
     elif category == "qfpay_unavailable":
-        script["faults"] = (Fault("http_5xx", CANCEL_ENDPOINTS, status=503),) * 20
+        script["faults"] = (Fault("http_429", CANCEL_ENDPOINTS),) * 20
     elif category in STRICT_FAULT_KINDS:
         state = _plan_strict(category, rng, script)
     elif category == "wrong_amount":

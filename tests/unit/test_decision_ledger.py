@@ -119,4 +119,38 @@ def test_a_record_past_its_expiry_counts_as_absent(ledger: DecisionLedger) -> No
     ledger.record_delivered(KEY, "a", "CANCELLED")
     later = NOW + EXPIRY + 1
     claim = ledger.claim(KEY, "b", later, later + 30)
-    assert (claim.stage, claim.earlier_attempt) == (DECIDING, False)
+    # Decided again, but knowing an attempt came before: it asks the Enquiry before any cancel.
+    assert (claim.stage, claim.earlier_attempt) == (DECIDING, True)
+
+
+def test_every_attempt_that_may_send_a_cancel_is_counted_before_it_sends(
+    ledger: DecisionLedger,
+) -> None:
+    """The count is written with the claim, before any request leaves: an attempt that dies after
+    sending, or whose decision cannot be stored, is still counted by the next one."""
+    first = ledger.claim(KEY, "a", NOW, NOW + 30)
+    assert (first.earlier_sends, stored()["sends"]["N"]) == (0, "1")
+    with pytest.raises(OrderBusy):
+        ledger.claim(KEY, "b", NOW + 10, NOW + 40)
+    assert stored()["sends"]["N"] == "1"  # a refused claim counts nothing
+    second = ledger.claim(KEY, "c", NOW + 31, NOW + 61)  # "a" died after sending
+    assert (second.earlier_attempt, second.earlier_sends, stored()["sends"]["N"]) == (True, 1, "2")
+    ledger.release(KEY, "c")  # e.g. DynamoDB refused its decision
+    third = ledger.claim(KEY, "d", NOW + 32, NOW + 62)
+    assert (third.earlier_sends, stored()["sends"]["N"]) == (2, "3")
+    assert stored()["holder"]["S"] == "d"
+
+
+def test_a_decision_known_in_advance_counts_no_cancel(ledger: DecisionLedger) -> None:
+    ledger.claim(KEY, "a", NOW, NOW + 30, decision=DECISION)
+    assert "sends" not in stored()
+
+
+def test_an_attempt_qfpay_showed_did_nothing_is_not_counted(ledger: DecisionLedger) -> None:
+    """A "try later" answer or HTTP 429 proves the cancel did nothing: the next attempt may
+    send as if it were the first, so a long run of refusals never exhausts the order's cancels."""
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.release(KEY, "a", sent_nothing=True)
+    assert stored()["sends"]["N"] == "0"
+    claim = ledger.claim(KEY, "b", NOW + 1, NOW + 31)
+    assert (claim.earlier_attempt, claim.earlier_sends, stored()["sends"]["N"]) == (True, 0, "1")

@@ -197,6 +197,7 @@ class Claim(NamedTuple):
     decision: dict[str, Any] | None
     result: str | None  # the delivered decision's status, once DELIVERED
     earlier_attempt: bool  # an attempt before this one started deciding and may have reached QFPay
+    earlier_sends: int = 0  # cancels that attempts before this one may have sent (0 if none known)
 
 
 DECIDING, DECIDED, DELIVERED = "DECIDING", "DECIDED", "DELIVERED"
@@ -209,7 +210,11 @@ class DecisionLedger:
     released (its attempt failed) is taken over by the next attempt, which carries on where the
     other stopped: deciding again, knowing an earlier attempt may have sent a cancel, or delivering
     the stored decision. Three writes on the usual path: claim, decision, delivered. Records expire
-    (TTL ``expiration``) after ``expiry_seconds``."""
+    (TTL ``expiration``) after ``expiry_seconds``.
+
+    ``sends`` counts the attempts that were allowed to send a cancel, written with the claim that
+    allows it, before any request leaves: an attempt that dies after sending, or whose decision
+    DynamoDB refuses, is counted all the same."""
 
     def __init__(
         self, table_name: str, expiry_seconds: int, dynamodb: Callable[[], Any] | None = None
@@ -233,28 +238,47 @@ class DecisionLedger:
         }
         if decision is not None:
             item["decision"] = {"S": _json(decision)}
+        else:
+            item["sends"] = {"N": "1"}  # this attempt may send one
         client = self._dynamodb()
         try:
             answer = client.put_item(
                 TableName=self._table,
                 Item=item,
-                # Absent, past its TTL (not yet swept), or a decision its holder abandoned.
-                ConditionExpression="attribute_not_exists(#id) OR #expiration < :now"
-                " OR (#stage = :deciding AND #lease_until < :now)",
-                ExpressionAttributeNames={
-                    "#id": "id",
-                    "#expiration": "expiration",
-                    "#stage": "stage",
-                    "#lease_until": "lease_until",
-                },
-                ExpressionAttributeValues={":now": {"N": _number(now)}, ":deciding": {"S": DECIDING}},
+                # Absent, or past its TTL (not yet swept).
+                ConditionExpression="attribute_not_exists(#id) OR #expiration < :now",
+                ExpressionAttributeNames={"#id": "id", "#expiration": "expiration"},
+                ExpressionAttributeValues={":now": {"N": _number(now)}},
                 ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except client.exceptions.ConditionalCheckFailedException as held:
-            return self._claim_delivery(key, holder, now, lease_until, held.response.get("Item") or {})
-        old = answer.get("Attributes") or {}
-        return Claim(stage, decision, None, bool(old) and float(old["expiration"]["N"]) >= now)
+            old = held.response.get("Item") or {}
+            if old.get("stage", {}).get("S") == DECIDING:
+                return self._take_over_decision(key, holder, now, lease_until, old)
+            return self._claim_delivery(key, holder, now, lease_until, old)
+        # A record past its expiry still tells that an attempt came before (the Enquiry goes first).
+        return Claim(stage, decision, None, bool(answer.get("Attributes")))
+
+    def _take_over_decision(
+        self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
+    ) -> Claim:
+        """A decision its holder abandoned (lease run out or released): decide again, counting
+        this attempt's possible cancel in the same write."""
+        if float(old["lease_until"]["N"]) >= now:
+            raise OrderBusy("another attempt holds the order (DECIDING)")
+        # A record without the count comes from before it was kept: one cancel may have been sent.
+        earlier = int(old.get("sends", {}).get("N", "1"))
+        self._update(
+            key,
+            "#stage = :deciding AND #lease_until < :now",
+            {"#stage": "stage", "#lease_until": "lease_until"},
+            {":deciding": {"S": DECIDING}, ":now": {"N": _number(now)}},
+            holder=holder,
+            lease_until=_number(lease_until),
+            sends=str(earlier + 1),
+        )
+        return Claim(DECIDING, None, None, earlier_attempt=True, earlier_sends=earlier)
 
     def _claim_delivery(
         self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
@@ -296,9 +320,33 @@ class DecisionLedger:
     def record_delivered(self, key: str, holder: str, result: str) -> None:
         self._held(key, holder, stage=DELIVERED, result=result)
 
-    def release(self, key: str, holder: str) -> None:
-        """Hand the order back now rather than when the lease runs out: this attempt failed."""
-        self._held(key, holder, lease_until="0")
+    def release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
+        """Hand the order back now rather than when the lease runs out: this attempt failed.
+        ``sent_nothing``: QFPay showed that this attempt's cancel did nothing (a "try later"
+        answer, HTTP 429, no connection), so it no longer counts against the order."""
+        if not sent_nothing:
+            self._held(key, holder, lease_until="0")
+            return
+        client = self._dynamodb()
+        try:
+            client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": key}},
+                UpdateExpression="SET #lease_until = :zero, #sends = #sends - :one",
+                ConditionExpression="#holder = :holder AND #sends >= :one",
+                ExpressionAttributeNames={
+                    "#holder": "holder",
+                    "#lease_until": "lease_until",
+                    "#sends": "sends",
+                },
+                ExpressionAttributeValues={
+                    ":holder": {"S": holder},
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                },
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            raise OrderBusy("another attempt took the order over") from None
 
     def _held(self, key: str, holder: str, **attributes: str) -> None:
         self._update(
@@ -320,14 +368,14 @@ class DecisionLedger:
                 ExpressionAttributeNames={**names, **{f"#{name}": name for name in attributes}},
                 ExpressionAttributeValues={
                     **values,
-                    **{
-                        f":{name}": {"N" if name == "lease_until" else "S": v}
-                        for name, v in attributes.items()
-                    },
+                    **{f":{name}": {"N" if name in _NUMBERS else "S": v} for name, v in attributes.items()},
                 },
             )
         except client.exceptions.ConditionalCheckFailedException:
             raise OrderBusy("another attempt took the order over") from None
+
+
+_NUMBERS = frozenset({"lease_until", "sends"})
 
 
 def _json(value: dict[str, Any]) -> str:

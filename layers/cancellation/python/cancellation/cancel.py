@@ -69,9 +69,15 @@ def send_cancel(qfpay: QFPayClient, routing: Routing, endpoint: Endpoint, order:
     return qfpay.reversal(params)
 
 
+# Cancel requests that may reach QFPay for one order, in total: the first, and at most one more
+# after an Enquiry showed the payment still live with no request of ours still in flight.
+CANCELS_PER_ORDER = 2
+
+
 @dataclass
 class CancelAttempt:
-    """Deciding one order. ``redelivered``: an earlier attempt may already have reached QFPay."""
+    """Deciding one order. ``redelivered``: an earlier attempt may already have reached QFPay.
+    ``earlier_sends``: cancels that earlier attempts may have sent (their answers unknown here)."""
 
     order: Order
     qfpay: QFPayClient
@@ -79,12 +85,13 @@ class CancelAttempt:
     loop: LoopPolicy
     clock: Callable[[], float]
     redelivered: bool = False
+    earlier_sends: int = 0
 
     def decide(self) -> dict[str, Any]:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
         belongs to this request only, not to the order, also has ``"request": True``."""
         endpoint = self.routing.endpoint_for(self.order.pay_type)
-        if self.redelivered:
+        if self.redelivered or self.earlier_sends:
             # A crashed or timed-out earlier run may have cancelled already: ask before sending.
             finding = self._enquire(None, cancel_pending=True)
             if finding is None:
@@ -94,7 +101,14 @@ class CancelAttempt:
             if finding.found and not finding.live:
                 # Paid while the earlier cancel may still take effect, or a row we cannot read:
                 # sending would decide nothing more; the loop decides by the Enquiry.
-                return self._handoff(endpoint, None, respcd=None, resperr=finding.reason, pending=True)
+                return self._handoff(
+                    endpoint, None, respcd=None, resperr=finding.reason, pending=True, attempts=0
+                )
+            if self.earlier_sends >= CANCELS_PER_ORDER:
+                # Every cancel this order may have is spent, and one of them may still be processing
+                # at QFPay (a processing reversal looks like a live payment): the loop decides.
+                reason = f"{self.earlier_sends} earlier cancel requests may have reached QFPay"
+                return self._handoff(endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0)
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, self.order)
         except QFPayUnavailable as exc:
@@ -180,6 +194,7 @@ class CancelAttempt:
         resperr: str | None,
         pending: bool,
         may_take_effect: bool = True,
+        attempts: int = 1,
     ) -> dict[str, Any]:
         now = self.clock()
         schedule = self.loop.schedule
@@ -199,9 +214,11 @@ class CancelAttempt:
             "reversal_pending": pending,
             # False only when QFPay refused our cancel: until then a paid row is not a refund case.
             "cancel_may_take_effect": may_take_effect,
-            "attempts": 1,
+            "attempts": attempts,
             "polls": 0,
-            "resent": False,
+            # A cancel of an earlier attempt may have reached QFPay too: this order's one further
+            # cancel is spent, so the loop never resends (see CANCELS_PER_ORDER).
+            "resent": self.earlier_sends > 0,
             "started_at": now,
             "deadline_at": now + self.loop.deadline_seconds,
             "wait_seconds": schedule.wait_after(0),

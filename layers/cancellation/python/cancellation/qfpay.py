@@ -1,10 +1,12 @@
 """QFPay OpenAPI client: signs, sends over one reused connection pool, and says what a failure means.
 
 Failures are split by what they tell us about QFPay's side:
-- ``QFPayUnavailable``: the request certainly did not take effect (no connection, HTTP 5xx/429,
-  a "try later" code): safe to send again later.
+- ``QFPayUnavailable``: the request certainly did not take effect (no connection was made, our own
+  rate limit, QFPay's HTTP 429): safe to send again later. A "try later" respcd is read by the
+  caller (``respcd``).
 - ``QFPayAmbiguous``: the request may have reached QFPay (read timeout, connection dropped after
-  sending): never resend blindly; the Transaction Enquiry decides.
+  sending, any HTTP status but 200 and 429, an answer that is not JSON): never resend blindly;
+  the Transaction Enquiry decides.
 - ``CredentialsRejected``: QFPay rejected our signature even after the secret was re-read.
 """
 
@@ -250,11 +252,13 @@ class QFPayClient:
         self, path: str, response: urllib3.BaseHTTPResponse, credentials: Credentials
     ) -> dict[str, Any]:
         status = response.status
-        if status == 429 or status >= 500:
+        if status == 429:
+            # QFPay's documented rate limit: refused before anything happened.
             raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
         if status != 200:
-            # 4xx other than 429: QFPay did not take the request (wrong path or method).
-            raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
+            # A gateway's 502/504, a 500, or a status QFPay does not document may come after QFPay
+            # acted on the request: nothing proves it did not, so it is no answer at all.
+            raise QFPayAmbiguous(f"{path}: HTTP {status}")
         if self._verify_response_signature:
             signature = response.headers.get("X-QF-SIGN")
             if signature is None:

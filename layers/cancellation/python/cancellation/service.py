@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.aws import (
+    DECIDING,
     DELIVERED,
     CallerNotifier,
+    Claim,
     DecisionLedger,
     EnquiryLoopStarter,
     LazyClient,
@@ -115,9 +117,7 @@ class CancelService:
                 order.identity,
                 lease_until,
                 self._deliver,
-                lambda earlier_attempt: self._decide_order(
-                    order, message_key, receive_count > 1 or earlier_attempt, receive_count > 1
-                ),
+                lambda claim: self._decide_order(order, message_key, claim, receive_count),
                 message_key=message_key,
             )
             if order.task_token:
@@ -157,52 +157,58 @@ class CancelService:
         key: str,
         lease_until: float,
         deliver: Callable[[dict[str, Any]], str],
-        decide: Callable[[bool], dict[str, Any]],
+        decide: Callable[[Claim | None], dict[str, Any]],
         *,
         known: bool = False,
         message_key: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         """The decision recorded under ``key`` and what ``deliver`` made of it. Decided here by
-        ``decide`` (told whether an earlier attempt may have reached QFPay) unless stored;
+        ``decide`` (given the claim: what earlier attempts may have done) unless stored;
         delivered here unless it was already. ``known``: ``decide`` asks nothing of QFPay, so its
         decision is recorded with the claim. ``message_key``: where a decision that belongs to the
         message (``"request"`` in it) is recorded and delivered instead; the order is then handed
         back undecided, for other messages to decide."""
         ledger_key, holder = f"cancel#{key}", os.urandom(16).hex()  # this attempt, as the lease's holder
         claim = self.deps.ledger.claim(
-            ledger_key, holder, self.deps.clock(), lease_until, decide(False) if known else None
+            ledger_key, holder, self.deps.clock(), lease_until, decide(None) if known else None
         )
         if claim.stage == DELIVERED and claim.decision is not None:
             return claim.decision, str(claim.result)
         try:
             decision = claim.decision
             if decision is None:
-                decision = decide(claim.earlier_attempt)
+                decision = decide(claim)
                 if message_key is not None and decision.get("request"):
                     own = decision
                     answered = self._once(message_key, lease_until, deliver, lambda _: own, known=True)
-                    self._release(ledger_key, holder)
+                    # QFPay refused the request itself: this attempt's cancel did nothing.
+                    self._release(ledger_key, holder, sent_nothing=True)
                     return answered
                 self.deps.ledger.record_decision(ledger_key, holder, decision)
             result = deliver(decision)
+        except (RetryLater, CredentialsRejected):
+            # QFPay showed that nothing happened: this attempt's cancel is not counted.
+            self._release(ledger_key, holder, sent_nothing=claim.stage == DECIDING)
+            raise
         except Exception:
             self._release(ledger_key, holder)
             raise
         self.deps.ledger.record_delivered(ledger_key, holder, result)
         return decision, result
 
-    def _release(self, key: str, holder: str) -> None:
+    def _release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
         try:
-            self.deps.ledger.release(key, holder)
+            self.deps.ledger.release(key, holder, sent_nothing=sent_nothing)
         except Exception:  # the lease then runs out with the invocation; the retry waits for it
             logger.exception("could not release the order after a failed attempt")
 
     def _decide_order(
-        self, order: Order, message_key: str, redelivered: bool, received_before: bool
+        self, order: Order, message_key: str, claim: Claim | None, receive_count: int
     ) -> dict[str, Any]:
-        # ``redelivered``: an attempt before this one may have reached QFPay, even when this message
-        # is a first delivery (a duplicate can arrive after the earlier attempt died).
-        if received_before:
+        # An attempt before this one may have reached QFPay, even when this message is a first
+        # delivery (a duplicate can arrive after the earlier attempt died).
+        redelivered = receive_count > 1 or (claim is not None and claim.earlier_attempt)
+        if receive_count > 1:
             # QFPay may have refused this very message already: never ask it again.
             own = self.deps.ledger.decision_of(f"cancel#{message_key}")
             if own is not None and own.get("request"):
@@ -214,6 +220,7 @@ class CancelService:
             loop=self.settings.loop,
             clock=self.deps.clock,
             redelivered=redelivered,
+            earlier_sends=claim.earlier_sends if claim is not None else 0,
         )
         decision = attempt.decide()
         if decision.get("request"):
