@@ -345,6 +345,19 @@ def test_every_task_is_retried_and_notifications_cannot_fail_the_loop(asl: dict[
         assert asl["States"][catchers[0]["Next"]]["Type"] != "Fail"
 
 
+def test_a_caller_is_answered_even_when_the_outcome_cannot_be_published(asl: dict[str, Any]) -> None:
+    """A publish that fails after its retries still reaches the caller's answer, and the execution
+    then fails (alarmed) instead of succeeding as if the outcome had gone out."""
+    for name in ("PublishOutcome", "PublishUnknownOutcome"):
+        (catcher,) = asl["States"][name]["Catch"]
+        assert catcher["ErrorEquals"] == ["States.ALL"]
+        assert catcher["ResultPath"] == "$.publish_error"
+        assert catcher["Next"] == asl["States"][name]["Next"] == "HasCallerToken"
+    first = asl["States"]["EndByStatus"]["Choices"][0]
+    assert (first["Variable"], first["IsPresent"]) == ("$.publish_error", True)
+    assert asl["States"][first["Next"]]["Type"] == "Fail"
+
+
 def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
     statements = document.get("Statement", [])
     return statements if isinstance(statements, list) else [statements]
@@ -501,7 +514,11 @@ def test_functions_and_state_machine_log_to_their_own_groups_and_trace(cfn: dict
         assert properties["Architectures"] == ["arm64"]
         assert properties["MemorySize"] == {"CancelFunction": 1024, "PollFunction": 256}[name]
         assert properties["Handler"] == "app.lambda_handler"
-    assert cfn["Resources"]["PollFunction"]["Properties"]["Timeout"] == 15
+    # One turn always fits: the Enquiry and a resend, each with its 1108 re-read, at the functions'
+    # QFPay timeouts (none is set in the template: the defaults), plus the secret's read.
+    assert "QFPAY_READ_TIMEOUT_SECONDS" not in json.dumps(cfn["Resources"]["PollFunction"])
+    turn = QFPaySettings(base_url="", secret_id="").request_budget(requests=4)
+    assert turn + 3 <= cfn["Resources"]["PollFunction"]["Properties"]["Timeout"] <= 90
     machine = cfn["Resources"]["CancellationStateMachine"]["Properties"]
     assert machine["StateMachineType"] == "STANDARD"
     assert machine["TracingConfiguration"] == {"Enabled": True}
@@ -701,7 +718,8 @@ def test_a_broken_loop_still_publishes_an_unknown_outcome_with_every_field(asl: 
         "Next": "PublishUnknownOutcome",
     }
     assert states["PublishUnknownOutcome"]["Next"] == "HasCallerToken"
-    first_end_choice = states["EndByStatus"]["Choices"][0]
+    # After the one for a failed publish (its Fail must not claim the outcome went out).
+    first_end_choice = states["EndByStatus"]["Choices"][1]
     assert first_end_choice == {
         "Variable": "$.conclude_error",
         "IsPresent": True,

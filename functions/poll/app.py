@@ -20,4 +20,4 @@ STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuratio
 @traced(call_tracing(os.environ))
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return STEP.run(event)
+    return STEP.run(event, lambda: context.get_remaining_time_in_millis() / 1000)

@@ -572,10 +572,10 @@ def test_wait_never_runs_past_the_deadline():
     ("task_error", "named"),
     [({"Error": "States.TaskFailed", "Cause": "boom"}, "States.TaskFailed"), ("Lambda.Unknown", "error")],
 )
-def test_task_error_concludes_unknown_without_calling_qfpay(task_error, named):
+def test_task_error_at_the_deadline_concludes_unknown_without_calling_qfpay(task_error, named):
     state = {**handoff_state(), "polls": 4, "task_error": task_error}
     fake = FakeQFPay()
-    result = run(state, fake)
+    result = run(state, fake, now=state["deadline_at"])
     detail = loop_outcome(result)
     assert detail["status"] == "UNKNOWN"
     assert named in detail["reason"]

@@ -31,6 +31,9 @@ class EnquiryStep:
     qfpay: QFPayClient
     routing: Routing
     clock: Callable[[], float]
+    # The longest one cancel request can take (with its 1108 re-read): a resend starts only if
+    # the invocation has that long left, so a turn never times out half-way through one.
+    resend_seconds: float = 0.0
 
     @classmethod
     def for_settings(cls, settings: QFPaySettings, clock: Callable[[], float] = time.time) -> EnquiryStep:
@@ -38,24 +41,17 @@ class EnquiryStep:
 
         credentials = QFPayCredentials(settings.secret_id, settings.secret_max_age)
         qfpay = QFPayClient.for_settings(settings, credentials, pool_size=2)
-        return cls(qfpay, settings.routing, clock)
+        return cls(qfpay, settings.routing, clock, settings.request_budget(requests=2))
 
-    def run(self, state: dict[str, Any]) -> dict[str, Any]:
+    def run(
+        self, state: dict[str, Any], remaining_seconds: Callable[[], float] | None = None
+    ) -> dict[str, Any]:
+        """One turn. ``remaining_seconds``: what is left of this invocation (Lambda's context)."""
         state = dict(state)
         # Anyone who may start the state machine chooses this input: checked before any request.
         order, schedule = read_loop_state(state, self.clock())
         if state.get("task_error"):
-            error = (
-                state["task_error"].get("Error", "error")
-                if isinstance(state["task_error"], dict)
-                else "error"
-            )
-            return self._final(
-                state,
-                order,
-                Status.UNKNOWN,
-                f"the enquiry loop failed ({error}); a person must look",
-            )
+            return self._after_failed_turn(state, order, schedule)
         state["polls"] = int(state.get("polls", 0)) + 1
         finding = self._enquire(order, state)
         if finding.status is not None:
@@ -70,11 +66,33 @@ class EnquiryStep:
             return self._final(
                 state, order, Status.UNKNOWN, f"not confirmed by the deadline: {finding.reason}"
             )
-        if finding.live and not state.get("reversal_pending") and not state.get("resent"):
+        has_time = remaining_seconds is None or remaining_seconds() >= self.resend_seconds
+        if finding.live and not state.get("reversal_pending") and not state.get("resent") and has_time:
             decided = self._resend(state, order)
             if decided is not None:
                 return decided
         wait = schedule.wait_after(state["polls"])
+        state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
+        state["status"] = IN_PROGRESS
+        return state
+
+    def _after_failed_turn(
+        self, state: dict[str, Any], order: Order, schedule: PollSchedule
+    ) -> dict[str, Any]:
+        """The last turn failed (the poll function timed out or crashed). Until the deadline the
+        loop asks again: our own failure is no reason to give up on the order."""
+        task_error = state.pop("task_error")
+        error = task_error.get("Error", "error") if isinstance(task_error, dict) else "error"
+        now, deadline = self.clock(), float(state["deadline_at"])
+        if now >= deadline:
+            return self._final(
+                state, order, Status.UNKNOWN, f"the enquiry loop failed ({error}); a person must look"
+            )
+        if not state.get("reversal_pending") and not state.get("resent"):
+            # The failed turn may have died after sending the loop's one resend: spent.
+            state["resent"] = True
+        state["last_reason"] = f"a turn of the loop failed ({error}); asking again"
+        wait = schedule.wait_after(int(state.get("polls", 0)))
         state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
         state["status"] = IN_PROGRESS
         return state

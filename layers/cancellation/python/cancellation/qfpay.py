@@ -97,6 +97,10 @@ class Timeouts(NamedTuple):
     read: float = 10.0  # QFPay documents none; 10 s is what public integrations use
 
 
+# The longest a request waits for the rate limit before it is refused as throttled.
+RATE_LIMIT_MAX_WAIT_SECONDS = 1.0
+
+
 class RateLimit:
     """This container's share of QFPay's per-merchant limits (100 requests/s, 400/min).
 
@@ -110,7 +114,7 @@ class RateLimit:
         per_second: int,
         per_minute: int,
         *,
-        max_wait: float = 1.0,
+        max_wait: float = RATE_LIMIT_MAX_WAIT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from cancellation.cancel import LoopPolicy
-from cancellation.qfpay import RateLimit, Timeouts
+from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, RateLimit, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
 from cancellation.schedule import (
     MAX_DEADLINE_SECONDS,
@@ -41,6 +41,12 @@ class QFPaySettings(NamedTuple):
 
     def rate_limit(self) -> RateLimit:
         return RateLimit(self.max_requests_per_second, self.max_requests_per_minute)
+
+    def request_budget(self, requests: int) -> float:
+        """The longest ``requests`` QFPay requests can take: connect and read timeouts, plus the
+        longest the rate limit makes a request wait before refusing it."""
+        per_request = self.timeouts.connect + self.timeouts.read + RATE_LIMIT_MAX_WAIT_SECONDS
+        return requests * per_request
 
 
 class CancelSettings(NamedTuple):
