@@ -4,19 +4,32 @@ moto's CloudFormation cannot run this stack usefully (its state machines land in
 non-executing backend and it has no Secrets Manager support there), so this module reads
 template.yaml itself and creates, with plain boto3 clients, what the template declares:
 
-* the dead-letter queue and the order-timeout queue, with the template's attributes and a
-  redrive policy naming the real DLQ ARN;
-* the outcome event bus, the QFPay credentials secret (value: the given credentials), the
-  idempotency table (key schema, TTL, SSE, point-in-time recovery) and one local IAM role;
+* the KMS keys (with their key policies) and the log groups (retention, key);
+* the dead-letter queue and the order-timeout queue, with the template's attributes (their KMS
+  key included) and a redrive policy naming the real DLQ ARN;
+* the outcome event bus, the ingress bus ``OrderIngressBus`` (unless ``OrderTimeoutEventBusName``
+  names another), the QFPay credentials secret (value: the given credentials; its KMS key and,
+  once the roles exist, its resource policy) and the idempotency table (key schema, TTL, SSE with
+  its KMS key, point-in-time recovery);
+* the template's IAM roles with their inline policies, and one more local role for what the
+  template does not deploy (the example caller workflow);
 * the cancel and poll functions (a tiny placeholder zip; Handler, Runtime, Timeout, MemorySize,
-  Architectures and Environment from the template and its Globals, with every Ref/GetAtt/Sub/If
-  resolved to the local resources and the Parameters' defaults), each also registered with
-  ``tests.local.lambda_runtime.register_function`` so our real handler runs for it;
-* the state machine from its ``DefinitionUri`` with ``DefinitionSubstitutions`` applied;
+  Architectures, Role and Environment from the template and its Globals, with every
+  Ref/GetAtt/Sub/If resolved to the local resources and the Parameters' defaults, AWS::NoValue
+  left out), each also registered with ``tests.local.lambda_runtime.register_function`` so our
+  real handler runs for it;
+* the state machine from its ``DefinitionS3Location`` (a local path, as before ``sam package``)
+  with ``DefinitionSubstitutions`` applied, its role and its ``EncryptionConfiguration``;
 * the EventBridge rules: ``OrderTimeoutRule`` (other services' order-timeout events -> the
-  queue, on the bus named by ``OrderTimeoutEventBusName``, with the template's pattern, retry
-  policy and dead-letter queue) and ``LoopUnknownOutcomeRule`` (the loop's UNKNOWN outcomes ->
-  ``LoopUnknownOutcomeQueue``), and the template's queue policies (moto does not enforce them);
+  queue, on the ingress bus, with the template's pattern, retry policy and dead-letter queue)
+  and ``LoopUnknownOutcomeRule`` (the loop's UNKNOWN outcomes -> ``LoopUnknownOutcomeQueue``);
+* the template's resource policies: queue policies, event bus policies, the secret's.
+
+moto stores every policy, key and encryption setting above (they can be read back) but
+enforces none: any local principal may send to the queues, put events on either bus or read the
+secret, and nothing is really encrypted. tests/test_template.py evaluates the policies as IAM
+does instead (tests/iam_policy.py).
+
 * an "outcome observer": an EventBridge rule on the bus (``source: qfpay.cancellation``) that
   targets an SQS queue, read back with :meth:`Stack.read_outcomes`.
 
