@@ -398,3 +398,25 @@ def test_a_reversal_answered_502_after_qfpay_applied_it_is_confirmed_by_the_enqu
         ("CANCELLED", "poll-loop", False)
     ]
     assert (reversals, applied) == (1, 1)
+
+
+def test_a_loop_that_already_decided_the_order_is_read_not_assumed(pipeline_factory: PipelineFactory) -> None:
+    """The order's loop decided it; later its ledger record is gone (48 h) and a new message for
+    the order hands it to the loop again. The execution of that name exists: its outcome is
+    delivered again (same outcome_id), not taken as "the loop will answer" by a loop that ended."""
+    order, txn = order_and_txn(17, in_progress_enquiries=1)
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        [first] = pipeline.collect_outcomes(1, timeout=30)
+        assert wait_for(lambda: pipeline.executions()[0]["status"] == "SUCCEEDED", timeout=15)
+        boto3.client("dynamodb").delete_item(  # the record's TTL ran out and DynamoDB swept it
+            TableName=pipeline.stack.table_name,
+            Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+        )
+        pipeline.qfpay.update(txn.syssn, cancel_respcd="1143")  # the new cancel: "in progress"
+        pipeline.send(order)
+        again = pipeline.stack.read_outcomes(wait_seconds=20, expected=1)
+        executions = pipeline.executions()
+    assert first["status"] == "CANCELLED"
+    assert [(o["status"], o["outcome_id"]) for o in again] == [("CANCELLED", first["outcome_id"])]
+    assert len(executions) == 1

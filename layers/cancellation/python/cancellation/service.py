@@ -27,6 +27,7 @@ from cancellation.aws import (
     DecisionLedger,
     EnquiryLoopStarter,
     LazyClient,
+    LoopResult,
     OrderBusy,
     OutcomePublisher,
     QFPayCredentials,
@@ -248,6 +249,10 @@ class CancelService:
                 "deadline_at": now + self.settings.loop.deadline_seconds,
             }
             started = self.deps.loop_starter.start(handoff["name"], state)
+            if not started:
+                loop = self.deps.loop_starter.result(handoff["name"])
+                if loop.status != "RUNNING":
+                    return self._after_finished_loop(handoff, state, loop)
             count("HandedToEnquiryLoop")
             logger.info("cancellation in progress: handed to the enquiry loop", extra={"started": started})
             return "IN_PROGRESS"
@@ -263,6 +268,22 @@ class CancelService:
             },
         )
         return str(detail["status"])
+
+    def _after_finished_loop(self, handoff: dict[str, Any], state: dict[str, Any], loop: LoopResult) -> str:
+        """The order's loop has ended already (its ledger record expired, and a new message came):
+        what it decided is delivered again, under the same outcome_id. A loop that left no outcome
+        we can read is followed by a new one of its own name, which asks the Enquiry again and
+        never resends (the old one may have)."""
+        if loop.outcome is not None:
+            self.deps.publisher.publish(loop.outcome)
+            count_kind("Outcome", str(loop.outcome["status"]))
+            logger.info("the order's loop had decided it already", extra={"status": loop.outcome["status"]})
+            return str(loop.outcome["status"])
+        name = f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
+        self.deps.loop_starter.start(name, {**state, "resent": True})
+        count("HandedToEnquiryLoop")
+        logger.info("the order's loop ended without an outcome; a new one asks again", extra={"loop": name})
+        return "IN_PROGRESS"
 
     def _receives_left(self, message: QueueMessage) -> int:
         return max(0, self.settings.max_receive_count - message.receive_count)
