@@ -231,6 +231,17 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
     )
+    # A record must outlive the loop and every redelivery of its message (each at most
+    # RETRY_MAX_DELAY_SECONDS after the last): an attempt after its expiry would not know that a
+    # cancel may have reached QFPay.
+    outlive = settings.loop.deadline_seconds + settings.retry_max_delay * settings.max_receive_count
+    if settings.idempotency_expiry <= outlive:
+        read.problems.append(
+            f"IDEMPOTENCY_EXPIRY_SECONDS ({settings.idempotency_expiry}) must exceed "
+            "POLL_DEADLINE_SECONDS + RETRY_MAX_DELAY_SECONDS x ORDER_QUEUE_MAX_RECEIVE_COUNT "
+            f"({settings.loop.deadline_seconds} + {settings.retry_max_delay} x "
+            f"{settings.max_receive_count} = {outlive})"
+        )
     read.done()
     return settings
 
