@@ -99,6 +99,12 @@ def test_reconcile_attention_show_and_resolve(pipeline_factory: PipelineFactory)
         assert shown["loop"] is None
         assert shown["dead_letters"] == []
 
+        # One order re-checked now, whatever its due time: still unreadable, still needs attention.
+        again_checked = cli(pipeline, "reconcile", "--outcome-id", unknown["outcome_id"])
+        assert again_checked.code == 0, again_checked.err
+        assert again_checked.json() == {"checked": 1, "resolved": 0, "still_unknown": 1}
+        assert [r["checks"] for r in cli(pipeline, "attention", "--json").json()] == [2]
+
         resolved = cli(
             pipeline,
             "resolve",
