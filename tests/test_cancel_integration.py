@@ -47,24 +47,32 @@ def wait_for(predicate: Any, timeout: float) -> bool:
     return False
 
 
-def test_try_later_backs_off_growing_with_the_receive_count_then_dead_letters(
+def test_try_later_is_retried_by_time_not_by_count_then_ends_unknown_and_never_in_the_dlq(
     pipeline_factory: PipelineFactory,
 ) -> None:
+    """QFPay answering "try later" (or 5xx, or nothing) must not spend the message's receives: an
+    outage longer than five backoffs would otherwise send every order to the DLQ. The order goes
+    back to the queue with a growing, jittered delay until the retry horizon, then ends UNKNOWN."""
     order, txn = order_and_txn(1, cancel_respcd="1205")  # QFPay: "try later", every time
-    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+    env = {**FAST_RETRIES, "RETRY_HORIZON_SECONDS": "12"}
+    with pipeline_factory([txn], env_overrides=env) as pipeline:
         pipeline.send(order)
-        assert wait_for(lambda: pipeline.dead_letters_count() == 1, timeout=40)
+        pipeline.collect_outcomes(expected=1, timeout=60)
         calls = [c for c in pipeline.qfpay.calls if c.endpoint == "/trade/v1/reversal"]
-        outcomes = pipeline.stack.read_outcomes(wait_seconds=0.5)
-    # One reversal per receive (maxReceiveCount 5), nothing reversed, no outcome: the DLQ has it.
-    assert len(calls) == pipeline.stack.max_receive_count == 5
-    assert outcomes == []
+        dead = pipeline.dead_letters_count()
+    (outcome,) = pipeline.outcomes.values()
+    assert outcome["status"] == "UNKNOWN"
+    assert "could not be reached for" in outcome["reason"]
+    assert "1205" in outcome["reason"]
+    assert dead == 0
+    # More attempts than the queue's maxReceiveCount would have allowed, none took effect.
+    assert len(calls) > pipeline.stack.max_receive_count == 5
     assert pipeline.qfpay.cancellations_applied(txn.syssn) == 0
-    # Jittered between half and all of min(max, base * 2^(n-1)) = 1, 2, 4, 4 s, in whole seconds.
+    # Jittered between half and all of min(max, base * 2^n) = 1, 2, 4, 4... s, in whole seconds.
     gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(calls)]
     for attempt, gap in enumerate(gaps, start=1):
         assert gap >= math.ceil(min(4, 2 ** (attempt - 1)) / 2) - 0.05, gaps
-    assert sum(gaps) >= 1 + 1 + 2 + 2
+    assert calls[-1].timestamp - calls[0].timestamp <= 12 + 4 + 2
 
 
 def test_bank_risk_control_is_never_retried(pipeline_factory: PipelineFactory) -> None:

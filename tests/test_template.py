@@ -438,7 +438,9 @@ def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
         granted_actions(resources["PollFunctionRole"])
         == {
             "secretsmanager:GetSecretValue",
-            "kms:Decrypt",  # the secret's key, through Secrets Manager
+            "kms:Decrypt",  # the secret's key, through Secrets Manager; the data key
+            "kms:GenerateDataKey",  # the ledger table's data key (the budget's records)
+            "dynamodb:UpdateItem",  # the shared request budget's records only
         }
         | LOGS_TO_OWN_GROUP
         | XRAY_WRITE
@@ -461,6 +463,7 @@ def test_each_role_gets_only_what_its_code_does(cfn: dict[str, Any]) -> None:
             "sqs:GetQueueAttributes",
             "sqs:GetQueueUrl",
             "sqs:ChangeMessageVisibility",
+            "sqs:SendMessage",
             "states:SendTaskSuccess",
             "states:SendTaskFailure",
         }
@@ -566,8 +569,8 @@ def test_parameters_and_defaults(sam: dict[str, Any]) -> None:
         "PollMaxWaitSeconds": 60,
         "PollDeadlineSeconds": 900,
         "CancelBatchSize": 10,
-        "CancelMaximumConcurrency": 2,
-        "PollMaximumConcurrency": 3,
+        "CancelMaximumConcurrency": 4,
+        "PollMaximumConcurrency": 10,
         "CancelBatchingWindowSeconds": 1,
         "OrderTimeoutEventSource": "shop.checkout",
         "OrderTimeoutDetailType": "Order Timed Out",
@@ -637,7 +640,13 @@ def test_definition_follows_the_contract(asl: dict[str, Any]) -> None:
         assert task["Parameters"] == {"FunctionName": "${PollFunctionArn}", "Payload.$": "$"}
         assert task["OutputPath"] == "$.Payload"
         assert task["Next"] == "IsDecided"
-    (catch,) = states["AskEnquiry"]["Catch"]
+    throttled, catch = states["AskEnquiry"]["Catch"]
+    # Our own throttling never concludes the loop: the turn is asked again after the wait.
+    assert throttled == {
+        "ErrorEquals": ["Lambda.TooManyRequestsException"],
+        "ResultPath": "$.throttled",
+        "Next": "WaitBeforeEnquiry",
+    }
     assert catch == {
         "ErrorEquals": ["States.ALL"],
         "ResultPath": "$.task_error",
@@ -1117,16 +1126,27 @@ def test_every_queue_log_group_and_table_is_encrypted_and_logs_expire(cfn: dict[
         }
 
 
-def test_the_poll_function_reserves_its_concurrency_for_the_rate_limit(sam: dict[str, Any]) -> None:
-    """Containers calling QFPay are bounded: cancel by the SQS mapping, poll by reserved concurrency."""
+def test_both_functions_share_one_request_budget_per_merchant(
+    sam: dict[str, Any], cfn: dict[str, Any]
+) -> None:
+    """QFPay's limits are kept by the shared budget, not by a static split over containers: both
+    functions take slots from the same table, and the poll function can touch nothing else there."""
+    variables = sam["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["BUDGET_TABLE"] == {"Ref": "IdempotencyTable"}
+    for function in ("CancelFunction", "PollFunction"):
+        own = sam["Resources"][function]["Properties"].get("Environment", {}).get("Variables", {})
+        assert "BUDGET_TABLE" not in own, function
+    (budget,) = [
+        s
+        for s in _role_statements(cfn["Resources"]["PollFunctionRole"])
+        if s["Action"] == "dynamodb:UpdateItem"
+    ]
+    assert budget["Resource"] == {"Fn::GetAtt": ["IdempotencyTable", "Arn"]}
+    assert budget["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["budget#*"]}}
     poll = sam["Resources"]["PollFunction"]["Properties"]
     assert poll["ReservedConcurrentExecutions"] == {"Ref": "PollMaximumConcurrency"}
-    defaults = {name: p.get("Default") for name, p in sam["Parameters"].items()}
-    containers = defaults["CancelMaximumConcurrency"] + defaults["PollMaximumConcurrency"]
-    # The functions' per-container defaults times the containers stay under QFPay's 100/s, 400/min.
-    per_container = QFPaySettings._field_defaults
-    assert containers * per_container["max_requests_per_second"] <= 100
-    assert containers * per_container["max_requests_per_minute"] <= 400
+    # No per-container share of QFPay's limits is left to configure.
+    assert "max_requests_per_minute" not in QFPaySettings._fields
 
 
 # ------------------------------------------------------------------ fences (who may do what)
@@ -1366,6 +1386,8 @@ def test_each_role_statement_names_its_resource(cfn: dict[str, Any]) -> None:
             "WriteOwnLogs": [arn("PollFunctionLogGroup")],
             "ReadQFPayCredentials": [r.resources["QFPayCredentialsSecret"]["Ref"]],
             "DecryptQFPayCredentials": [arn("QFPaySecretKey")],
+            "SharedRequestBudget": [arn("IdempotencyTable")],
+            "UseDataKey": [arn("DataEncryptionKey")],
             "WriteTraces": ["*"],
         },
         "CancellationStateMachineRole": {

@@ -30,7 +30,17 @@ def record(message_id: str, body: str = "{}", receive_count: str | None = "1") -
 
 def test_a_record_is_read_as_the_fields_the_service_uses() -> None:
     (message,) = queue_messages({"Records": [record("m-1", '{"a": 1}', receive_count="3")]})
-    assert message == QueueMessage("m-1", '{"a": 1}', 3, QUEUE_ARN, "handle-m-1")
+    assert message == QueueMessage("m-1", '{"a": 1}', 3, QUEUE_ARN, "handle-m-1", 1_795_600_000.0, 0)
+
+
+def test_a_message_sent_back_by_the_service_keeps_its_first_attempts_time() -> None:
+    requeued = record("m-1")
+    requeued["messageAttributes"] = {
+        "first_attempt_at": {"stringValue": "1795500000.5", "dataType": "Number"},
+        "requeues": {"stringValue": "4", "dataType": "Number"},
+    }
+    (message,) = queue_messages({"Records": [requeued]})
+    assert (message.first_attempt_at, message.requeues) == (1_795_500_000.5, 4)
 
 
 @pytest.mark.parametrize("count", [None, "", "two", "-1"])

@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from cancellation.budget import BudgetExhausted
 from cancellation.cancel import CancelAttempt, LoopPolicy, RetryLater, execution_name
 from cancellation.orders import Order, parse_order_message
 from cancellation.outcomes import outcome_id
@@ -801,3 +802,49 @@ def test_the_handoff_never_carries_the_callers_token():
     order = ORDER._replace(task_token="CALLER-TOKEN-0123456789")
     result = decide(FakeQFPay(reversal=[cancel_answer("1143")]), order)
     assert "CALLER-TOKEN" not in json.dumps(result)
+
+
+# --- the merchant's shared request budget --------------------------------------------------------
+
+
+def spent(free_in: float, now: float = NOW) -> BudgetExhausted:
+    return BudgetExhausted("mchid:MCH1", next_free_at=now + free_in)
+
+
+def test_a_cancel_without_budget_comes_back_when_the_budget_has_a_slot():
+    retry = retry_of(FakeQFPay(reversal=[spent(42.5)]))
+    assert retry.budget_free_at == NOW + 42.5
+    assert not retry.throttled
+
+
+def test_a_redelivered_cancel_without_budget_for_its_first_enquiry_comes_back_later():
+    fake = FakeQFPay(enquiry=[spent(7)])
+    assert retry_of(fake, redelivered=True).budget_free_at == NOW + 7
+    assert fake.names == ["enquiry"]
+
+
+def test_a_confirming_enquiry_without_budget_hands_the_order_to_the_loop():
+    fake = FakeQFPay(reversal=[cancel_answer("0000")], enquiry=[spent(30)])
+    state = handoff_of(decide(fake))
+    assert (state["respcd"], state["reversal_pending"]) == ("0000", True)
+
+
+@pytest.mark.parametrize("late", [0.0, 3600.0])
+def test_the_loop_never_concludes_because_of_our_own_budget(late):
+    """Not even past the deadline: nothing was asked, so nothing is known. It waits for the slot."""
+    state = handoff_state()
+    now = state["deadline_at"] + late
+    fake = FakeQFPay(enquiry=[spent(9, now)])
+    after = run(state, fake, now=now)
+    assert after["status"] == "IN_PROGRESS"
+    assert "outcome" not in after
+    assert after["polls"] == state["polls"]  # no Enquiry was asked
+    assert after["wait_seconds"] >= 9
+
+
+def test_far_from_its_deadline_the_loop_yields_to_cancels_for_at_least_its_schedules_wait():
+    state = handoff_state()
+    fake = FakeQFPay(enquiry=[spent(2)])
+    after = run(state, fake, now=NOW + 3)
+    assert after["status"] == "IN_PROGRESS"
+    assert after["wait_seconds"] == PollSchedule.from_dict(state["schedule"]).wait_after(0)

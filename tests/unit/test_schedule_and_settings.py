@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from cancellation.budget import BudgetPolicy
 from cancellation.cancel import LoopPolicy
 from cancellation.qfpay import Timeouts
 from cancellation.routing import Routing
@@ -145,8 +146,9 @@ CANCEL_ENV = {
     "EVENT_BUS_NAME": "payment-outcomes",
     "STATE_MACHINE_ARN": "arn:aws:states:ap-east-1:123456789012:stateMachine:cancellation-poll",
     "IDEMPOTENCY_TABLE": "cancellation-idempotency",
+    "BUDGET_TABLE": "cancellation-idempotency",
 }
-POLL_ENV = {k: CANCEL_ENV[k] for k in ("QFPAY_BASE_URL", "QFPAY_SECRET_ID")}
+POLL_ENV = {k: CANCEL_ENV[k] for k in ("QFPAY_BASE_URL", "QFPAY_SECRET_ID", "BUDGET_TABLE")}
 
 
 def problems_of(call, env) -> str:
@@ -167,6 +169,8 @@ def test_cancel_settings_defaults():
             timeouts=Timeouts(connect=3.05, read=10.0),
             secret_max_age=300,
             verify_response_signature=False,
+            budget=BudgetPolicy(per_second=100, per_minute=400, margin=0.02, pause_after_429=1.0),
+            budget_table="cancellation-idempotency",
         ),
         event_bus_name="payment-outcomes",
         state_machine_arn=CANCEL_ENV["STATE_MACHINE_ARN"],
@@ -176,6 +180,7 @@ def test_cancel_settings_defaults():
         retry_base_delay=10,
         retry_max_delay=900,
         batch_concurrency=10,
+        retry_horizon=6 * 3600,
     )
 
 
@@ -201,8 +206,16 @@ def test_settings_read_every_variable():
         "SECRET_MAX_AGE_SECONDS": "60",
         "QFPAY_VERIFY_RESPONSE_SIGNATURE": "true",
         "BATCH_CONCURRENCY": "8",
+        "QFPAY_MAX_REQUESTS_PER_SECOND": "50",
+        "QFPAY_MAX_REQUESTS_PER_MINUTE": "300",
+        "QFPAY_BUDGET_MARGIN": "0.1",
+        "QFPAY_PAUSE_AFTER_429_SECONDS": "3",
+        "QFPAY_LIMIT_WINDOW_SCALE": "0.1",
+        "RETRY_HORIZON_SECONDS": "3600",
     }
     settings = cancel_settings(env)
+    assert settings.qfpay.budget == BudgetPolicy(50, 300, 0.1, 3.0, 0.1)
+    assert settings.retry_horizon == 3600
     assert settings.qfpay.routing == Routing(frozenset({"800201", "800212"}), "POST")
     assert settings.loop == LoopPolicy(PollSchedule(5, 120, 1.5), 1800)
     assert settings.qfpay.timeouts == Timeouts(connect=2.0, read=15.0)
@@ -232,16 +245,18 @@ def test_every_missing_cancel_variable_is_reported_in_one_error():
         "EVENT_BUS_NAME",
         "STATE_MACHINE_ARN",
         "IDEMPOTENCY_TABLE",
+        "BUDGET_TABLE",
     ):
         assert f"{name} is required" in message
-    assert message.count("is required") == 5
+    assert message.count("is required") == 6
 
 
 def test_every_missing_poll_variable_is_reported_in_one_error():
     message = problems_of(poll_settings, {"EVENT_BUS_NAME": "x"})
     assert "QFPAY_BASE_URL is required" in message
     assert "QFPAY_SECRET_ID is required" in message
-    assert message.count("is required") == 2
+    assert "BUDGET_TABLE is required" in message
+    assert message.count("is required") == 3
 
 
 def test_blank_required_variable_counts_as_missing():

@@ -7,6 +7,7 @@ creation is not thread-safe and orders of one batch run concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import boto3
 
+from cancellation.batch import FIRST_ATTEMPT_AT, REQUEUES
+from cancellation.budget import SlotFull
 from cancellation.outcomes import (
     CALLER_ERRORS,
     CALLER_SUCCESS_STATUSES,
@@ -396,14 +399,33 @@ class RedeliveryDelay:
 
     def delay(self, queue_arn: str, receipt_handle: str, seconds: int) -> None:
         client = self._sqs()
+        client.change_message_visibility(
+            QueueUrl=self._url(queue_arn), ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+        )
+
+    def requeue(
+        self, queue_arn: str, body: str, seconds: int, first_attempt_at: float, requeues: int
+    ) -> None:
+        """Send the message again as a new one, due in ``seconds`` (at most 900): unlike a
+        redelivery, it does not count toward the queue's maxReceiveCount. The caller then lets
+        the original be deleted."""
+        self._sqs().send_message(
+            QueueUrl=self._url(queue_arn),
+            MessageBody=body,
+            DelaySeconds=max(0, min(900, seconds)),
+            MessageAttributes={
+                FIRST_ATTEMPT_AT: {"DataType": "Number", "StringValue": _number(first_attempt_at)},
+                REQUEUES: {"DataType": "Number", "StringValue": str(requeues)},
+            },
+        )
+
+    def _url(self, queue_arn: str) -> str:
         url = self._queue_urls.get(queue_arn)
         if url is None:
             _, _, _, _, account, name = queue_arn.split(":", 5)
-            url = client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+            url = self._sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
             self._queue_urls[queue_arn] = url
-        client.change_message_visibility(
-            QueueUrl=url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
-        )
+        return str(url)
 
 
 # ------------------------------------------------------------------ reconciliation records
@@ -576,3 +598,78 @@ class OutcomeIntake:
 
     def delete(self, receipt_handle: str) -> None:
         self._sqs().delete_message(QueueUrl=self._url, ReceiptHandle=receipt_handle)
+
+
+class BudgetSlots:
+    """The merchants' request budgets (:mod:`cancellation.budget`), one record per merchant
+    (``budget#<merchant>``) holding ``next_slot``, the start of its next free slot. Taking a slot
+    is one conditional ``UpdateItem`` while the merchant is busy (the usual case in a burst); an
+    idle merchant's first slot costs a second write."""
+
+    def __init__(
+        self, table_name: str, expiry_seconds: int = 86400, dynamodb: Callable[[], Any] | None = None
+    ) -> None:
+        self._table = table_name
+        self._expiry = expiry_seconds
+        self._dynamodb = dynamodb or LazyClient("dynamodb")
+
+    def reserve(self, merchant: str, now: float, interval: float, latest: float) -> float:
+        client = self._dynamodb()
+        key = {"id": {"S": f"budget#{merchant}"}}
+        for _ in range(8):  # each round loses only to another container taking a slot
+            try:
+                # Busy: the next slot is now or later; take it and move it on by one interval.
+                answer = client.update_item(
+                    TableName=self._table,
+                    Key=key,
+                    UpdateExpression="SET next_slot = next_slot + :interval, expiration = :expiration",
+                    ConditionExpression="next_slot >= :now AND next_slot <= :latest",
+                    ExpressionAttributeValues={
+                        ":interval": {"N": _number(interval)},
+                        ":now": {"N": _number(now)},
+                        ":latest": {"N": _number(min(latest, now + 86400))},
+                        ":expiration": {"N": str(int(now) + self._expiry)},
+                    },
+                    ReturnValues="UPDATED_OLD",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                return float(answer["Attributes"]["next_slot"]["N"])
+            except client.exceptions.ConditionalCheckFailedException as refused:
+                old = refused.response.get("Item") or {}
+            next_slot = float(old["next_slot"]["N"]) if "next_slot" in old else None
+            if next_slot is not None and next_slot > latest:
+                raise SlotFull(next_slot)
+            if next_slot is not None and next_slot >= now:
+                continue  # moved on meanwhile: try the busy path again
+            try:
+                # Idle: the slot is now.
+                client.update_item(
+                    TableName=self._table,
+                    Key=key,
+                    UpdateExpression="SET next_slot = :next, expiration = :expiration",
+                    ConditionExpression="attribute_not_exists(next_slot) OR next_slot < :now",
+                    ExpressionAttributeValues={
+                        ":next": {"N": _number(now + interval)},
+                        ":now": {"N": _number(now)},
+                        ":expiration": {"N": str(int(now) + self._expiry)},
+                    },
+                )
+                return now
+            except client.exceptions.ConditionalCheckFailedException:
+                continue  # another container took the idle slot: the merchant is busy now
+        raise SlotFull(now + interval)  # heavy contention: come back shortly
+
+    def hold_until(self, merchant: str, until: float) -> None:
+        client = self._dynamodb()
+        # A refusal means it is already held at least that long.
+        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+            client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": f"budget#{merchant}"}},
+                UpdateExpression="SET next_slot = :until, expiration = :expiration",
+                ConditionExpression="attribute_not_exists(next_slot) OR next_slot < :until",
+                ExpressionAttributeValues={
+                    ":until": {"N": _number(until)},
+                    ":expiration": {"N": str(int(until) + self._expiry)},
+                },
+            )

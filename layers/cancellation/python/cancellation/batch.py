@@ -8,6 +8,7 @@ source and asyncio, about a tenth of this function's cold start; this is all we 
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
@@ -25,6 +26,10 @@ class QueueMessage(NamedTuple):
     receive_count: int  # ApproximateReceiveCount: 1 on the first delivery
     queue_arn: str
     receipt_handle: str
+    # When the order's first attempt began (epoch seconds) and how often it was sent back to the
+    # queue since (message attributes of a requeued message; else the message's SentTimestamp).
+    first_attempt_at: float | None = None
+    requeues: int = 0
 
     @classmethod
     def from_record(cls, record: Any) -> QueueMessage:
@@ -32,13 +37,36 @@ class QueueMessage(NamedTuple):
             raise NotAQueueBatch("an SQS record needs a messageId")
         attributes = record.get("attributes")
         count = attributes.get("ApproximateReceiveCount") if isinstance(attributes, Mapping) else None
+        sent = attributes.get("SentTimestamp") if isinstance(attributes, Mapping) else None
+        first = _number_attribute(record, FIRST_ATTEMPT_AT)
+        if first is None and isinstance(sent, str) and sent.isdigit():
+            first = int(sent) / 1000
+        requeues = _number_attribute(record, REQUEUES)
         return cls(
             message_id=record["messageId"],
             body=str(record.get("body") or ""),
             receive_count=int(count) if isinstance(count, str) and count.isdigit() else 1,
             queue_arn=str(record.get("eventSourceARN") or ""),
             receipt_handle=str(record.get("receiptHandle") or ""),
+            first_attempt_at=first,
+            requeues=int(requeues) if requeues is not None and 0 <= requeues < 1e6 else 0,
         )
+
+
+# Message attributes of a message the cancel function sent back to the queue itself.
+FIRST_ATTEMPT_AT = "first_attempt_at"
+REQUEUES = "requeues"
+
+
+def _number_attribute(record: Mapping[str, Any], name: str) -> float | None:
+    attributes = record.get("messageAttributes")
+    value = attributes.get(name) if isinstance(attributes, Mapping) else None
+    text = value.get("stringValue") if isinstance(value, Mapping) else None
+    try:
+        number = float(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def queue_messages(event: Any) -> list[QueueMessage]:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.orders import Order
 from cancellation.outcomes import Endpoint, Status, build_outcome, outcome_id
@@ -21,11 +22,13 @@ from cancellation.signing import signing_string
 
 
 class RetryLater(Exception):
-    """Nothing took effect at QFPay; the message is retried (with backoff) by SQS."""
+    """Nothing took effect at QFPay; the message is retried later. ``budget_free_at``: nothing was
+    sent because the merchant's request budget is spent until then (not a failure of QFPay's)."""
 
-    def __init__(self, reason: str, *, throttled: bool = False) -> None:
+    def __init__(self, reason: str, *, throttled: bool = False, budget_free_at: float | None = None) -> None:
         super().__init__(reason)
         self.throttled = throttled
+        self.budget_free_at = budget_free_at
 
 
 # QFPay refusing one request (REJECTED: the wrong amount, close not supported, a payment it does
@@ -91,26 +94,12 @@ class CancelAttempt:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
         belongs to this request only, not to the order, also has ``"request": True``."""
         endpoint = self.routing.endpoint_for(self.order.pay_type)
-        if self.redelivered or self.earlier_sends:
-            # A crashed or timed-out earlier run may have cancelled already: ask before sending.
-            finding = self._enquire(None, cancel_pending=True)
-            if finding is None:
-                raise RetryLater("QFPay Enquiry unavailable before a redelivered cancel")
-            if finding.status is not None:
-                return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
-            if finding.found and not finding.live:
-                # Paid while the earlier cancel may still take effect, or a row we cannot read:
-                # sending would decide nothing more; the loop decides by the Enquiry.
-                return self._handoff(
-                    endpoint, None, respcd=None, resperr=finding.reason, pending=True, attempts=0
-                )
-            if self.earlier_sends >= CANCELS_PER_ORDER:
-                # Every cancel this order may have is spent, and one of them may still be processing
-                # at QFPay (a processing reversal looks like a live payment): the loop decides.
-                reason = f"{self.earlier_sends} earlier cancel requests may have reached QFPay"
-                return self._handoff(endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0)
+        if (self.redelivered or self.earlier_sends) and (decided := self._ask_first(endpoint)) is not None:
+            return decided
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, self.order)
+        except BudgetExhausted as spent:
+            raise _budget_spent(spent) from None
         except QFPayUnavailable as exc:
             raise RetryLater(str(exc), throttled=exc.http_status == 429) from None
         except QFPayAmbiguous as exc:
@@ -138,13 +127,41 @@ class CancelAttempt:
             decision["request"] = True  # the message's own; see REQUEST_STATUSES
         return decision
 
+    def _ask_first(self, endpoint: Endpoint) -> dict[str, Any] | None:
+        """A crashed or timed-out earlier run may have cancelled already: ask before sending.
+        A decision, or None: nothing shows that an earlier cancel did anything, send one."""
+        try:
+            finding = self._enquire(None, cancel_pending=True)
+        except BudgetExhausted as spent:
+            raise _budget_spent(spent) from None
+        if finding is None:
+            raise RetryLater("QFPay Enquiry unavailable before a redelivered cancel")
+        if finding.status is not None:
+            return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
+        if finding.found and not finding.live:
+            # Paid while the earlier cancel may still take effect, or a row we cannot read:
+            # sending would decide nothing more; the loop decides by the Enquiry.
+            return self._handoff(
+                endpoint, None, respcd=None, resperr=finding.reason, pending=True, attempts=0
+            )
+        if self.earlier_sends >= CANCELS_PER_ORDER:
+            # Every cancel this order may have is spent, and one of them may still be processing
+            # at QFPay (a processing reversal looks like a live payment): the loop decides.
+            reason = f"{self.earlier_sends} earlier cancel requests may have reached QFPay"
+            return self._handoff(endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0)
+        return None
+
     def _confirm(
         self, endpoint: Endpoint, facts: dict[str, Any], *, pending: bool, answered: str | None = None
     ) -> dict[str, Any]:
         """QFPay's word is not proof: one Enquiry decides; anything it leaves open (not visible yet,
-        still live, a row we cannot read, Enquiry unavailable) goes to the loop to decide.
-        ``pending``: our cancel may still take effect; ``answered``: what a refusal said."""
-        finding = self._enquire(facts["reversal_syssn"], cancel_pending=pending)
+        still live, a row we cannot read, Enquiry unavailable, no budget for it now) goes to the
+        loop to decide. ``pending``: our cancel may still take effect; ``answered``: what a
+        refusal said."""
+        try:
+            finding = self._enquire(facts["reversal_syssn"], cancel_pending=pending)
+        except BudgetExhausted:
+            finding = None  # the loop asks when the merchant's budget allows
         if finding is not None and finding.status is not None:
             reason = finding.reason
             if answered is not None:
@@ -160,13 +177,20 @@ class CancelAttempt:
         )
 
     def _enquire(self, reversal_syssn: str | None, *, cancel_pending: bool) -> Finding | None:
+        """None: no answer. :class:`BudgetExhausted` passes: the caller decides when to ask again."""
         try:
             answer = self.qfpay.enquiry(enquiry_params(self.order, reversal_syssn))
             return read_enquiry(
                 answer, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
             )
+        except BudgetExhausted:
+            raise
         except (QFPayUnavailable, ValueError):
             return None
+
+    def give_up(self, reason: str) -> dict[str, Any]:
+        """QFPay could not be asked for the whole retry horizon: an explained UNKNOWN outcome."""
+        return self._outcome(Status.UNKNOWN, reason, self.routing.endpoint_for(self.order.pay_type))
 
     def _outcome(
         self, status: Status, reason: str, endpoint: Endpoint, *, attempts: int = 0, **facts: Any
@@ -226,6 +250,10 @@ class CancelAttempt:
             "status": "IN_PROGRESS",
         }
         return {"handoff": {"name": execution_name(self.order), "input": state}}
+
+
+def _budget_spent(spent: BudgetExhausted) -> RetryLater:
+    return RetryLater(str(spent), budget_free_at=spent.next_free_at)
 
 
 def answer_text(answer: dict[str, Any]) -> str | None:

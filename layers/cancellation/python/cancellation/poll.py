@@ -12,12 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cancellation.budget import BudgetExhausted, MerchantBudget, spend_until
 from cancellation.cancel import answer_text, send_cancel
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.observability import count_kind
 from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
 from cancellation.outcomes import Status, build_outcome
-from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
+from cancellation.qfpay import (
+    RATE_LIMIT_MAX_WAIT_SECONDS,
+    QFPayAmbiguous,
+    QFPayClient,
+    QFPayUnavailable,
+)
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import MAX_DEADLINE_SECONDS, PollSchedule
@@ -34,26 +40,67 @@ class EnquiryStep:
     # The longest one cancel request can take (with its 1108 re-read): a resend starts only if
     # the invocation has that long left, so a turn never times out half-way through one.
     resend_seconds: float = 0.0
+    read_timeout: float = 10.0
+    # Cancels come before the loop's Enquiries: a turn takes a slot of the merchant's budget only
+    # if one is free within this many seconds, unless the loop's deadline is near.
+    patience: float = 1.0
 
     @classmethod
     def for_settings(cls, settings: QFPaySettings, clock: Callable[[], float] = time.time) -> EnquiryStep:
-        from cancellation.aws import QFPayCredentials  # noqa: PLC0415 - keeps AWS out of the logic
+        from cancellation.aws import BudgetSlots, QFPayCredentials  # noqa: PLC0415 - keeps AWS out of the logic
 
         credentials = QFPayCredentials(settings.secret_id, settings.secret_max_age)
-        qfpay = QFPayClient.for_settings(settings, credentials, pool_size=2)
-        return cls(qfpay, settings.routing, clock, settings.request_budget(requests=2))
+        budget = MerchantBudget(settings.budget, BudgetSlots(settings.budget_table))
+        qfpay = QFPayClient.for_settings(settings, credentials, pool_size=2, budget=budget)
+        return cls(
+            qfpay,
+            settings.routing,
+            clock,
+            settings.request_budget(requests=2),
+            read_timeout=settings.timeouts.read,
+            patience=RATE_LIMIT_MAX_WAIT_SECONDS * settings.budget.window_scale,
+        )
 
     def run(
         self, state: dict[str, Any], remaining_seconds: Callable[[], float] | None = None
     ) -> dict[str, Any]:
         """One turn. ``remaining_seconds``: what is left of this invocation (Lambda's context)."""
         state = dict(state)
+        state.pop("throttled", None)  # the state machine's note that Lambda throttled a turn
         # Anyone who may start the state machine chooses this input: checked before any request.
         order, schedule = read_loop_state(state, self.clock())
         if state.get("task_error"):
             return self._after_failed_turn(state, order, schedule)
-        state["polls"] = int(state.get("polls", 0)) + 1
+        deadline = float(state["deadline_at"])
+        started = self.clock()
+        urgent = deadline - started <= 2 * schedule.max_wait
+        left = remaining_seconds() if remaining_seconds is not None else 15.0
+        horizon = left - self.read_timeout - 1 if urgent else self.patience
+        budget_token = spend_until.set(started + max(0.0, horizon))
+        try:
+            return self._turn(state, order, schedule, deadline, remaining_seconds)
+        except BudgetExhausted as spent:
+            # Nothing was asked: our own budget is no reason to conclude, not even past the deadline.
+            wait = math.ceil(spent.next_free_at - self.clock())
+            if not urgent:
+                wait = max(wait, schedule.wait_after(int(state.get("polls", 0))))
+            state["wait_seconds"] = max(1, wait)
+            state["last_reason"] = "waiting for the merchant's QFPay request budget"
+            state["status"] = IN_PROGRESS
+            return state
+        finally:
+            spend_until.reset(budget_token)
+
+    def _turn(
+        self,
+        state: dict[str, Any],
+        order: Order,
+        schedule: PollSchedule,
+        deadline: float,
+        remaining_seconds: Callable[[], float] | None,
+    ) -> dict[str, Any]:
         finding = self._enquire(order, state)
+        state["polls"] = int(state.get("polls", 0)) + 1
         if finding.status is not None:
             return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
         state["last_reason"] = finding.reason
@@ -61,7 +108,6 @@ class EnquiryStep:
             # Named by syssn from now on, the Enquiry also returns our cancel's own row.
             state["payment_syssn"] = _syssn_or_none(finding.payment.get("syssn"))
         now = self.clock()
-        deadline = float(state["deadline_at"])
         if now >= deadline:
             return self._final(
                 state, order, Status.UNKNOWN, f"not confirmed by the deadline: {finding.reason}"
@@ -107,6 +153,8 @@ class EnquiryStep:
                 reversal_syssn=reversal_syssn,
                 cancel_pending=cancel_may_take_effect(state),
             )
+        except BudgetExhausted:
+            raise
         except (QFPayUnavailable, ValueError) as exc:
             return Finding(None, f"Enquiry unavailable ({exc})", found=False)
 
@@ -116,6 +164,8 @@ class EnquiryStep:
         endpoint = state["endpoint"]
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, order)
+        except BudgetExhausted:
+            return None  # not sent: the next turn may try again
         except QFPayUnavailable:
             return None  # certainly not sent: the next turn may try again
         except QFPayAmbiguous:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,6 +27,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError,
 from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
 
 if TYPE_CHECKING:
+    from cancellation.budget import MerchantBudget
     from cancellation.settings import QFPaySettings
 
 REVERSAL_PATH = "/trade/v1/reversal"
@@ -97,51 +96,9 @@ class Timeouts(NamedTuple):
     read: float = 10.0  # QFPay documents none; 10 s is what public integrations use
 
 
-# The longest a request waits for the rate limit before it is refused as throttled.
+# The longest a loop turn far from its deadline waits for a slot of the merchant's request budget
+# (cancellation.budget) before it yields to cancels (scaled with QFPay's windows in local runs).
 RATE_LIMIT_MAX_WAIT_SECONDS = 1.0
-
-
-class RateLimit:
-    """This container's share of QFPay's per-merchant limits (100 requests/s, 400/min).
-
-    Sliding windows over the last second and minute. A request that would have to wait longer
-    than ``max_wait`` is refused as throttled instead (the order backs off through SQS), so a
-    burst never holds a Lambda invocation for a minute.
-    """
-
-    def __init__(
-        self,
-        per_second: int,
-        per_minute: int,
-        *,
-        max_wait: float = RATE_LIMIT_MAX_WAIT_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.per_second, self.per_minute, self.max_wait = per_second, per_minute, max_wait
-        self._clock, self._sleep = clock, sleep
-        self._sent: deque[float] = deque()  # start times of the last minute's requests
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = self._clock()
-            while self._sent and self._sent[0] <= now - 60:
-                self._sent.popleft()
-            start = now
-            if len(self._sent) >= self.per_minute:
-                start = max(start, self._sent[-self.per_minute] + 60)
-            if len(self._sent) >= self.per_second:
-                start = max(start, self._sent[-self.per_second] + 1)
-            wait = start - now
-            if wait > self.max_wait:
-                raise QFPayUnavailable(
-                    f"local rate limit: next request allowed in {wait:.1f}s", http_status=429
-                )
-            # Keep the deque sorted: a reserved slot is in the future, after every earlier one.
-            self._sent.append(max(start, self._sent[-1]) if self._sent else start)
-        if wait > 0:
-            self._sleep(wait)
 
 
 def new_pool(size: int = 10) -> urllib3.PoolManager:
@@ -163,7 +120,7 @@ class QFPayClient:
         http: urllib3.PoolManager,
         timeouts: Timeouts = Timeouts(),
         verify_response_signature: bool = False,
-        rate_limit: RateLimit | None = None,
+        budget: MerchantBudget | None = None,
         observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
@@ -171,15 +128,19 @@ class QFPayClient:
         self._http = http
         self._timeouts = timeouts
         self._verify_response_signature = verify_response_signature
-        self._rate_limit = rate_limit
+        self._budget = budget
         self._observe_latency = observe_latency
 
     @classmethod
     def for_settings(
-        cls, settings: QFPaySettings, credentials: CredentialsSource, pool_size: int
+        cls,
+        settings: QFPaySettings,
+        credentials: CredentialsSource,
+        pool_size: int,
+        budget: MerchantBudget | None,
     ) -> QFPayClient:
-        """The functions' client: pooled connections, the container's rate limit, and every
-        call's latency as the ``QFPayLatency`` metric."""
+        """The functions' client: pooled connections, the merchants' shared request budget, and
+        every call's latency as the ``QFPayLatency`` metric."""
         from cancellation.observability import record_latency  # noqa: PLC0415 - Powertools stays out of the client
 
         return cls(
@@ -188,7 +149,7 @@ class QFPayClient:
             http=new_pool(pool_size),
             timeouts=settings.timeouts,
             verify_response_signature=settings.verify_response_signature,
-            rate_limit=settings.rate_limit(),
+            budget=budget,
             observe_latency=lambda seconds: record_latency("QFPayLatency", seconds),
         )
 
@@ -217,8 +178,9 @@ class QFPayClient:
     def _send(
         self, method: str, path: str, params: Mapping[str, str | None], credentials: Credentials
     ) -> dict[str, Any]:
-        if self._rate_limit is not None:
-            self._rate_limit.acquire()
+        mchid = params.get("mchid") or None
+        if self._budget is not None:
+            self._budget.acquire(mchid, credentials.app_code)
         sent = signed_parameters(params)  # exactly what is signed is what is sent
         headers = {
             "X-QF-APPCODE": credentials.app_code,
@@ -250,6 +212,8 @@ class QFPayClient:
         finally:
             if self._observe_latency is not None:
                 self._observe_latency(time.monotonic() - started)
+        if response.status == 429 and self._budget is not None:
+            self._budget.throttled(mchid, credentials.app_code)  # the whole merchant backs off
         return self._read(path, response, credentials)
 
     def _read(

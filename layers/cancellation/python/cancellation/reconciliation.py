@@ -161,10 +161,13 @@ class Reconciler:
 
     @classmethod
     def for_settings(cls, settings: ReconcileSettings) -> Reconciler:
-        from cancellation.aws import QFPayCredentials  # noqa: PLC0415 - as the poll step does
+        from cancellation.aws import BudgetSlots, QFPayCredentials  # noqa: PLC0415 - as the poll step does
+        from cancellation.budget import MerchantBudget  # noqa: PLC0415
 
         credentials = QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age)
-        qfpay = QFPayClient.for_settings(settings.qfpay, credentials, pool_size=2)
+        # The merchant's request budget is shared with the cancel and poll functions.
+        budget = MerchantBudget(settings.qfpay.budget, BudgetSlots(settings.qfpay.budget_table))
+        qfpay = QFPayClient.for_settings(settings.qfpay, credentials, pool_size=2, budget=budget)
         return cls(
             ledger=ReconciliationLedger(settings.table),
             publisher=OutcomePublisher(settings.event_bus_name),

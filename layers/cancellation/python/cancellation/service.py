@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from cancellation.aws import (
     DECIDING,
     DELIVERED,
+    BudgetSlots,
     CallerNotifier,
     Claim,
     DecisionLedger,
@@ -34,6 +35,7 @@ from cancellation.aws import (
     RedeliveryDelay,
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
+from cancellation.budget import MerchantBudget, SlotStore, spend_until
 from cancellation.cancel import CancelAttempt, RetryLater, request_id
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
@@ -55,6 +57,7 @@ class CancelDependencies(NamedTuple):
     credentials: QFPayCredentials
     redelivery: RedeliveryDelay
     ledger: DecisionLedger
+    budget_slots: SlotStore
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -67,6 +70,7 @@ class CancelDependencies(NamedTuple):
             credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
             redelivery=RedeliveryDelay(),
             ledger=DecisionLedger(settings.idempotency_table, settings.idempotency_expiry),
+            budget_slots=BudgetSlots(settings.qfpay.budget_table),
         )
 
 
@@ -74,13 +78,21 @@ class CancelService:
     def __init__(self, settings: CancelSettings, deps: CancelDependencies) -> None:
         self.settings = settings
         self.deps = deps
-        self.qfpay = QFPayClient.for_settings(settings.qfpay, deps.credentials, settings.batch_concurrency)
+        self.qfpay = QFPayClient.for_settings(
+            settings.qfpay,
+            deps.credentials,
+            settings.batch_concurrency,
+            budget=MerchantBudget(settings.qfpay.budget, deps.budget_slots),
+        )
         # As wide as the batch may run at once: the bound that keeps QFPay's rate limits.
         self._pool = ThreadPoolExecutor(max_workers=settings.batch_concurrency, thread_name_prefix="order")
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         # An order's lease lasts as long as this invocation may: then it is known to have died.
         lease_until = self.deps.clock() + context.get_remaining_time_in_millis() / 1000
+        # A request must start early enough to be answered (read timeout) and recorded in time;
+        # the orders' threads inherit this context.
+        spend_until.set(lease_until - self.settings.qfpay.timeouts.read - 2)
 
         def process(message: QueueMessage) -> str:
             return self.process_record(message, lease_until)
@@ -118,7 +130,7 @@ class CancelService:
                 order.identity,
                 lease_until,
                 self._deliver,
-                lambda claim: self._decide_order(order, message_key, claim, receive_count),
+                lambda claim: self._decide_order(order, message_key, claim, message),
                 message_key=message_key,
             )
             if order.task_token:
@@ -135,12 +147,7 @@ class CancelService:
             logger.info("caller waits for the enquiry loop", extra={"hold_seconds": hold})
             raise
         except RetryLater as exc:
-            count("QFPayRetryLater")
-            self._back_off(message, receive_count, throttled=exc.throttled)
-            logger.warning(
-                "cancel will be retried", extra={"reason": str(exc), "receive_count": receive_count}
-            )
-            raise
+            return self._retry_later(message, exc)
         except OrderBusy:
             # Another attempt holds this order (a duplicate in this batch or another poller's).
             self._back_off(message, receive_count, throttled=False)
@@ -203,11 +210,41 @@ class CancelService:
         except Exception:  # the lease then runs out with the invocation; the retry waits for it
             logger.exception("could not release the order after a failed attempt")
 
+    def _retry_later(self, message: QueueMessage, exc: RetryLater) -> str:
+        """Send the message back to the queue, due when it may succeed, without spending one of
+        its receives: the DLQ is for messages that cannot be processed, not for a merchant's
+        spent budget or a QFPay outage (those are bounded by time, ``retry_horizon``)."""
+        now = self.deps.clock()
+        if exc.budget_free_at is not None:
+            count("QFPayBudgetWait")
+            # Spread over a second, so that orders sent back together do not all return at once.
+            delay = math.ceil(max(0.0, exc.budget_free_at - now) + random.uniform(0, 1))  # noqa: S311
+            requeues = message.requeues
+        else:
+            count("QFPayRetryLater")
+            base = self.settings.retry_base_delay * (4 if exc.throttled else 1)
+            ceiling = min(self.settings.retry_max_delay, 900, base * 2 ** min(message.requeues, 16))
+            delay = math.ceil(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
+            requeues = message.requeues + 1
+        first = message.first_attempt_at if message.first_attempt_at is not None else now
+        try:
+            self.deps.redelivery.requeue(message.queue_arn, message.body, delay, first, requeues)
+        except Exception:
+            logger.exception("could not send the message back; SQS delivers it again")
+            self._back_off(message, message.receive_count, throttled=exc.throttled)
+            raise exc from None
+        logger.warning(
+            "cancel will be retried",
+            extra={"reason": str(exc), "retry_in_seconds": delay, "requeues": requeues},
+        )
+        return "RETRY_LATER"
+
     def _decide_order(
-        self, order: Order, message_key: str, claim: Claim | None, receive_count: int
+        self, order: Order, message_key: str, claim: Claim | None, message: QueueMessage
     ) -> dict[str, Any]:
         # An attempt before this one may have reached QFPay, even when this message is a first
         # delivery (a duplicate can arrive after the earlier attempt died).
+        receive_count = message.receive_count
         redelivered = receive_count > 1 or (claim is not None and claim.earlier_attempt)
         if receive_count > 1:
             # QFPay may have refused this very message already: never ask it again.
@@ -223,7 +260,20 @@ class CancelService:
             redelivered=redelivered,
             earlier_sends=claim.earlier_sends if claim is not None else 0,
         )
-        decision = attempt.decide()
+        try:
+            decision = attempt.decide()
+        except RetryLater as exc:
+            first = message.first_attempt_at
+            if exc.budget_free_at is not None or first is None:
+                raise
+            if self.deps.clock() - first < self.settings.retry_horizon:
+                raise
+            # Retried by time, not by count: past the horizon the order ends, explained.
+            hours = self.settings.retry_horizon / 3600
+            decision = attempt.give_up(
+                f"QFPay could not be reached for {hours:g} h since the first attempt ({exc}); "
+                "not known whether the payment is cancelled: a person must look"
+            )
         if decision.get("request"):
             # Named by the request: consumers drop repeats by outcome_id, and must neither drop the
             # order's outcome, yet to come, nor see one bad request sent twice as two refusals.

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from cancellation.budget import BudgetPolicy
 from cancellation.cancel import LoopPolicy
-from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, RateLimit, Timeouts
+from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
 from cancellation.schedule import (
     MAX_DEADLINE_SECONDS,
@@ -35,12 +36,9 @@ class QFPaySettings(NamedTuple):
     timeouts: Timeouts = Timeouts()
     secret_max_age: int = 300
     verify_response_signature: bool = False
-    # This container's share of QFPay's 100/s and 400/min per merchant (see README: rate limits).
-    max_requests_per_second: int = 20
-    max_requests_per_minute: int = 80
-
-    def rate_limit(self) -> RateLimit:
-        return RateLimit(self.max_requests_per_second, self.max_requests_per_minute)
+    # QFPay's per-merchant limits, shared by every container (see README: rate limits).
+    budget: BudgetPolicy = BudgetPolicy()
+    budget_table: str = ""
 
     def request_budget(self, requests: int) -> float:
         """The longest ``requests`` QFPay requests can take: connect and read timeouts, plus the
@@ -60,6 +58,7 @@ class CancelSettings(NamedTuple):
     retry_max_delay: int = 900
     batch_concurrency: int = 10
     max_receive_count: int = 5  # the order queue's maxReceiveCount (its RedrivePolicy)
+    retry_horizon: int = 6 * 3600  # QFPay unavailable this long after the first attempt: UNKNOWN
 
 
 class _Reader:
@@ -188,8 +187,14 @@ def _qfpay(read: _Reader) -> QFPaySettings:
         ),
         secret_max_age=read.integer("SECRET_MAX_AGE_SECONDS", 300, 0, 3600),
         verify_response_signature=read.flag("QFPAY_VERIFY_RESPONSE_SIGNATURE", False),
-        max_requests_per_second=read.integer("QFPAY_MAX_REQUESTS_PER_SECOND", 20, 1, 100),
-        max_requests_per_minute=read.integer("QFPAY_MAX_REQUESTS_PER_MINUTE", 80, 1, 400),
+        budget=BudgetPolicy(
+            per_second=read.integer("QFPAY_MAX_REQUESTS_PER_SECOND", 100, 1, 100),
+            per_minute=read.integer("QFPAY_MAX_REQUESTS_PER_MINUTE", 400, 1, 400),
+            margin=read.number("QFPAY_BUDGET_MARGIN", 0.02, 0, 0.5),
+            pause_after_429=read.number("QFPAY_PAUSE_AFTER_429_SECONDS", 1.0, 0, 60),
+            window_scale=read.number("QFPAY_LIMIT_WINDOW_SCALE", 1.0, 0.01, 1),
+        ),
+        budget_table=read.text("BUDGET_TABLE"),
     )
 
 
@@ -227,9 +232,10 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         loop=LoopPolicy(schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, MAX_DEADLINE_SECONDS)),
         idempotency_expiry=read.integer("IDEMPOTENCY_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
-        retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 43200),
+        retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 900),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
+        retry_horizon=read.integer("RETRY_HORIZON_SECONDS", 6 * 3600, 0, 4 * 86400),
     )
     # A record must outlive the loop and every redelivery of its message (each at most
     # RETRY_MAX_DELAY_SECONDS after the last): an attempt after its expiry would not know that a
