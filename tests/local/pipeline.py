@@ -23,6 +23,7 @@ import boto3
 from tests.local import lambda_runtime
 from tests.local.aws_stack import Stack, create_stack
 from tests.local.moto_server import LocalAws
+from tests.local.qfpay_limits import MerchantRateLimits
 from tests.local.qfpay_standin import Merchant, QFPayStandIn, Transaction
 from tests.local.sqs_delivery import SqsEventSource
 
@@ -154,6 +155,8 @@ def local_pipeline(
     merchant: Merchant | None = None,
     concurrency: int | None = None,
     close_methods: tuple[str, ...] = ("GET", "POST"),
+    rate_limits: MerchantRateLimits | None = None,
+    merchants: Sequence[Merchant] = (),
 ) -> Iterator[Pipeline]:
     """Start everything; on exit stop delivery and the stand-in (and moto, if started here)."""
     # The local Lambda runtime applies each function's environment to this process (its handlers
@@ -165,7 +168,12 @@ def local_pipeline(
     if own_aws:
         local_aws.start()
     merchant = merchant or Merchant(app_code=LOCAL_APP_CODE, client_key=LOCAL_CLIENT_KEY)
-    qfpay = QFPayStandIn([merchant], transactions=transactions, close_methods=close_methods).start()
+    qfpay = QFPayStandIn(
+        [merchant, *merchants],
+        transactions=transactions,
+        close_methods=close_methods,
+        rate_limits=rate_limits,
+    ).start()
     source: SqsEventSource | None = None
     try:
         stack = create_stack(

@@ -258,6 +258,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
+from tests.local.qfpay_limits import MerchantRateLimits
+
 State = Literal["unpaid", "paid", "failed", "closed", "expired", "refunded"]
 STATES: tuple[State, ...] = ("unpaid", "paid", "failed", "closed", "expired", "refunded")
 
@@ -608,7 +610,10 @@ class QFPayStandIn:
         transactions: Iterable[Transaction] = (),
         seed: int | None = None,
         fault_plan: FaultPlan | None = None,
+        rate_limits: MerchantRateLimits | None = None,
     ) -> None:
+        self.rate_limits = rate_limits or MerchantRateLimits()
+        """QFPay's per-merchant limits (100/s, 400/min, HTTP 429 beyond): always enforced."""
         self._merchants: dict[str, Merchant] = {m.app_code: m for m in merchants}
         self._host = host
         self._port = port
@@ -835,6 +840,8 @@ class QFPayStandIn:
         if merchant is None:
             unknown = _Reject("1108", "signature error: unknown app code")
             return _json(_error(unknown), None, (), self.latency)
+        if not self.rate_limits.admit(params_out.get("mchid") or merchant.app_code):
+            return _plain(429, "429 Too Many Requests", self.latency)
         try:
             if malformed is not None:
                 raise malformed
