@@ -149,9 +149,10 @@ CATEGORIES: dict[str, tuple[float, frozenset[str]]] = {
     "unknown_to_qfpay": (0.02, frozenset({"REJECTED"})),
     "wrong_amount": (0.02, frozenset({"REJECTED"})),
     "invalid_message": (0.04, frozenset({"REJECTED"})),
-    # QFPay refuses every cancel with HTTP 429 (its rate limit: nothing happens): the order must
-    # end in the dead-letter queue. (A 503 may come after QFPay acted, so it goes to the loop.)
-    "qfpay_unavailable": (0.005, frozenset()),
+    # QFPay refuses every cancel with HTTP 429 (its rate limit: nothing happens) for longer than
+    # the retry horizon: the order is retried by time, then ends UNKNOWN, explained (no reason
+    # for the DLQ). (A 503 may come after QFPay acted, so it goes to the loop.)
+    "qfpay_unavailable": (0.005, frozenset({"UNKNOWN"})),
     # The strict fault kinds (STRICT_FAULT_KINDS): planned only when switched on.
     "applied_then_5xx": (0.02, frozenset({"CANCELLED"})),
     "repeat_applies": (0.02, frozenset({"CANCELLED"})),
@@ -339,7 +340,7 @@ def plan_orders(config: SoakConfig) -> list[PlannedOrder]:
         name: round(share * n) if name not in STRICT_FAULT_KINDS or name in config.strict_faults else 0
         for name, (share, _) in CATEGORIES.items()
     }
-    if n >= 20:  # even a small soak sends one order to the DLQ, to check its reason
+    if n >= 20:  # even a small soak has one order QFPay never answers, to check how it ends
         counts["qfpay_unavailable"] = max(1, counts["qfpay_unavailable"])
     counts["in_progress"] = round(config.in_progress_share * n)
     counts["unpaid"] = max(0, n - sum(v for k, v in counts.items() if k != "unpaid"))
@@ -390,7 +391,7 @@ def _plan_one(index: int, category: str, rng: random.Random, seed: int) -> Plann
     elif category == "close_unsupported":
         script["close_supported"] = False
     elif category == "qfpay_unavailable":
-        script["faults"] = (Fault("http_429", CANCEL_ENDPOINTS),) * 20
+        script["faults"] = (Fault("http_429", CANCEL_ENDPOINTS),) * 40
     elif category in STRICT_FAULT_KINDS:
         state = _plan_strict(category, rng, script)
     elif category == "wrong_amount":
@@ -941,6 +942,8 @@ _SOAK_ENVIRONMENT = {
     "QFPAY_MAX_REQUESTS_PER_MINUTE": "400",
     "RETRY_BASE_DELAY_SECONDS": "1",
     "RETRY_MAX_DELAY_SECONDS": "8",
+    # Retried by time: past this many seconds of QFPay not answering, the order ends UNKNOWN.
+    "RETRY_HORIZON_SECONDS": "60",
     # Deployed, the loop's deadline (900 s) is about 4 visibility timeouts (210 s): a hand-off
     # replayed after a crash still leaves the loop most of its time. Same ratio here (24 s).
     "POLL_DEADLINE_SECONDS": "90",
