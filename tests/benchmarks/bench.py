@@ -437,6 +437,7 @@ _RESOURCE_PLACEHOLDERS = {
     "EVENT_BUS_NAME": "bench-outcomes",
     "STATE_MACHINE_ARN": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:bench-cancellation-poll",
     "IDEMPOTENCY_TABLE": "bench-idempotency",
+    "BUDGET_TABLE": "bench-idempotency",  # as the template: the budget's records share the ledger table
 }
 
 
@@ -495,13 +496,14 @@ def _fake_aws_environment() -> None:
     os.environ.update({k: v for k, v in _LAMBDA_RUNTIME_ENVIRONMENT.items() if k.startswith("AWS_")})
 
 
-# Local runs cannot reach an X-Ray daemon; the log level is the template's (INFO). The container's
-# own QFPay rate limit is raised to the merchant's whole limit (the most settings accept), so that
-# back-to-back benchmark invocations measure concurrency, not the limiter.
+# Local runs cannot reach an X-Ray daemon; the log level is the template's (INFO). QFPay's windows
+# (the stand-in's and the merchant budget's alike) are shortened 100-fold, the most the settings
+# accept, so that back-to-back benchmark invocations measure concurrency, not the rate limit; the
+# budget's DynamoDB writes are still made.
+BENCH_WINDOW_SCALE = 0.01
 _BENCH_OVERRIDES = {
     "POWERTOOLS_TRACE_DISABLED": "true",
-    "QFPAY_MAX_REQUESTS_PER_SECOND": "100",
-    "QFPAY_MAX_REQUESTS_PER_MINUTE": "400",
+    "QFPAY_LIMIT_WINDOW_SCALE": str(BENCH_WINDOW_SCALE),
 }
 
 
@@ -995,10 +997,12 @@ def _start_standin(latency: float) -> Any:
     TCP_NODELAY."""
     from http.server import ThreadingHTTPServer  # noqa: PLC0415
 
+    from tests.local.qfpay_limits import MerchantRateLimits  # noqa: PLC0415
     from tests.local.qfpay_standin import Merchant, QFPayStandIn  # noqa: PLC0415
 
     ThreadingHTTPServer.request_queue_size = 64  # this process only
-    standin = QFPayStandIn([Merchant(APP_CODE, CLIENT_KEY)], latency=latency).start()
+    limits = MerchantRateLimits(scale=BENCH_WINDOW_SCALE)
+    standin = QFPayStandIn([Merchant(APP_CODE, CLIENT_KEY)], latency=latency, rate_limits=limits).start()
     server = getattr(standin, "_server", None)
     if server is not None:
         server.RequestHandlerClass.protocol_version = "HTTP/1.1"

@@ -26,6 +26,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tests.canned_http import CannedPool
+from tests.local.qfpay_limits import MerchantRateLimits
 from tests.local.qfpay_standin import Merchant, QFPayStandIn, expected_signature
 
 # Any text UTF-8 can carry (no lone surrogates): separators, spaces, controls, non-ASCII included.
@@ -230,7 +231,9 @@ MERCHANT = Merchant(app_code="PROPERTY-APPCODE", client_key="PROPERTY-CLIENT-KEY
 
 @pytest.fixture(scope="module")
 def standin() -> Iterator[QFPayStandIn]:
-    with QFPayStandIn([MERCHANT]) as running:
+    # Hundreds of generated requests a second: QFPay's rate limits are not what is checked here.
+    unlimited = MerchantRateLimits(per_second=10**9, per_minute=10**9)
+    with QFPayStandIn([MERCHANT], rate_limits=unlimited) as running:
         yield running
 
 
