@@ -22,7 +22,7 @@ BUILD_SOURCES := template.yaml $(wildcard layers/cancellation/Makefile layers/ca
 	layers/cancellation/python/cancellation/*.py functions/*/*.py)
 MYPY_TARGETS := layers/cancellation/python/cancellation functions/cancel/app.py functions/poll/app.py functions/reconcile/app.py tests
 
-.PHONY: demo test lint typecheck unit install clean soak bench build
+.PHONY: demo test lint typecheck unit install clean soak bench build burst
 
 demo: $(PY_STAMP)
 	$(BIN)/python -m tests.local.demo
@@ -51,6 +51,13 @@ $(BUILD_STAMP): $(BUILD_SOURCES) $(SAM_STAMP)
 	PATH="$(dir $(RUNTIME_PYTHON)):$$PATH" RUNTIME_PYTHON="$(RUNTIME_PYTHON)" SAM_CLI_TELEMETRY=0 \
 		$(VENV)/sam/bin/sam build --template-file template.yaml
 	touch $@
+
+# A burst of BURST_N orders (default 2000) of BURST_MERCHANTS merchants (default 1) at once against
+# QFPay's rate limits, with QFPay's windows and our time settings scaled by BURST_WINDOW_SCALE
+# (default 0.2); BURST_OUTAGE=1 takes QFPay down for a scaled 30 minutes (tests/local/burst.py).
+# Writes burst.png. The last three lines are drain_ratio / dlq / qfpay_429.
+burst: $(PY_STAMP)
+	$(BIN)/python -m tests.local.burst
 
 test: lint typecheck unit
 

@@ -23,7 +23,7 @@ import boto3
 from tests.local import lambda_runtime
 from tests.local.aws_stack import Stack, create_stack
 from tests.local.moto_server import LocalAws
-from tests.local.qfpay_limits import MerchantRateLimits
+from tests.local.qfpay_limits import MerchantRateLimits, Outage
 from tests.local.qfpay_standin import Merchant, QFPayStandIn, Transaction
 from tests.local.sqs_delivery import SqsEventSource
 
@@ -156,7 +156,8 @@ def local_pipeline(
     concurrency: int | None = None,
     close_methods: tuple[str, ...] = ("GET", "POST"),
     rate_limits: MerchantRateLimits | None = None,
-    merchants: Sequence[Merchant] = (),
+    outage: Outage | None = None,
+    sub_merchants: Sequence[Merchant] = (),
 ) -> Iterator[Pipeline]:
     """Start everything; on exit stop delivery and the stand-in (and moto, if started here)."""
     # The local Lambda runtime applies each function's environment to this process (its handlers
@@ -169,10 +170,12 @@ def local_pipeline(
         local_aws.start()
     merchant = merchant or Merchant(app_code=LOCAL_APP_CODE, client_key=LOCAL_CLIENT_KEY)
     qfpay = QFPayStandIn(
-        [merchant, *merchants],
+        [merchant],
         transactions=transactions,
         close_methods=close_methods,
         rate_limits=rate_limits,
+        outage=outage,
+        sub_merchants=sub_merchants,
     ).start()
     source: SqsEventSource | None = None
     try:

@@ -66,3 +66,11 @@ def _first_after(times: deque[float], moment: float) -> int:
     while index > 0 and times[index - 1] > moment:
         index -= 1
     return index
+
+
+class Outage:
+    """QFPay down: while ``active``, every request is answered HTTP 503 and takes no effect."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.refused = 0

@@ -258,7 +258,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
-from tests.local.qfpay_limits import MerchantRateLimits
+from tests.local.qfpay_limits import MerchantRateLimits, Outage
 
 State = Literal["unpaid", "paid", "failed", "closed", "expired", "refunded"]
 STATES: tuple[State, ...] = ("unpaid", "paid", "failed", "closed", "expired", "refunded")
@@ -611,9 +611,15 @@ class QFPayStandIn:
         seed: int | None = None,
         fault_plan: FaultPlan | None = None,
         rate_limits: MerchantRateLimits | None = None,
+        outage: Outage | None = None,
+        sub_merchants: Iterable[Merchant] = (),
     ) -> None:
         self.rate_limits = rate_limits or MerchantRateLimits()
         """QFPay's per-merchant limits (100/s, 400/min, HTTP 429 beyond): always enforced."""
+        self.outage = outage or Outage()
+        """While active, QFPay is down: HTTP 503 to everything."""
+        # An agent's app code serving several merchants, each named by the mchid it sends.
+        self._sub_merchants = {(m.app_code, m.mchid): m for m in sub_merchants}
         self._merchants: dict[str, Merchant] = {m.app_code: m for m in merchants}
         self._host = host
         self._port = port
@@ -840,6 +846,10 @@ class QFPayStandIn:
         if merchant is None:
             unknown = _Reject("1108", "signature error: unknown app code")
             return _json(_error(unknown), None, (), self.latency)
+        merchant = self._sub_merchants.get((merchant.app_code, params_out.get("mchid")), merchant)
+        if self.outage.active:
+            self.outage.refused += 1
+            return _plain(503, "503 Service Unavailable", self.latency)
         if not self.rate_limits.admit(params_out.get("mchid") or merchant.app_code):
             return _plain(429, "429 Too Many Requests", self.latency)
         try:
