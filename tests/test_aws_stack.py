@@ -113,7 +113,7 @@ def test_visibility_timeout_can_be_shortened_for_local_runs(
 
 def test_sqs_event_settings_come_from_the_template(stack: Stack) -> None:
     assert stack.batch_size == 10
-    assert stack.maximum_concurrency == 2
+    assert stack.maximum_concurrency == 4
     assert stack.maximum_batching_window_seconds == 1
     assert stack.function_response_types == ["ReportBatchItemFailures"]
 

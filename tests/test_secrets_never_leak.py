@@ -1,14 +1,15 @@
 """The QFPay credentials never leave the secret: not in logs, events, queues, executions or errors.
 
 Every demo scenario, plus a rejected SNS-wrapped order with a caller token, an order QFPay answers
-with HTTP 429 until it lands in the dead-letter queue, a key rotated at QFPay but not yet in the
-secret (every call answered 1108, until the DLQ), the rotation completed in the secret (the next
-order recovers after one re-read) and the in-progress loop, run through the local pipeline with
-recognisable credentials. Everything the run produces is captured: every log record (at DEBUG,
-formatted as the functions write them, plus each record's attributes), stdout/stderr, the outcome
-events, the DLQ and queue bodies, every recorded Lambda invocation (event, answer, error object and
-stack trace), every Step Functions execution (input, output, full history), the idempotency table,
-the functions' configuration and the parameters QFPay received. None may hold a credential.
+with HTTP 429 until it ends UNKNOWN past the retry horizon (sent back to the queue meanwhile), a
+key rotated at QFPay but not yet in the secret (every call answered 1108, until the DLQ), the
+rotation completed in the secret (the next order recovers after one re-read) and the in-progress
+loop, run through the local pipeline with recognisable credentials. Everything the run produces is
+captured: every log record (at DEBUG, formatted as the functions write them, plus each record's
+attributes), stdout/stderr, the outcome events, the DLQ and queue bodies, every recorded Lambda
+invocation (event, answer, error object and stack trace), every Step Functions execution (input,
+output, full history), the idempotency table, the functions' configuration and the parameters QFPay
+received. None may hold a credential.
 
 Separately: ``repr`` of the credentials hides them, and no exception the QFPay client raises carries
 them, whatever failed.
@@ -219,7 +220,7 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
 ) -> None:
     assert leaks(json.dumps(OLD_SECRET)), "the needles find what they look for"
     assert leaks(f"x{LOCAL_APP_CODE.lower()}x")
-    # QFPay's rate limit (429: nothing happens) on every cancel, until the DLQ.
+    # QFPay's rate limit (429: nothing happens) on every cancel, past the retry horizon.
     down, down_body = order("LEAK-DOWN-0001", "20261126000101000901")
     down.faults = (Fault("http_429", CANCEL_ENDPOINTS),) * 1000
     rotated, rotated_body = order("LEAK-ROTATED-0002", "20261126000101000902")  # 1108 until the DLQ
@@ -243,7 +244,9 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
     transactions += [down, rotated, recovered]
     sent: list[str] = []
     outcome_events: list[dict[str, Any]] = []
-    env = {"POWERTOOLS_LOG_LEVEL": "DEBUG", "QFPAY_MAX_REQUESTS_PER_MINUTE": "400"}
+    # QFPay down for longer than the retry horizon: the order ends UNKNOWN, and its requeued
+    # messages (with their attributes) are searched too.
+    env = {"POWERTOOLS_LOG_LEVEL": "DEBUG", "RETRY_HORIZON_SECONDS": "4"}
 
     with pipeline_factory(transactions, env_overrides=env) as pipeline:
         stack = pipeline.stack
@@ -253,8 +256,7 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
         for body in [*(s.body() for s in SCENARIOS), invalid_body, down_body]:
             pipeline.send(body)
             sent.append(body)
-        outcome_events += stack.read_outcome_events(wait_seconds=60, expected=len(SCENARIOS) + 1)
-        wait_for(lambda: queue_depth(stack.dlq_url) == 1, 60, "the 429 order in the DLQ")
+        outcome_events += stack.read_outcome_events(wait_seconds=60, expected=len(SCENARIOS) + 2)
         sfn = boto3.client("stepfunctions")
         wait_for(
             lambda: all(
@@ -272,7 +274,7 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
         )
         pipeline.send(rotated_body)
         sent.append(rotated_body)
-        wait_for(lambda: queue_depth(stack.dlq_url) == 2, 60, "the 1108 order in the DLQ")
+        wait_for(lambda: queue_depth(stack.dlq_url) == 1, 60, "the 1108 order in the DLQ")
 
         # 3. The rotation reaches the secret: the next order re-reads it once and is cancelled.
         boto3.client("secretsmanager").put_secret_value(
@@ -299,11 +301,9 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
         assert by_order[scenario.order()["out_trade_no"]]["status"] == scenario.expected_status, scenario.name
     assert by_order["LEAK-INVALID-0004"]["status"] == "REJECTED"
     assert by_order["LEAK-RECOVERED-0003"]["status"] == "CANCELLED"
-    assert len(details) == len(SCENARIOS) + 2
-    assert sorted(json.loads(m["Body"]).get("out_trade_no") for m in dead) == [
-        "LEAK-DOWN-0001",
-        "LEAK-ROTATED-0002",
-    ]
+    assert by_order["LEAK-DOWN-0001"]["status"] == "UNKNOWN"
+    assert len(details) == len(SCENARIOS) + 3
+    assert sorted(json.loads(m["Body"]).get("out_trade_no") for m in dead) == ["LEAK-ROTATED-0002"]
     assert reversals_applied[rotated.syssn] == 0
     # The in-progress scenario's loop and the 500 scenario's (a 500 may come after QFPay acted).
     assert [r["description"]["status"] for r in runs] == ["SUCCEEDED", "SUCCEEDED"]
