@@ -65,8 +65,8 @@ def test_try_later_is_retried_by_time_not_by_count_then_ends_unknown_and_never_i
     assert "could not be reached for" in outcome["reason"]
     assert "1205" in outcome["reason"]
     assert dead == 0
-    # More attempts than the queue's maxReceiveCount would have allowed, none took effect.
-    assert len(calls) > pipeline.stack.max_receive_count == 5
+    # Several attempts, none took effect, none spent a receive toward the DLQ.
+    assert len(calls) >= 3
     assert pipeline.qfpay.cancellations_applied(txn.syssn) == 0
     # Jittered between half and all of min(max, base * 2^n) = 1, 2, 4, 4... s, in whole seconds.
     gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(calls)]

@@ -33,6 +33,7 @@ def test_the_reconcile_role_names_only_its_own_resources(cfn: dict[str, Any]) ->
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:Query",
+        "dynamodb:UpdateItem",  # the merchants' shared request budget only
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
         "events:PutEvents",

@@ -15,6 +15,7 @@ ENV = {
     "QFPAY_SECRET_ID": "qfpay",
     "EVENT_BUS_NAME": "outcomes",
     "IDEMPOTENCY_TABLE": "ledger",
+    "BUDGET_TABLE": "ledger",
     "RECONCILE_INTAKE_QUEUE_URL": "https://sqs.ap-east-1.amazonaws.com/1/intake",
 }
 
@@ -45,7 +46,13 @@ def test_settings_name_every_problem() -> None:
     assert settings.table == "ledger"
     with pytest.raises(ConfigurationError) as raised:
         reconcile_settings({"RECONCILE_CHECKS_AFTER_SECONDS": "9,1", "QFPAY_BASE_URL": "https://x"})
-    for name in ("RECONCILE_CHECKS_AFTER_SECONDS", "EVENT_BUS_NAME", "IDEMPOTENCY_TABLE", "RECONCILE_INTAKE"):
+    for name in (
+        "RECONCILE_CHECKS_AFTER_SECONDS",
+        "EVENT_BUS_NAME",
+        "IDEMPOTENCY_TABLE",
+        "BUDGET_TABLE",
+        "RECONCILE_INTAKE",
+    ):
         assert name in str(raised.value)
 
 
