@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
+from tests.local.aws_stack import load_template
 from tests.local.moto_server import LocalAws
 from tests.local.pipeline import Pipeline, local_pipeline
 
@@ -33,6 +37,24 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-east-1")
+
+
+@pytest.fixture
+def ledger_table(aws_env: None) -> Iterator[Any]:
+    """A DynamoDB client on moto's in-process mock with the ledger table named ``ledger``, keyed
+    and indexed exactly as template.yaml declares it."""
+    template = load_template(Path(__file__).resolve().parents[1] / "template.yaml")
+    properties = template["Resources"]["IdempotencyTable"]["Properties"]
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        client.create_table(
+            TableName="ledger",
+            KeySchema=properties["KeySchema"],
+            AttributeDefinitions=properties["AttributeDefinitions"],
+            GlobalSecondaryIndexes=properties["GlobalSecondaryIndexes"],
+            BillingMode=properties["BillingMode"],
+        )
+        yield client
 
 
 PipelineFactory = Callable[..., AbstractContextManager[Pipeline]]

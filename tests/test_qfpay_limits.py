@@ -4,22 +4,16 @@ budget (DynamoDB in moto), not just the one request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from cancellation.aws import BudgetSlots
 from cancellation.budget import BudgetPolicy, MerchantBudget
 from cancellation.qfpay import Credentials, QFPayClient, QFPayUnavailable, new_pool
-from moto import mock_aws
 
-from tests.local.aws_stack import load_template
 from tests.local.qfpay_limits import MerchantRateLimits
 from tests.local.qfpay_standin import Merchant, QFPayStandIn
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
 MERCHANT = Merchant(app_code="LIMITAPP", client_key="LIMITKEY0000000000000000000000001")
 
 
@@ -67,18 +61,8 @@ def test_scaled_windows_hold_the_same_counts_in_shorter_spans() -> None:
 
 
 @pytest.fixture
-def dynamodb(aws_env: None) -> Iterator[Any]:
-    table = load_template(TEMPLATE)["Resources"]["IdempotencyTable"]["Properties"]
-    with mock_aws():
-        client = boto3.client("dynamodb")
-        client.create_table(
-            TableName="ledger",
-            KeySchema=table["KeySchema"],
-            # The key's attribute only: the table's index is not what is tested here.
-            AttributeDefinitions=[a for a in table["AttributeDefinitions"] if a["AttributeName"] == "id"],
-            BillingMode=table["BillingMode"],
-        )
-        yield client
+def dynamodb(ledger_table: Any) -> Any:
+    return ledger_table
 
 
 def test_qfpays_429_holds_back_every_container_of_the_merchant(dynamodb: Any) -> None:

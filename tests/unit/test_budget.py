@@ -4,19 +4,12 @@ limits hold however many containers run, and a 429 backs off the whole merchant.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from cancellation.aws import BudgetSlots
 from cancellation.budget import BudgetExhausted, BudgetPolicy, MerchantBudget, spend_until
-from moto import mock_aws
 
-from tests.local.aws_stack import load_template
-
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 APP = "APPCODE-1"
 DEFAULT_POLICY = BudgetPolicy()
 
@@ -33,18 +26,8 @@ class FakeTime:
 
 
 @pytest.fixture
-def client(aws_env: None) -> Iterator[Any]:
-    table = load_template(TEMPLATE)["Resources"]["IdempotencyTable"]["Properties"]
-    with mock_aws():
-        dynamodb = boto3.client("dynamodb")
-        dynamodb.create_table(
-            TableName="ledger",
-            KeySchema=table["KeySchema"],
-            # The key's attribute only: the table's index is not what is tested here.
-            AttributeDefinitions=[a for a in table["AttributeDefinitions"] if a["AttributeName"] == "id"],
-            BillingMode=table["BillingMode"],
-        )
-        yield dynamodb
+def client(ledger_table: Any) -> Any:
+    return ledger_table
 
 
 def containers(

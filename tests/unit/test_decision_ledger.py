@@ -3,18 +3,12 @@ decide an order, who may deliver its decision, and what a later message finds.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from cancellation.aws import DECIDED, DECIDING, DELIVERED, DecisionLedger, OrderBusy
-from moto import mock_aws
 
-from tests.local.aws_stack import load_template
-
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 KEY = "cancel#MCH1|out_trade_no=SHOP-1"
 NOW = 1_795_600_000.0
 EXPIRY = 48 * 3600
@@ -22,18 +16,8 @@ DECISION = {"outcome": {"status": "CANCELLED", "outcome_id": "abc"}}
 
 
 @pytest.fixture
-def ledger(aws_env: None) -> Iterator[DecisionLedger]:
-    table = load_template(TEMPLATE)["Resources"]["IdempotencyTable"]["Properties"]
-    with mock_aws():
-        client = boto3.client("dynamodb")
-        client.create_table(
-            TableName="ledger",
-            KeySchema=table["KeySchema"],
-            AttributeDefinitions=table["AttributeDefinitions"],
-            GlobalSecondaryIndexes=table["GlobalSecondaryIndexes"],
-            BillingMode=table["BillingMode"],
-        )
-        yield DecisionLedger("ledger", EXPIRY, lambda: client)
+def ledger(ledger_table: Any) -> DecisionLedger:
+    return DecisionLedger("ledger", EXPIRY, lambda: ledger_table)
 
 
 def stored(key: str = KEY) -> dict[str, Any]:
