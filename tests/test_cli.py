@@ -52,20 +52,10 @@ def txn(n: int, **script: Any) -> Transaction:
     )
 
 
-def order_of(t: Transaction) -> dict[str, Any]:
-    return {
-        "out_trade_no": t.out_trade_no,
-        "syssn": t.syssn,
-        "txamt": t.txamt,
-        "txdtm": t.txdtm,
-        "pay_type": "800101",
-    }
-
-
 def test_reconcile_attention_show_and_resolve(pipeline_factory: PipelineFactory) -> None:
     stuck = txn(1, state="unpaid", cancel_respcd="1294")
     with pipeline_factory([stuck], env_overrides=ONE_CHECK) as pipeline:
-        pipeline.send(order_of(stuck))
+        pipeline.send(stuck.order_message())
         (unknown,) = pipeline.stack.read_outcomes(wait_seconds=10, expected=1)
         assert unknown["status"] == "UNKNOWN"
 
@@ -146,14 +136,14 @@ def test_reconcile_attention_show_and_resolve(pipeline_factory: PipelineFactory)
 def test_cancel_sends_a_validated_order_and_waits_for_its_outcome(pipeline_factory: PipelineFactory) -> None:
     live = txn(2, state="unpaid")
     with pipeline_factory([live]) as pipeline:
-        ran = cli(pipeline, "cancel", json.dumps(order_of(live)), "--wait", "30")
+        ran = cli(pipeline, "cancel", json.dumps(live.order_message()), "--wait", "30")
         assert ran.code == 0, ran.err
         outcome = ran.json()
         assert (outcome["status"], outcome["out_trade_no"]) == ("CANCELLED", live.out_trade_no)
         assert pipeline.qfpay.cancellations_applied(live.syssn) == 1
         assert "sent |out_trade_no=OPS-0002 as message" in ran.err
 
-        bad = cli(pipeline, "cancel", json.dumps({**order_of(live), "txamt": -5}))
+        bad = cli(pipeline, "cancel", json.dumps({**live.order_message(), "txamt": -5}))
         assert bad.code == 2
         assert bad.err.startswith("qfpay-cancellation: invalid order: ")
         assert bad.err.count("\n") == 1
@@ -168,7 +158,7 @@ def test_redrive_dry_run_lists_reasons_then_moves_every_message(pipeline_factory
     with pipeline_factory([live]) as pipeline:
         sqs = boto3.client("sqs")
         # As if they had failed five times: straight into the dead-letter queue.
-        sqs.send_message(QueueUrl=pipeline.stack.dlq_url, MessageBody=json.dumps(order_of(live)))
+        sqs.send_message(QueueUrl=pipeline.stack.dlq_url, MessageBody=json.dumps(live.order_message()))
         sqs.send_message(QueueUrl=pipeline.stack.dlq_url, MessageBody='{"out_trade_no": "BROKEN-1"}')
 
         listed = cli(pipeline, "attention", "--json").json()

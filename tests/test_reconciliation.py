@@ -45,16 +45,6 @@ def risk_controlled(n: int) -> Transaction:
     )
 
 
-def order_of(txn: Transaction) -> dict[str, Any]:
-    return {
-        "out_trade_no": txn.out_trade_no,
-        "syssn": txn.syssn,
-        "txamt": txn.txamt,
-        "txdtm": txn.txdtm,
-        "pay_type": txn.pay_type,
-    }
-
-
 def invoke_reconcile(pipeline: Pipeline, event: dict[str, Any] | None = None) -> dict[str, Any]:
     answer = boto3.client("lambda").invoke(
         FunctionName=pipeline.stack.reconcile_function_name, Payload=json.dumps(event or {})
@@ -77,7 +67,7 @@ def test_an_unknown_order_later_shown_cancelled_is_corrected_and_an_unreadable_o
     shown_later, unreadable = risk_controlled(1), risk_controlled(2)
     with pipeline_factory([shown_later, unreadable], env_overrides=FAST_SCHEDULE) as pipeline:
         for txn in (shown_later, unreadable):
-            pipeline.send(order_of(txn))
+            pipeline.send(txn.order_message())
         first = outcome_events(pipeline, expected=2)
         assert sorted(e["detail"]["status"] for e in first) == ["UNKNOWN", "UNKNOWN"]
         assert {e["detail-type"] for e in first} == {OUTCOME_DETAIL_TYPE}
@@ -153,7 +143,7 @@ def test_refund_required_goes_straight_to_attention_and_corrections_are_not_enro
         state="paid",
     )
     with pipeline_factory([paid], env_overrides=FAST_SCHEDULE) as pipeline:
-        pipeline.send(order_of(paid))
+        pipeline.send(paid.order_message())
         (first,) = outcome_events(pipeline, expected=1)
         assert first["detail"]["status"] == "REFUND_REQUIRED"
         # Nothing to re-check: it is not counted as checked, but it is on the attention list.

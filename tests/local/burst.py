@@ -156,18 +156,6 @@ def plan(config: BurstConfig) -> list[MerchantPlan]:
     return plans
 
 
-def order_of(txn: Transaction) -> dict[str, Any]:
-    return {
-        "out_trade_no": txn.out_trade_no,
-        "syssn": txn.syssn,
-        "txamt": txn.txamt,
-        "txdtm": txn.txdtm,
-        "pay_type": txn.pay_type,
-        "mchid": txn.mchid,
-        "txcurrcd": txn.txcurrcd,
-    }
-
-
 @dataclass
 class BurstResult:
     drain: dict[str, float]
@@ -305,7 +293,7 @@ def _outcome_ids(pipeline: Pipeline, plans: list[MerchantPlan]) -> dict[str, Mer
 
     del pipeline
     return {
-        outcome_id(parse_order_message(json.dumps(order_of(t))).identity): p
+        outcome_id(parse_order_message(json.dumps(t.order_message())).identity): p
         for p in plans
         for t in p.transactions
     }
@@ -319,7 +307,9 @@ def _send_all(pipeline: Pipeline, transactions: list[Transaction]) -> None:
         chunk = [pending.popleft() for _ in range(min(10, len(pending)))]
         answer = sqs.send_message_batch(
             QueueUrl=pipeline.stack.queue_url,
-            Entries=[{"Id": str(n), "MessageBody": json.dumps(order_of(t))} for n, t in enumerate(chunk)],
+            Entries=[
+                {"Id": str(n), "MessageBody": json.dumps(t.order_message())} for n, t in enumerate(chunk)
+            ],
         )
         if answer.get("Failed"):
             raise RuntimeError(f"SendMessageBatch refused messages: {answer['Failed']}")

@@ -482,6 +482,20 @@ class Transaction:
                 raise ValueError(f"in_progress_range needs 0 <= low <= high, not {(low, high)}")
         self.faults = tuple(self.faults)
 
+    def order_message(self) -> dict[str, Any]:
+        """The order-timeout message a shop sends for this payment."""
+        message: dict[str, Any] = {
+            "out_trade_no": self.out_trade_no,
+            "syssn": self.syssn,
+            "txamt": self.txamt,
+            "txdtm": self.txdtm,
+            "pay_type": self.pay_type,
+            "txcurrcd": self.txcurrcd,
+        }
+        if self.mchid is not None:
+            message["mchid"] = self.mchid
+        return message
+
 
 @dataclass(frozen=True)
 class Call:
