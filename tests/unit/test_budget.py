@@ -120,3 +120,36 @@ def test_without_mchid_the_budget_is_keyed_by_a_hash_of_the_app_code(client: Any
 def test_scaled_windows_scale_the_interval() -> None:
     assert BudgetPolicy(window_scale=0.1).interval == pytest.approx(BudgetPolicy().interval / 10)
     assert BudgetPolicy().interval == pytest.approx(60 / (400 * 0.98))
+
+
+class _SilentFirstUpdate:
+    """A DynamoDB client whose first successful UpdateItem returns no attributes, as moto's
+    in-process backend sometimes does when several threads update one item at once."""
+
+    class exceptions:
+        class ConditionalCheckFailedException(Exception):
+            pass
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.silent = 1
+
+    def update_item(self, **kwargs: Any) -> Any:
+        answer = self._real.update_item(**kwargs)
+        if self.silent and "Attributes" in answer:
+            self.silent -= 1
+            return {}
+        return answer
+
+
+def test_a_slot_taken_without_its_time_returned_is_not_an_error(client: Any) -> None:
+    now = 1_795_600_000.0
+    BudgetSlots("ledger", dynamodb=lambda: client).reserve(
+        "M1", now, 0.5, now + 60
+    )  # the merchant is busy now
+    silent = _SilentFirstUpdate(client)
+    silent.exceptions = client.exceptions
+    slot = BudgetSlots("ledger", dynamodb=lambda: silent).reserve("M1", now, 0.5, now + 60)
+    # The silent slot (now + 0.5) is wasted, never reused: the next one is taken instead.
+    assert slot == now + 1.0
+    assert silent.silent == 0
