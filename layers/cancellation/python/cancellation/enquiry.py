@@ -64,7 +64,12 @@ class QFPayAmount(NamedTuple):
 
 
 def enquiry_params(
-    order: Order, reversal_syssn: str | None = None, payment_syssn: str | None = None
+    order: Order,
+    reversal_syssn: str | None = None,
+    payment_syssn: str | None = None,
+    *,
+    window_before: timedelta = ENQUIRY_WINDOW,
+    window_after: timedelta = ENQUIRY_WINDOW,
 ) -> dict[str, str | None]:
     """One query for the original and the reversal's own number together. QFPay filters rows on
     every list given, so the order is named by syssn when known (from the order, or learnt from an
@@ -78,8 +83,8 @@ def enquiry_params(
     return {
         "mchid": order.mchid,
         "out_trade_no": order.out_trade_no,
-        "start_time": (placed - ENQUIRY_WINDOW).strftime(TXDTM_FORMAT),
-        "end_time": (placed + ENQUIRY_WINDOW).strftime(TXDTM_FORMAT),
+        "start_time": (placed - window_before).strftime(TXDTM_FORMAT),
+        "end_time": (placed + window_after).strftime(TXDTM_FORMAT),
     }
 
 

@@ -82,16 +82,12 @@ def order_of(outcome: Mapping[str, Any]) -> Order:
 def reconciliation_enquiry(outcome: Mapping[str, Any]) -> dict[str, str | None]:
     """The Enquiry's parameters: by syssn (the payment's and the reversal's) when known, otherwise
     by out_trade_no in a window around the decision."""
-    order = order_of(outcome)
-    if order.syssn:
-        return enquiry_params(order, outcome.get("reversal_syssn"))
-    decided = datetime.strptime(order.txdtm, TXDTM_FORMAT)
-    return {
-        "mchid": order.mchid,
-        "out_trade_no": order.out_trade_no,
-        "start_time": (decided - WINDOW_BEFORE).strftime(TXDTM_FORMAT),
-        "end_time": (decided + WINDOW_AFTER).strftime(TXDTM_FORMAT),
-    }
+    return enquiry_params(
+        order_of(outcome),
+        outcome.get("reversal_syssn"),
+        window_before=WINDOW_BEFORE,
+        window_after=WINDOW_AFTER,
+    )
 
 
 def cancel_may_take_effect(outcome: Mapping[str, Any]) -> bool:
