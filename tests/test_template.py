@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cancellation.settings import QFPaySettings
+from cancellation.settings import QFPaySettings, cancel_settings, poll_settings
 from cfnlint.api import lint
 from cfnlint.config import ManualArgs
 from samtranslator.translator.transform import transform
@@ -264,9 +264,42 @@ def test_queue_visibility_covers_six_cancel_timeouts_and_the_batching_window(
     timeout = cfn["Resources"]["CancelFunction"]["Properties"]["Timeout"]
     visibility = cfn["Resources"]["OrderTimeoutQueue"]["Properties"]["VisibilityTimeout"]
     longest_window = sam["Parameters"]["CancelBatchingWindowSeconds"]["MaxValue"]
-    assert timeout == 30
+    assert timeout == 90
     assert visibility >= 6 * timeout
     assert visibility >= 6 * timeout + longest_window
+
+
+def test_the_functions_know_their_timeouts_and_the_defaults_pass_their_start_checks(
+    cfn: dict[str, Any],
+) -> None:
+    """Lambda does not tell a function its timeout: the template repeats it (and the queue's
+    visibility timeout) in the environment, and the functions check at start that their QFPay
+    requests fit it and that a ledger record outlives its order. With every parameter at its
+    default, both functions start."""
+    resources = cfn["Resources"]
+    resolver = _evaluated(cfn)
+    environments = {
+        name: {
+            variable: str(resolver.scalar(value))
+            for variable, value in resources[name]["Properties"]["Environment"]["Variables"].items()
+        }
+        for name in ("CancelFunction", "PollFunction")
+    }
+    for name, environment in environments.items():
+        assert environment["FUNCTION_TIMEOUT_SECONDS"] == str(resources[name]["Properties"]["Timeout"])
+    cancel = environments["CancelFunction"]
+    queue = resources["OrderTimeoutQueue"]["Properties"]
+    assert cancel["ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS"] == str(queue["VisibilityTimeout"])
+    settings = cancel_settings(cancel)
+    assert settings.function_timeout == 90
+    assert settings.visibility_timeout == 570
+    assert settings.loop.deadline_seconds == int(cfn["Parameters"]["PollDeadlineSeconds"]["Default"])
+    assert poll_settings(environments["PollFunction"]).timeouts.read == 10
+    # The checks bite on the template's values: the old timeout of each is refused.
+    with pytest.raises(ValueError, match="FUNCTION_TIMEOUT_SECONDS"):
+        cancel_settings({**cancel, "FUNCTION_TIMEOUT_SECONDS": "30"})
+    with pytest.raises(ValueError, match="FUNCTION_TIMEOUT_SECONDS"):
+        poll_settings({**environments["PollFunction"], "FUNCTION_TIMEOUT_SECONDS": "15"})
 
 
 def test_queue_redrives_to_the_dead_letter_queue(cfn: dict[str, Any]) -> None:

@@ -1,13 +1,15 @@
-"""Settings that contradict each other stop the cancel function at start, naming them: a ledger
-record must outlive everything that may still act on its order (the loop, and every redelivery of
-its message), or a later attempt would not know that a cancel may have reached QFPay."""
+"""Settings that contradict each other stop the functions at start, naming them: a ledger record
+must outlive everything that may still act on its order (retries until the horizon, the loop, every
+redelivery of its message), or a later attempt would not know that a cancel may have reached QFPay;
+and the QFPay requests one invocation may make must fit the function's timeout, or a timeout could
+kill it after a cancel went out and before its answer was read."""
 
 from __future__ import annotations
 
 import pytest
-from cancellation.settings import ConfigurationError, cancel_settings
+from cancellation.settings import ConfigurationError, cancel_settings, poll_settings
 
-from tests.unit.test_schedule_and_settings import CANCEL_ENV
+from tests.unit.test_schedule_and_settings import CANCEL_ENV, POLL_ENV
 
 
 def test_a_ledger_record_expiring_before_the_loop_and_the_retries_end_is_refused():
@@ -17,13 +19,15 @@ def test_a_ledger_record_expiring_before_the_loop_and_the_retries_end_is_refused
     message = str(caught.value)
     for name in (
         "IDEMPOTENCY_EXPIRY_SECONDS",
+        "RETRY_HORIZON_SECONDS",
         "POLL_DEADLINE_SECONDS",
         "RETRY_MAX_DELAY_SECONDS",
+        "ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS",
         "ORDER_QUEUE_MAX_RECEIVE_COUNT",
     ):
         assert name in message
     assert "3600" in message
-    assert "7500" in message  # 3000 + 900 x 5
+    assert "30000" in message  # 21600 + 900 + 3000 + max(570, 900) x 5
 
 
 def test_the_60_second_minimum_no_longer_lets_a_record_expire_mid_loop():
@@ -33,5 +37,63 @@ def test_the_60_second_minimum_no_longer_lets_a_record_expire_mid_loop():
 
 def test_the_defaults_and_a_record_that_outlives_them_are_accepted():
     assert cancel_settings(CANCEL_ENV).idempotency_expiry == 48 * 3600
-    env = {**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "7501", "POLL_DEADLINE_SECONDS": "3000"}
-    assert cancel_settings(env).idempotency_expiry == 7501
+    env = {**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "30001", "POLL_DEADLINE_SECONDS": "3000"}
+    assert cancel_settings(env).idempotency_expiry == 30001
+
+
+def test_a_record_expiring_before_the_retry_horizon_is_refused():
+    """Retried by time: an order QFPay keeps answering "try later" is attempted for 6 h; a record
+    of 5.6 h would be gone while its attempts (and their possible cancels) go on."""
+    env = {**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "20000"}
+    with pytest.raises(ConfigurationError, match="RETRY_HORIZON_SECONDS") as caught:
+        cancel_settings(env)
+    assert "IDEMPOTENCY_EXPIRY_SECONDS (20000)" in str(caught.value)
+    assert "= 27900" in str(caught.value)  # 21600 + 900 + 900 + 900 x 5
+    assert cancel_settings({**env, "RETRY_HORIZON_SECONDS": "3600"}).idempotency_expiry == 20000
+
+
+def test_a_record_expiring_before_its_message_stops_being_redelivered_is_refused():
+    """A message comes back a visibility timeout after each failed receive, up to the queue's
+    maxReceiveCount: its record must still be there on the last one."""
+    env = {
+        **CANCEL_ENV,
+        "RETRY_HORIZON_SECONDS": "0",
+        "IDEMPOTENCY_EXPIRY_SECONDS": "19000",
+        "ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "3600",
+    }
+    with pytest.raises(ConfigurationError, match="ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS") as caught:
+        cancel_settings(env)
+    assert "= 19800" in str(caught.value)  # 0 + 900 + 900 + 3600 x 5
+    assert cancel_settings({**env, "ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "570"}).visibility_timeout == 570
+
+
+def test_a_cancel_function_timeout_shorter_than_one_orders_requests_is_refused():
+    """One order may make six QFPay requests in one invocation (the Enquiry of a redelivered order,
+    the cancel, the confirming Enquiry, each re-sent once after 1108): at the default timeouts
+    they need 6 x (3.05 + 10 + 1) + 3 = 87.3 s, which the old 30 s timeout cut short."""
+    with pytest.raises(ConfigurationError) as caught:
+        cancel_settings({**CANCEL_ENV, "FUNCTION_TIMEOUT_SECONDS": "30"})
+    message = str(caught.value)
+    names = ("FUNCTION_TIMEOUT_SECONDS (30)", "QFPAY_CONNECT_TIMEOUT_SECONDS", "QFPAY_READ_TIMEOUT_SECONDS")
+    for name in names:
+        assert name in message
+    assert "= 87.3 s" in message
+    assert cancel_settings({**CANCEL_ENV, "FUNCTION_TIMEOUT_SECONDS": "90"}).function_timeout == 90
+
+
+def test_a_longer_qfpay_read_timeout_must_come_with_a_longer_function_timeout():
+    env = {**CANCEL_ENV, "QFPAY_READ_TIMEOUT_SECONDS": "20", "FUNCTION_TIMEOUT_SECONDS": "90"}
+    with pytest.raises(ConfigurationError, match=r"= 147\.3 s"):  # 6 x (3.05 + 20 + 1) + 3
+        cancel_settings(env)
+    assert cancel_settings({**env, "FUNCTION_TIMEOUT_SECONDS": "150"}).qfpay.timeouts.read == 20
+
+
+def test_a_poll_function_timeout_shorter_than_one_turn_is_refused():
+    """One turn: the Enquiry and the loop's one resend, each re-sent once after 1108."""
+    with pytest.raises(ConfigurationError) as caught:
+        poll_settings({**POLL_ENV, "FUNCTION_TIMEOUT_SECONDS": "15"})
+    message = str(caught.value)
+    assert "FUNCTION_TIMEOUT_SECONDS (15)" in message
+    assert "one turn of the loop" in message
+    assert "= 59.2 s" in message  # 4 x (3.05 + 10 + 1) + 3
+    assert poll_settings({**POLL_ENV, "FUNCTION_TIMEOUT_SECONDS": "60"}).timeouts.read == 10

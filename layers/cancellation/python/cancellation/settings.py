@@ -47,6 +47,22 @@ class QFPaySettings(NamedTuple):
         return requests * per_request
 
 
+# What one invocation may ask of QFPay, at most: each request may be sent again once, after QFPay's
+# 1108 (the secret read afresh). The cancel function, for one order: the Enquiry a redelivered
+# order asks first, the cancel, and the Enquiry that confirms it. The poll function, for one turn:
+# the Enquiry and the loop's one resend.
+CANCEL_REQUESTS_PER_ORDER = 3 * 2
+POLL_REQUESTS_PER_TURN = 2 * 2
+# Around its QFPay requests an invocation reads the secret and writes the ledger, publishes or
+# starts the loop: time allowed for those AWS calls.
+AWS_CALLS_SECONDS = 3.0
+# The template's Timeout of each function (FUNCTION_TIMEOUT_SECONDS, set from the same value).
+CANCEL_FUNCTION_TIMEOUT = 90
+POLL_FUNCTION_TIMEOUT = 60
+# The order queue's VisibilityTimeout (ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS).
+ORDER_QUEUE_VISIBILITY_TIMEOUT = 570
+
+
 class CancelSettings(NamedTuple):
     qfpay: QFPaySettings
     event_bus_name: str
@@ -59,6 +75,8 @@ class CancelSettings(NamedTuple):
     batch_concurrency: int = 10
     max_receive_count: int = 5  # the order queue's maxReceiveCount (its RedrivePolicy)
     retry_horizon: int = 6 * 3600  # QFPay unavailable this long after the first attempt: UNKNOWN
+    function_timeout: int = CANCEL_FUNCTION_TIMEOUT  # the template's Timeout of the function
+    visibility_timeout: int = ORDER_QUEUE_VISIBILITY_TIMEOUT  # the order queue's
 
 
 class _Reader:
@@ -209,8 +227,48 @@ def call_tracing(env: Mapping[str, str]) -> bool:
 def poll_settings(env: Mapping[str, str]) -> QFPaySettings:
     read = _Reader(env)
     settings = _qfpay(read)
+    timeout = read.integer("FUNCTION_TIMEOUT_SECONDS", POLL_FUNCTION_TIMEOUT, 1, 900)
+    _check_requests_fit(read, settings, POLL_REQUESTS_PER_TURN, "one turn of the loop", timeout)
     read.done()
     return settings
+
+
+def _check_requests_fit(
+    read: _Reader, qfpay: QFPaySettings, requests: int, what: str, function_timeout: int
+) -> None:
+    """An invocation killed by its timeout half-way through a request leaves a cancel that may have
+    reached QFPay and nobody to read its answer: every request one invocation may make must fit."""
+    needed = qfpay.request_budget(requests) + AWS_CALLS_SECONDS
+    if needed > function_timeout:
+        read.problems.append(
+            f"FUNCTION_TIMEOUT_SECONDS ({function_timeout}) must fit the QFPay requests of {what}: "
+            f"{requests} x (QFPAY_CONNECT_TIMEOUT_SECONDS + QFPAY_READ_TIMEOUT_SECONDS + "
+            f"{RATE_LIMIT_MAX_WAIT_SECONDS:g} s of the request budget's wait) + {AWS_CALLS_SECONDS:g} s "
+            f"of AWS calls = {requests} x ({qfpay.timeouts.connect:g} + {qfpay.timeouts.read:g} + "
+            f"{RATE_LIMIT_MAX_WAIT_SECONDS:g}) + {AWS_CALLS_SECONDS:g} = {needed:g} s"
+        )
+
+
+def _check_record_outlives_its_order(read: _Reader, settings: CancelSettings) -> None:
+    """A record must outlive everything that may still act on its order: attempts sent back for
+    QFPay not taking the cancel (until the retry horizon, the last one up to a backoff step later),
+    then the loop, and every redelivery of the message (each a visibility timeout or a backoff step
+    after the last). An attempt after its expiry would not know that a cancel may have reached QFPay."""
+    per_receive = max(settings.visibility_timeout, settings.retry_max_delay)
+    outlive = (
+        settings.retry_horizon
+        + settings.retry_max_delay
+        + settings.loop.deadline_seconds
+        + per_receive * settings.max_receive_count
+    )
+    if settings.idempotency_expiry <= outlive:
+        read.problems.append(
+            f"IDEMPOTENCY_EXPIRY_SECONDS ({settings.idempotency_expiry}) must exceed "
+            "RETRY_HORIZON_SECONDS + RETRY_MAX_DELAY_SECONDS + POLL_DEADLINE_SECONDS + "
+            "max(ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS, RETRY_MAX_DELAY_SECONDS) x "
+            f"ORDER_QUEUE_MAX_RECEIVE_COUNT ({settings.retry_horizon} + {settings.retry_max_delay} + "
+            f"{settings.loop.deadline_seconds} + {per_receive} x {settings.max_receive_count} = {outlive})"
+        )
 
 
 def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
@@ -236,18 +294,13 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
         retry_horizon=read.integer("RETRY_HORIZON_SECONDS", 6 * 3600, 0, 4 * 86400),
+        function_timeout=read.integer("FUNCTION_TIMEOUT_SECONDS", CANCEL_FUNCTION_TIMEOUT, 1, 900),
+        visibility_timeout=read.integer(
+            "ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS", ORDER_QUEUE_VISIBILITY_TIMEOUT, 0, 43200
+        ),
     )
-    # A record must outlive the loop and every redelivery of its message (each at most
-    # RETRY_MAX_DELAY_SECONDS after the last): an attempt after its expiry would not know that a
-    # cancel may have reached QFPay.
-    outlive = settings.loop.deadline_seconds + settings.retry_max_delay * settings.max_receive_count
-    if settings.idempotency_expiry <= outlive:
-        read.problems.append(
-            f"IDEMPOTENCY_EXPIRY_SECONDS ({settings.idempotency_expiry}) must exceed "
-            "POLL_DEADLINE_SECONDS + RETRY_MAX_DELAY_SECONDS x ORDER_QUEUE_MAX_RECEIVE_COUNT "
-            f"({settings.loop.deadline_seconds} + {settings.retry_max_delay} x "
-            f"{settings.max_receive_count} = {outlive})"
-        )
+    _check_requests_fit(read, qfpay, CANCEL_REQUESTS_PER_ORDER, "one order", settings.function_timeout)
+    _check_record_outlives_its_order(read, settings)
     read.done()
     return settings
 
