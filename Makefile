@@ -22,7 +22,7 @@ BUILD_SOURCES := template.yaml $(wildcard layers/cancellation/Makefile layers/ca
 	layers/cancellation/python/cancellation/*.py functions/*/*.py)
 MYPY_TARGETS := layers/cancellation/python/cancellation functions/cancel/app.py functions/poll/app.py functions/reconcile/app.py tests
 
-.PHONY: demo test lint typecheck unit install clean soak bench build burst
+.PHONY: demo test lint typecheck unit integration e2e template local install clean soak bench build burst
 
 demo: $(PY_STAMP)
 	$(BIN)/python -m tests.local.demo
@@ -35,11 +35,11 @@ soak: $(PY_STAMP)
 	$(BIN)/python -m tests.local.soak
 
 # Cold start (of the built artifact), batch concurrency, poll-loop cost and memory, as ratios
-# measured side by side (tests/benchmarks/bench.py; a few minutes). CI: `make bench BENCH_QUICK=1`
+# measured side by side (tests/local/bench.py; a few minutes). CI: `make bench BENCH_QUICK=1`
 # (under 2 minutes, asserts no times). The last three lines are cold_import_ratio / batch10_ratio /
 # poll_transitions_ratio_120s.
 bench: $(PY_STAMP) build
-	BENCH_QUICK=$(BENCH_QUICK) LAMBDA_RUNTIME_PYTHON=$(LAMBDA_RUNTIME)/bin/python $(BIN)/python -m tests.benchmarks.bench
+	BENCH_QUICK=$(BENCH_QUICK) LAMBDA_RUNTIME_PYTHON=$(LAMBDA_RUNTIME)/bin/python $(BIN)/python -m tests.local.bench
 
 # What `sam deploy` would upload, built by the real `sam build` (.aws-sam/build; the layer by
 # layers/cancellation/Makefile), and the runtime-like environment the artifact tests import it in.
@@ -59,7 +59,8 @@ $(BUILD_STAMP): $(BUILD_SOURCES) $(SAM_STAMP)
 burst: $(PY_STAMP)
 	$(BIN)/python -m tests.local.burst
 
-test: lint typecheck unit
+# One target per test level (tests/<level>/); `make test` is all of them, as CI runs it.
+test: lint typecheck unit integration e2e template local
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
@@ -68,8 +69,25 @@ lint: $(PY_STAMP)
 typecheck: $(PY_STAMP)
 	$(BIN)/mypy $(MYPY_TARGETS)
 
-unit: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(CLI_STAMP) build
-	$(BIN)/pytest
+# The layer's logic alone: fast, nothing to build, no AWS.
+unit: $(PY_STAMP)
+	$(BIN)/pytest tests/unit
+
+# Each function's handler with moto and the QFPay stand-in over real HTTP.
+integration: $(PY_STAMP)
+	$(BIN)/pytest tests/integration
+
+# The whole local pipeline: SQS delivery, the real state machine, the operators' CLI.
+e2e: $(PY_STAMP) $(NODE_STAMP) $(CLI_STAMP)
+	$(BIN)/pytest tests/e2e
+
+# What deploys: template.yaml SAM-transformed, linted and scanned, and the `make build` artifact.
+template: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) build
+	$(BIN)/pytest tests/template
+
+# The local world's own tests (QFPay stand-in, local AWS, soak judge, bench arithmetic).
+local: $(PY_STAMP)
+	$(BIN)/pytest tests/local
 
 install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP) $(SAM_STAMP) $(RUNTIME_STAMP) $(CLI_STAMP)
 

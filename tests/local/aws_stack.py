@@ -27,8 +27,8 @@ template.yaml itself and creates, with plain boto3 clients, what the template de
 
 moto stores every policy, key and encryption setting above (they can be read back) but
 enforces none: any local principal may send to the queues, put events on either bus or read the
-secret, and nothing is really encrypted. tests/test_template.py evaluates the policies as IAM
-does instead (tests/iam_policy.py).
+secret, and nothing is really encrypted. tests/template/test_template.py evaluates the policies as IAM
+does instead (tests/template/iam_policy.py).
 
 * an "outcome observer": an EventBridge rule on the bus (``source: qfpay.cancellation``) that
   targets an SQS queue, read back with :meth:`Stack.read_outcomes`.
@@ -863,7 +863,7 @@ def create_stack(
         raise StackTemplateError(f"state machine ARN {created_arn}, expected {machine_arn}")
 
     # Resource policies naming the roles: the secret's and the event buses'. moto stores them
-    # (so they can be read back) but enforces none of them; tests/test_template.py evaluates
+    # (so they can be read back) but enforces none of them; tests/template/test_template.py evaluates
     # them as IAM does.
     if resolver.exists(SECRET_POLICY_ID):
         secret_policy = resolver.resolve(

@@ -8,7 +8,7 @@ Both concern answering a caller's task token, not our code:
 - its ``SendTaskFailure`` handler drops ``cause``.
 
 :class:`tests.local.moto_server.LocalAws` installs them while it runs. They patch private moto
-methods: moto is pinned, and ``tests/test_lambda_runtime_canary.py`` fails if a target moves.
+methods: moto is pinned, and ``tests/local/tests/test_lambda_runtime_canary.py`` fails if a target moves.
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ steps that depend on the item and the values: none of it is repeated pure work.
 
 :func:`tests.local.aws_stack.create_stack` installs them (idempotent), which covers the moto of
 the batch benchmark (``mock_aws``) and of :class:`tests.local.moto_server.LocalAws`. They patch
-private moto functions: moto is pinned, ``tests/test_lambda_runtime_canary.py`` fails if a target
-moves, and ``tests/test_moto_speedups.py`` compares answers with and without them (and fails on
+private moto functions: moto is pinned, ``tests/local/tests/test_lambda_runtime_canary.py`` fails if a target
+moves, and ``tests/local/tests/test_moto_speedups.py`` compares answers with and without them (and fails on
 another moto version than the one the copies follow).
 """
 
@@ -85,7 +85,7 @@ from moto.sqs.models import SQSBackend
 
 __all__ = ["PATCH_TARGETS", "WRITTEN_FOR_MOTO", "install", "is_installed", "uninstall"]
 
-#: The moto whose functions the copies below follow (tests/test_moto_speedups.py checks it).
+#: The moto whose functions the copies below follow (tests/local/tests/test_moto_speedups.py checks it).
 WRITTEN_FOR_MOTO = "5.2.5"
 
 PATCH_TARGETS: tuple[tuple[Any, str], ...] = (

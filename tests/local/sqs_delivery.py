@@ -24,7 +24,7 @@ What this poller does, as Lambda's SQS poller does:
 
 Redrive to the dead-letter queue is SQS's job and moto does it: a ``ReceiveMessage`` that
 finds a message already received ``maxReceiveCount`` times moves it to the DLQ of the
-queue's ``RedrivePolicy`` instead of returning it (checked by ``tests/test_sqs_delivery.py``).
+queue's ``RedrivePolicy`` instead of returning it (checked by ``tests/local/tests/test_sqs_delivery.py``).
 
 Concurrency: ``run(..., concurrency=n)`` runs ``n`` pollers, like
 ``ScalingConfig.MaximumConcurrency``; each receives its own batch and invokes the function

@@ -23,7 +23,7 @@ state machine's closing states, 23 % of its transitions) and is noticed at 121 s
 600 s costs 19 enquiries (200) with ``max_wait`` 60. Keeping lateness within 20 % from the first
 seconds on (``late_floor`` = ``first_wait``) would cost 17 enquiries by 120 s (45 % of a fixed 3 s
 poll's transitions): ``late_floor`` trades those early enquiries for a bounded absolute lateness.
-``tests/benchmarks/bench.py`` measures all this on the real state machine (``make bench``).
+``tests/local/bench.py`` measures all this on the real state machine (``make bench``).
 
 The schedule travels in the execution input (``to_dict``), so a test can shorten it without
 touching the state machine. ``late_fraction`` and ``late_floor`` are left out of that dict while

@@ -35,13 +35,13 @@ from cfnlint.api import lint
 from cfnlint.config import ManualArgs
 from samtranslator.translator.transform import transform
 
-from tests.iam_policy import Request, decide
 from tests.local.aws_stack import _parameter_defaults, _Resolver, load_template
+from tests.template.iam_policy import Request, decide
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 ASL = ROOT / "statemachine" / "cancellation_poll.asl.json"
-ASL_VALIDATOR = ROOT / "tests" / "asl" / "validate_asl.mjs"
+ASL_VALIDATOR = Path(__file__).with_name("validate_asl.mjs")
 ASL_PACKAGE = ROOT / "node_modules" / "amazon-states-language-service"
 
 # Regions the template is linted for: QFPay's Hong Kong platform, and the reference region.
@@ -457,7 +457,7 @@ def test_no_role_has_a_managed_policy_after_the_transform(cfn: dict[str, Any]) -
 
 
 def granted_actions(role: dict[str, Any]) -> set[str]:
-    """The IAM actions a role's policies allow (tests/test_pipeline_e2e.py checks the code's calls)."""
+    """The IAM actions a role's policies allow (tests/e2e/test_pipeline_e2e.py checks the code's calls)."""
     return {action for s in _role_statements(role) for action in _as_list(s["Action"])}
 
 
@@ -782,7 +782,7 @@ def test_globals(sam: dict[str, Any]) -> None:
 
 def test_the_layer_is_built_by_its_makefile(sam: dict[str, Any]) -> None:
     """`sam build` runs layers/cancellation/Makefile's build-CancellationLayer in ContentUri (what
-    it builds is checked in tests/test_build_artifact.py)."""
+    it builds is checked in tests/template/test_build_artifact.py)."""
     layer = sam["Resources"]["CancellationLayer"]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
     assert layer["Metadata"]["BuildMethod"] == "makefile"
@@ -1183,7 +1183,7 @@ def test_both_functions_share_one_request_budget_per_merchant(
 
 
 # ------------------------------------------------------------------ fences (who may do what)
-# The resource policies evaluated as IAM does (tests/iam_policy.py): moto stores them but
+# The resource policies evaluated as IAM does (tests/template/iam_policy.py): moto stores them but
 # enforces none, so this is where "only who may" is checked, on the transformed template with
 # the parameters a deployment would pass.
 

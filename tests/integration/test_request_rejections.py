@@ -15,10 +15,10 @@ from typing import Any
 import boto3
 
 from tests.conftest import PipelineFactory
+from tests.e2e.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
+from tests.integration.test_cancel_integration import order_and_txn, wait_for
 from tests.local.pipeline import Pipeline
 from tests.local.sqs_delivery import build_record
-from tests.test_cancel_integration import order_and_txn, wait_for
-from tests.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
 
 
 def decide(pipeline: Pipeline, body: dict[str, Any], seen: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.local.aws_stack import load_template
-from tests.test_template import TEMPLATE, granted_actions, sam_transform
+from tests.template.test_template import TEMPLATE, granted_actions, sam_transform
 
 
 @pytest.fixture(scope="module")

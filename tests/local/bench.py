@@ -115,7 +115,7 @@ def current_mode() -> Mode:
 
 
 # =============================================================================================
-# Pure computation (tested in tests/benchmarks/test_bench.py)
+# Pure computation (tested in tests/local/tests/test_bench.py)
 # =============================================================================================
 
 
@@ -532,7 +532,7 @@ def _run_worker(
     name: str, mode: Mode, timeout: float, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """Run ``--worker name`` in a fresh interpreter; its result is its last RESULT_MARK line."""
-    command = [sys.executable, "-m", "tests.benchmarks.bench", "--worker", name]
+    command = [sys.executable, "-m", "tests.local.bench", "--worker", name]
     environment = dict(env if env is not None else os.environ)
     environment["BENCH_QUICK"] = "1" if mode.quick else "0"
     done = subprocess.run(  # noqa: S603 - our own interpreter and module
@@ -1019,7 +1019,7 @@ class _StandInProcess:
     Payments are added over the child's stdin, outside the timed invocations."""
 
     def __init__(self, latency: float) -> None:
-        command = [sys.executable, "-m", "tests.benchmarks.bench", "--standin", str(latency)]
+        command = [sys.executable, "-m", "tests.local.bench", "--standin", str(latency)]
         self._child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )

@@ -24,15 +24,15 @@ import jsonschema
 import pytest
 
 from tests.conftest import PipelineFactory
+from tests.e2e.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
 from tests.local import lambda_runtime
 from tests.local.pipeline import CALLER_ASL, Pipeline, caller_definition
 from tests.local.scenarios import order_in, transaction_for
-from tests.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
-from tests.test_template import _validate_asl
+from tests.template.test_template import _validate_asl
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 EVENTS = ROOT / "events"
 SCHEMA = json.loads((EVENTS / "schemas" / "payment-cancellation-outcome.schema.json").read_text())

@@ -19,11 +19,11 @@ from tests.conftest import PipelineFactory
 from tests.local.aws_stack import load_template
 from tests.local.demo import run_scenarios
 from tests.local.scenarios import SCENARIOS
-from tests.test_template import TEMPLATE, granted_actions, sam_transform
+from tests.template.test_template import TEMPLATE, granted_actions, sam_transform
 
 SCHEMA = json.loads(
     (
-        Path(__file__).resolve().parents[1] / "events/schemas/payment-cancellation-outcome.schema.json"
+        Path(__file__).resolve().parents[2] / "events/schemas/payment-cancellation-outcome.schema.json"
     ).read_text()
 )
 

@@ -22,7 +22,7 @@ from tests.local.qfpay_standin import Transaction
 
 SCHEMA = json.loads(
     (
-        Path(__file__).resolve().parents[1] / "events/schemas/payment-cancellation-outcome.schema.json"
+        Path(__file__).resolve().parents[2] / "events/schemas/payment-cancellation-outcome.schema.json"
     ).read_text()
 )
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cancellation.schedule import PollSchedule
 
-from tests.benchmarks.bench import (
+from tests.local.bench import (
     FIXED_POLL,
     PRICES,
     CostInputs,

@@ -18,10 +18,10 @@ from moto import mock_aws
 from tests.local import lambda_runtime
 from tests.local.aws_stack import Stack, StackTemplateError, create_stack, load_template
 from tests.local.moto_server import LocalAws
-from tests.test_lambda_runtime_canary import wait_for_execution
-from tests.test_template import CANCEL_VARIABLES, POLL_VARIABLES
+from tests.local.tests.test_lambda_runtime_canary import wait_for_execution
+from tests.template.test_template import CANCEL_VARIABLES, POLL_VARIABLES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE = ROOT / "template.yaml"
 CREDENTIALS = {"app_code": "LOCALAPPCODE", "client_key": "LOCALCLIENTKEY", "sign_type": "MD5"}
 BASE_URL = "http://127.0.0.1:8765"
@@ -379,7 +379,7 @@ def test_the_ingress_parameters_choose_the_bus_and_the_pattern(
 
 def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack: Stack) -> None:
     """The local stack carries the template's roles, keys and resource policies (moto stores
-    them and enforces none: tests/test_template.py evaluates the policies as IAM does)."""
+    them and enforces none: tests/template/test_template.py evaluates the policies as IAM does)."""
     iam, lambda_ = boto3.client("iam"), boto3.client("lambda")
     roles = {}
     for name, logical_id in (

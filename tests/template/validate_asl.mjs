@@ -1,7 +1,7 @@
 // Validates a Step Functions definition offline with AWS's own Amazon States
 // Language service (the engine behind the AWS Toolkit's ASL editor).
 //
-//   node tests/asl/validate_asl.mjs statemachine/cancellation_poll.asl.json
+//   node tests/template/validate_asl.mjs statemachine/cancellation_poll.asl.json
 //
 // Prints {"file": ..., "diagnostics": [...]} as JSON on stdout and exits 1 when
 // there is any diagnostic (schema warnings included), 2 on a usage or read

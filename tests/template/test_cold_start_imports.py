@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.bench import CANCEL_CODE, LAYER_PYTHON, lambda_like_environment
+from tests.local.bench import CANCEL_CODE, LAYER_PYTHON, lambda_like_environment
 
 POLL_CODE = CANCEL_CODE.parent / "poll"
 # Loaded by something on a rare path or by nothing we use; each costs every cold start.

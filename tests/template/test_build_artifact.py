@@ -20,10 +20,10 @@ from packaging import tags
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.benchmarks.bench import lambda_like_environment, template_environment
 from tests.local.aws_stack import load_template
+from tests.local.bench import lambda_like_environment, template_environment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / ".aws-sam" / "build"
 LAYER_SOURCE = REPO / "layers" / "cancellation"
 # What Lambda's python3.13 runtime has: Python 3.13 and the AWS SDK (`make build` creates it).

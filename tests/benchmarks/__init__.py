@@ -1,1 +1,0 @@
-"""Benchmarks of the cancellation service (``make bench``: ``python -m tests.benchmarks.bench``)."""
