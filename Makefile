@@ -28,7 +28,7 @@ demo: $(PY_STAMP)
 	$(BIN)/python -m tests.local.demo
 
 # Evidence that nothing is lost and nothing is reversed twice (tests/local/soak.py): SOAK_N orders
-# (default 2000, about 8 minutes here) with duplicates, QFPay faults, in-progress loops and crashes.
+# (default 2000; docs/reliability.md has a run's figures) with duplicates, QFPay faults, in-progress loops and crashes.
 # CI: `make soak SOAK_N=300`. The last three lines are lost / double_reversals / contradictions.
 # SOAK_STRICT_FAULTS / SOAK_STRICT_RULES=all adds the strict fault kinds and judge rules (docs/soak.md).
 soak: $(PY_STAMP)
@@ -36,7 +36,7 @@ soak: $(PY_STAMP)
 
 # Cold start (of the built artifact), batch concurrency, poll-loop cost and memory, as ratios
 # measured side by side (tests/local/bench.py; a few minutes). CI: `make bench BENCH_QUICK=1`
-# (under 2 minutes, asserts no times). The last three lines are cold_import_ratio / batch10_ratio /
+# (about half as long, asserts no times). The last three lines are cold_import_ratio / batch10_ratio /
 # poll_transitions_ratio_120s.
 bench: $(PY_STAMP) build
 	BENCH_QUICK=$(BENCH_QUICK) LAMBDA_RUNTIME_PYTHON=$(LAMBDA_RUNTIME)/bin/python $(BIN)/python -m tests.local.bench

@@ -103,9 +103,9 @@ RATE_LIMIT_MAX_WAIT_SECONDS = 1.0
 
 def new_pool(size: int = 10) -> urllib3.PoolManager:
     """One connection pool per container: connections are reused across orders and invocations.
-    urllib3 directly, because botocore already loads it (requests would add ~20 ms to every cold
-    start). No automatic retries or redirects: a resent POST could cancel twice, so retrying is
-    our decision. TLS certificates are always verified."""
+    urllib3 directly, because botocore already loads it (requests would add its own import to
+    every cold start; docs/decisions.md). No automatic retries or redirects: a resent POST could
+    cancel twice, so retrying is our decision. TLS certificates are always verified."""
     return urllib3.PoolManager(
         num_pools=2, maxsize=size, block=False, retries=False, cert_reqs="CERT_REQUIRED"
     )

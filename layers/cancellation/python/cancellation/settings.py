@@ -36,7 +36,7 @@ class QFPaySettings(NamedTuple):
     timeouts: Timeouts = Timeouts()
     secret_max_age: int = 300
     verify_response_signature: bool = False
-    # QFPay's per-merchant limits, shared by every container (see README: rate limits).
+    # QFPay's per-merchant limits, shared by every container (docs/rate-limits.md).
     budget: BudgetPolicy = BudgetPolicy()
     budget_table: str = ""
 
