@@ -102,7 +102,7 @@ def test_fixed_poll_model():
 
 def test_loop_model_follows_the_schedule():
     schedule = PollSchedule()
-    times = [sum(schedule.waits(n)) for n in range(1, 30)]
+    times = [sum(schedule.wait_after(p) for p in range(n)) for n in range(1, 30)]
     for decided in (1, 5, 30, 120, 121, 122, 600):
         run = simulate_loop(schedule, decided, 900)
         noticed = next(t for t in times if t >= decided)

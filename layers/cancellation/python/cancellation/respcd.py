@@ -30,8 +30,6 @@ def _final(status: Status, text: str) -> Meaning:
     return Meaning(Disposition.FINAL, text, status)
 
 
-_IN_PROGRESS = Meaning(Disposition.IN_PROGRESS, "processing at QFPay")
-
 RESPCD_MEANINGS: dict[str, Meaning] = {
     "0000": Meaning(Disposition.DONE, "success"),
     # In progress: the Enquiry decides.

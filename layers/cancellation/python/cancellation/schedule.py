@@ -90,10 +90,6 @@ class PollSchedule:
                 break  # waits never shrink: past max_wait (or with no growth) they stay as they are
         return wait
 
-    def waits(self, count: int) -> list[int]:
-        """The first ``count`` waits (the schedule as a list, for reading and for tests)."""
-        return list(itertools.islice(self._sequence(), max(count, 0)))
-
     def _sequence(self) -> Iterator[int]:
         elapsed = 0
         for step in itertools.count():
