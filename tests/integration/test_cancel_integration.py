@@ -428,3 +428,44 @@ def test_a_loop_that_already_decided_the_order_is_read_not_assumed(pipeline_fact
     assert first["status"] == "CANCELLED"
     assert [(o["status"], o["outcome_id"]) for o in again] == [("CANCELLED", first["outcome_id"])]
     assert len(executions) == 1
+
+
+def test_a_loop_that_ended_without_an_outcome_is_followed_by_a_new_one_and_its_caller_hears_it(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The order's loop ended without deciding (stopped by an operator, say), and later its ledger
+    record is gone. A caller sends the order again: the hand-off finds the execution of that name
+    ended, with no outcome to deliver. A new execution, of a name of its own, asks the Enquiry
+    (never resending: the old loop may have) and decides; the caller hears that loop's outcome,
+    not a failure read from the old one."""
+    order, txn = order_and_txn(18, in_progress_enquiries=10_000)  # the first loop never decides
+    sfn = boto3.client("stepfunctions")
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        assert wait_for(lambda: [e["status"] for e in pipeline.executions()] == ["RUNNING"], timeout=30)
+        (old,) = pipeline.executions()
+        sfn.stop_execution(
+            executionArn=old["executionArn"], error="Operator.Stopped", cause="looked at by hand"
+        )
+        assert wait_for(lambda: pipeline.executions()[0]["status"] == "ABORTED", timeout=15)
+        boto3.client("dynamodb").delete_item(  # the record's TTL ran out and DynamoDB swept it
+            TableName=pipeline.stack.table_name,
+            Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+        )
+        # The first cancel has taken effect meanwhile; the new one answers "in progress".
+        assert pipeline.qfpay.settle() == 1
+        pipeline.qfpay.update(txn.syssn, cancel_respcd="1143")
+        caller = pipeline.run_caller({**order, "mchid": None, "udid": None}, timeout=60)
+        outcomes = pipeline.collect_outcomes(1, timeout=15)
+        executions = {e["name"]: e for e in pipeline.executions()}
+        reversals = [c for c in pipeline.qfpay.calls if c.endpoint == "/trade/v1/reversal"]
+    assert caller["status"] == "SUCCEEDED", caller.get("cause")
+    heard = json.loads(caller["output"])["outcome"]
+    assert (heard["status"], heard["decided_by"]) == ("CANCELLED", "poll-loop")
+    assert [(o["status"], o["outcome_id"]) for o in outcomes] == [("CANCELLED", heard["outcome_id"])]
+    assert len(executions) == 2
+    new = next(e for name, e in executions.items() if name != old["name"])
+    assert new["name"].startswith(old["name"] + "-")
+    assert new["status"] == "SUCCEEDED"
+    assert len(reversals) == 2  # the first message's, the new message's; the new loop sent none
+    assert pipeline.qfpay.cancellations_applied(txn.syssn) == 1

@@ -1533,3 +1533,21 @@ def test_traces_never_capture_a_handlers_response(cfn: dict[str, Any]) -> None:
     for name in ("CancelFunction", "PollFunction"):
         variables = cfn["Resources"][name]["Properties"]["Environment"]["Variables"]
         assert variables["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false", name
+
+
+def test_the_cancel_function_may_read_and_start_a_loop_that_follows_an_ended_one(cfn: dict[str, Any]) -> None:
+    """A hand-off that finds the order's loop ended reads it (DescribeExecution, and its history
+    for an UNKNOWN outcome) and may start the loop that follows it, ``<name>-<time>``: the role
+    allows exactly that on this state machine's executions, and nothing on another machine's."""
+    resolver = _evaluated(cfn)
+    properties = resolver.resolve(cfn["Resources"]["CancelFunctionRole"]["Properties"])
+    statements = [s for policy in properties["Policies"] for s in _statements(policy["PolicyDocument"])]
+    machine = resolver.resources["CancellationStateMachine"]["Ref"]
+    executions = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:stack-CancellationStateMachine-Name"
+    name = "order-5d41402abc4b2a76b9719d911017c592"
+    for execution in (f"{executions}:{name}", f"{executions}:{name}-1795600000"):
+        for action in ("states:DescribeExecution", "states:GetExecutionHistory"):
+            assert decide(statements, Request(action, execution)) == "Allow", (action, execution)
+    assert decide(statements, Request("states:StartExecution", machine)) == "Allow"
+    other = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:someone-elses-machine:{name}"
+    assert decide(statements, Request("states:DescribeExecution", other)) == "Neither"

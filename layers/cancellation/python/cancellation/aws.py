@@ -106,6 +106,14 @@ class EnquiryLoopStarter:
             answer["status"], outcome, answer.get("error"), answer.get("cause"), started_at, deadline_at
         )
 
+    def find(self, name: str) -> LoopResult | None:
+        """:meth:`result`, or None if no execution of that name exists."""
+        client = self._sfn()
+        try:
+            return self.result(name)
+        except client.exceptions.ExecutionDoesNotExist:
+            return None
+
     def _published_outcome(self, arn: str) -> dict[str, Any] | None:
         """A loop that ends UNKNOWN ends in a Fail state, which has no output: its outcome is the
         last one a state passed on (the most recent events come first)."""

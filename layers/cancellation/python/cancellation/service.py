@@ -329,7 +329,7 @@ class CancelService:
             count_kind("Outcome", str(loop.outcome["status"]))
             logger.info("the order's loop had decided it already", extra={"status": loop.outcome["status"]})
             return str(loop.outcome["status"])
-        name = f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
+        name = successor_name(handoff)
         self.deps.loop_starter.start(name, {**state, "resent": True})
         count("HandedToEnquiryLoop")
         logger.info("the order's loop ended without an outcome; a new one asks again", extra={"loop": name})
@@ -366,7 +366,7 @@ class CancelService:
         if handoff["input"]["order"].get("task_token") == token:
             # A loop started before tokens were kept out of its state answers this caller itself.
             return True
-        loop = self.deps.loop_starter.result(handoff["name"])
+        loop = self._loop_of(handoff)
         if loop.outcome is not None:
             return self.deps.notifier.notify(token, loop.outcome)
         if loop.status == "RUNNING":
@@ -377,6 +377,16 @@ class CancelService:
             return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
         # Ended without an outcome we can read: never claim more than "not confirmed".
         return self.deps.notifier.fail(token, "Cancellation.Unknown", loop.cause or loop.status)
+
+    def _loop_of(self, handoff: dict[str, Any]) -> LoopResult:
+        """The loop deciding this hand-off: the execution of the order's name, or, when that one had
+        ended without an outcome before this hand-off (see :meth:`_after_finished_loop`), the one
+        started after it."""
+        loop = self.deps.loop_starter.result(handoff["name"])
+        if loop.outcome is not None or loop.status == "RUNNING":
+            return loop
+        successor = self.deps.loop_starter.find(successor_name(handoff))
+        return successor if successor is not None else loop
 
     def _reject(self, message: QueueMessage, invalid: InvalidOrder, lease_until: float) -> str:
         ids = invalid.identifiers
@@ -407,6 +417,12 @@ class CancelService:
             self.deps.redelivery.delay(message.queue_arn, message.receipt_handle, delay)
         except Exception:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
+
+
+def successor_name(handoff: dict[str, Any]) -> str:
+    """The execution that follows an order's loop which ended without an outcome: named by the
+    hand-off (its time), so each such hand-off has its own and a replay of it finds the same one."""
+    return f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
 
 
 class AwaitingLoop(Exception):
