@@ -31,15 +31,36 @@ sys.path[:0] = [os.environ["BENCH_CODE_DIR"], os.environ["BENCH_LAYER_DIR"]]
 import app
 print(json.dumps(sorted(sys.modules)))
 """
+# Our classes created at start that are dataclasses: creating one runs its generated methods
+# through exec (~0.5 ms, frozen ~0.8 ms, each in Python 3.13 here), against ~0.1 ms for a
+# NamedTuple and next to nothing for a plain class.
+DATACLASSES_AT_START = """
+import dataclasses, json, os, sys
+sys.path[:0] = [os.environ["BENCH_CODE_DIR"], os.environ["BENCH_LAYER_DIR"]]
+import app
+ours = [m for name, m in list(sys.modules.items()) if name == "app" or name.startswith("cancellation")]
+print(json.dumps(sorted(
+    f"{module.__name__}.{name}"
+    for module in ours
+    for name, value in vars(module).items()
+    if isinstance(value, type) and value.__module__ == module.__name__ and dataclasses.is_dataclass(value)
+)))
+"""
+
+
+def at_start(code_dir: Path, script: str, **overrides: str) -> list[str]:
+    """What ``script`` prints (a JSON list) after importing the handler in a fresh interpreter."""
+    env = {**lambda_like_environment(code_dir, LAYER_PYTHON), **overrides}
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    names: list[str] = json.loads(done.stdout)
+    return names
 
 
 def loaded_modules(code_dir: Path, **overrides: str) -> set[str]:
-    env = {**lambda_like_environment(code_dir, LAYER_PYTHON), **overrides}
-    done = subprocess.run(  # noqa: S603 - our own interpreter
-        [sys.executable, "-c", LOADED], env=env, capture_output=True, text=True, check=False, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return set(json.loads(done.stdout))
+    return set(at_start(code_dir, LOADED, **overrides))
 
 
 @pytest.mark.parametrize("code_dir", [CANCEL_CODE, POLL_CODE], ids=["cancel", "poll"])
@@ -47,6 +68,11 @@ def test_a_cold_start_as_deployed_loads_nothing_a_rare_path_or_nobody_needs(code
     modules = loaded_modules(code_dir)
     assert "cancellation.qfpay" in modules  # the handler really was imported
     assert sorted(name for name in NOT_AT_START if name in modules) == []
+
+
+@pytest.mark.parametrize("code_dir", [CANCEL_CODE, POLL_CODE], ids=["cancel", "poll"])
+def test_a_cold_start_creates_none_of_our_classes_as_a_dataclass(code_dir: Path) -> None:
+    assert at_start(code_dir, DATACLASSES_AT_START) == []
 
 
 def test_the_cancel_function_imports_boto3_at_start() -> None:

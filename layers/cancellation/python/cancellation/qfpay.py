@@ -17,7 +17,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -40,15 +39,29 @@ ENQUIRY_PATH = "/trade/v1/query"
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 
-@dataclass(frozen=True)
 class Credentials:
-    app_code: str = field(repr=False)
-    client_key: str = field(repr=False)
-    sign_type: SignType = "MD5"
+    """A merchant's app code and client key, which ``repr`` never shows, and how to sign with them.
+    Read-only. A plain class: a dataclass costs every cold start ~1 ms to create (see
+    ``cancellation/__init__.py``), and a NamedTuple would give the key away to anything that
+    serialises tuples (``json.dumps``, a log record's ``extra``)."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.app_code, str) or not _HEADER_SAFE.fullmatch(self.app_code):
+    __slots__ = ("app_code", "client_key", "sign_type")
+    app_code: str
+    client_key: str
+    sign_type: SignType
+
+    def __init__(self, app_code: str, client_key: str, sign_type: SignType = "MD5") -> None:
+        if not isinstance(app_code, str) or not _HEADER_SAFE.fullmatch(app_code):
             raise ValueError("QFPay secret: app_code must be printable ASCII without spaces or line breaks")
+        object.__setattr__(self, "app_code", app_code)
+        object.__setattr__(self, "client_key", client_key)
+        object.__setattr__(self, "sign_type", sign_type)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Credentials are read-only: cannot set {name}")
+
+    def __repr__(self) -> str:
+        return f"Credentials(sign_type={self.sign_type!r})"
 
     @classmethod
     def from_secret(cls, value: Mapping[str, Any]) -> Credentials:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 DEFAULT_LATE_FRACTION = 0.2
@@ -49,15 +48,33 @@ MAX_FACTOR = 10.0
 MAX_DEADLINE_SECONDS = 86400
 
 
-@dataclass(frozen=True)
-class PollSchedule:
+class _PollScheduleFields(NamedTuple):
     first_wait: int = 3
     max_wait: int = 60
     factor: float = 2.0
     late_fraction: float = DEFAULT_LATE_FRACTION
     late_floor: int = DEFAULT_LATE_FLOOR
 
-    def __post_init__(self) -> None:
+
+class PollSchedule(_PollScheduleFields):
+    """Validated when made (a NamedTuple, not a frozen dataclass: it is created at every cold start,
+    see ``cancellation/__init__.py``)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        first_wait: int = 3,
+        max_wait: int = 60,
+        factor: float = 2.0,
+        late_fraction: float = DEFAULT_LATE_FRACTION,
+        late_floor: int = DEFAULT_LATE_FLOOR,
+    ) -> PollSchedule:
+        schedule = super().__new__(cls, first_wait, max_wait, factor, late_fraction, late_floor)
+        schedule._validate()
+        return schedule
+
+    def _validate(self) -> None:
         if (
             not math.isfinite(self.factor)
             or self.first_wait < 1
