@@ -151,6 +151,33 @@ def test_an_in_progress_cancel_answers_the_caller_when_the_loop_decides(
     assert loop[-1] == "Decided"
 
 
+def test_a_loop_that_cannot_publish_still_answers_the_caller_and_ends_failed(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """EventBridge refuses the loop's outcome (here: the bus is gone) on every retry. The loop's
+    PublishOutcome catches it: the execution ends in the Fail state OutcomeNotPublished (what
+    CancellationStateMachineFailedAlarm counts), the outcome stays in its history, and the caller,
+    whose message waits for the loop, is answered with it all the same. Run for real: moto's
+    Step Functions executes the putEvents task, its retries and its Catch."""
+    event_file = "orders/reversal-in-progress.json"
+    transaction = transaction_for(event_file, state="unpaid", in_progress_enquiries=2)
+    with pipeline_factory([transaction]) as pipeline:
+        # The hand-off publishes nothing: only the loop meets the missing bus.
+        boto3.client("events").delete_event_bus(Name=pipeline.stack.bus_name)
+        finished = _run_caller(pipeline, _order(event_file), timeout=150)
+        (execution,) = pipeline.executions()
+        described = boto3.client("stepfunctions").describe_execution(executionArn=execution["executionArn"])
+        loop = _loop_states(pipeline)
+
+    assert finished["status"] == "SUCCEEDED", finished
+    outcome = json.loads(finished["output"])["outcome"]
+    assert (outcome["status"], outcome["decided_by"]) == ("CANCELLED", "poll-loop")
+    assert described["status"] == "FAILED"
+    assert described["error"] == "Cancellation.OutcomeNotPublished"
+    assert loop[-2:] == ["EndByStatus", "OutcomeNotPublished"]
+    assert "PublishOutcome" in loop
+
+
 def test_an_invalid_order_reaches_the_callers_rejected_catch(pipeline_factory: PipelineFactory) -> None:
     order = _order("orders/invalid-amount.json")
     with pipeline_factory([]) as pipeline:
