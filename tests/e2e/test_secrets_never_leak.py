@@ -8,7 +8,7 @@ loop, run through the local pipeline with recognisable credentials. Everything t
 captured: every log record (at DEBUG, formatted as the functions write them, plus each record's
 attributes), stdout/stderr, the outcome events, the DLQ and queue bodies, every recorded Lambda
 invocation (event, answer, error object and stack trace), every Step Functions execution (input,
-output, full history), the idempotency table, the functions' configuration and the parameters QFPay
+output, full history), the decision ledger table, the functions' configuration and the parameters QFPay
 received. None may hold a credential.
 
 Separately: ``repr`` of the credentials hides them, and no exception the QFPay client raises carries
@@ -185,7 +185,7 @@ def executions(pipeline: Pipeline) -> list[dict[str, Any]]:
     return found
 
 
-def idempotency_items(pipeline: Pipeline) -> list[dict[str, Any]]:
+def ledger_items(pipeline: Pipeline) -> list[dict[str, Any]]:
     pages = boto3.client("dynamodb").get_paginator("scan").paginate(TableName=pipeline.stack.table_name)
     return [item for page in pages for item in page["Items"]]
 
@@ -288,7 +288,7 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
         dead = drain(stack.dlq_url)
         left = drain(stack.queue_url)
         runs = executions(pipeline)
-        table = idempotency_items(pipeline)
+        table = ledger_items(pipeline)
         configurations = function_configurations(pipeline)
         invocations = lambda_runtime.invocations()
         qfpay_calls = pipeline.qfpay.calls
@@ -327,7 +327,7 @@ def test_no_credential_appears_anywhere_a_run_leaves_a_trace(
     assert_no_leak("queue message", [as_text(m) for m in left])
     assert_no_leak("lambda invocation", [as_text(i) for i in invocations])
     assert_no_leak("execution", [as_text(run) for run in runs])
-    assert_no_leak("idempotency record", [as_text(item) for item in table])
+    assert_no_leak("ledger record", [as_text(item) for item in table])
     assert_no_leak("function configuration", [as_text(c) for c in configurations])
     # What we sent QFPay as parameters (the app code travels in its header, the key nowhere).
     assert_no_leak("qfpay parameters", [as_text(c.params) for c in qfpay_calls])

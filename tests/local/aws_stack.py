@@ -9,7 +9,7 @@ template.yaml itself and creates, with plain boto3 clients, what the template de
   key included) and a redrive policy naming the real DLQ ARN;
 * the outcome event bus, the ingress bus ``OrderIngressBus`` (unless ``OrderTimeoutEventBusName``
   names another), the QFPay credentials secret (value: the given credentials; its KMS key and,
-  once the roles exist, its resource policy) and the idempotency table (key schema, TTL, SSE with
+  once the roles exist, its resource policy) and the decision ledger table (key schema, TTL, SSE with
   its KMS key, point-in-time recovery);
 * the template's IAM roles with their inline policies, and one more local role for what the
   template does not deploy (the example caller workflow);
@@ -725,7 +725,7 @@ def create_stack(
     secret_arn = secrets.create_secret(**create_secret)["ARN"]
     resolver.resources[SECRET_ID] = {"Ref": secret_arn, "Id": secret_arn}
 
-    # Idempotency table.
+    # The decision ledger's table.
     table = _resource(template, TABLE_ID, "AWS::DynamoDB::Table")["Properties"]
     table_name = local_name(TABLE_ID)
     create_table: dict[str, Any] = {
@@ -925,7 +925,7 @@ def create_stack(
             "OrderTimeoutDeadLetterQueueUrl": resolver.resources[DLQ_ID]["QueueUrl"],
             "OutcomeEventBusName": bus_name,
             "CancellationStateMachineArn": machine_arn,
-            "IdempotencyTableName": table_name,
+            "LedgerTableName": table_name,
             "ReconcileFunctionName": function_names[RECONCILE_ID],
             "ReconciliationIntakeQueueUrl": resolver.resources[INTAKE_QUEUE_ID]["QueueUrl"],
         },

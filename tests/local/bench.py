@@ -436,8 +436,8 @@ _RESOURCE_PLACEHOLDERS = {
     "QFPAY_SECRET_ID": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:bench-credentials-AbCdEf",
     "EVENT_BUS_NAME": "bench-outcomes",
     "STATE_MACHINE_ARN": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:bench-cancellation-poll",
-    "IDEMPOTENCY_TABLE": "bench-idempotency",
-    "BUDGET_TABLE": "bench-idempotency",  # as the template: the budget's records share the ledger table
+    "LEDGER_TABLE": "bench-ledger",
+    "BUDGET_TABLE": "bench-ledger",  # as the template: the budget's records share the ledger table
 }
 
 
@@ -1661,7 +1661,7 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
     for prefix, size in result["item_sizes"]:
         sizes.setdefault(prefix, []).append(size)
     print(
-        "   idempotency records: "
+        "   ledger records: "
         + ", ".join(f"{k} {max(v)} B ({write_units(max(v))} WRU)" for k, v in sorted(sizes.items()))
     )
     print(

@@ -78,7 +78,7 @@ CANCEL_VARIABLES = {
     "QFPAY_BASE_URL",
     "QFPAY_SECRET_ID",
     "STATE_MACHINE_ARN",
-    "IDEMPOTENCY_TABLE",
+    "LEDGER_TABLE",
     "EVENT_BUS_NAME",
     "CLOSE_PAY_TYPES",
     "CLOSE_HTTP_METHOD",
@@ -568,7 +568,7 @@ def test_function_environments_follow_the_contract(cfn: dict[str, Any]) -> None:
     assert set(cancel) >= CANCEL_VARIABLES
     assert set(poll) >= POLL_VARIABLES
     assert cancel["STATE_MACHINE_ARN"] == {"Ref": "CancellationStateMachine"}
-    assert cancel["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    assert cancel["LEDGER_TABLE"] == {"Ref": "IdempotencyTable"}
     assert cancel["POWERTOOLS_SERVICE_NAME"] == "qfpay-cancellation"
     # Call tracing (the X-Ray SDK) only when the CallTracing parameter asks for it.
     assert (

@@ -14,7 +14,7 @@ ENV = {
     "QFPAY_BASE_URL": "https://openapi-hk.qfapi.com",
     "QFPAY_SECRET_ID": "qfpay",
     "EVENT_BUS_NAME": "outcomes",
-    "IDEMPOTENCY_TABLE": "ledger",
+    "LEDGER_TABLE": "ledger",
     "BUDGET_TABLE": "ledger",
     "RECONCILE_INTAKE_QUEUE_URL": "https://sqs.ap-east-1.amazonaws.com/1/intake",
 }
@@ -49,7 +49,7 @@ def test_settings_name_every_problem() -> None:
     for name in (
         "RECONCILE_CHECKS_AFTER_SECONDS",
         "EVENT_BUS_NAME",
-        "IDEMPOTENCY_TABLE",
+        "LEDGER_TABLE",
         "BUDGET_TABLE",
         "RECONCILE_INTAKE",
     ):

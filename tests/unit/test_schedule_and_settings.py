@@ -143,8 +143,8 @@ CANCEL_ENV = {
     "QFPAY_SECRET_ID": "qfpay/credentials",
     "EVENT_BUS_NAME": "payment-outcomes",
     "STATE_MACHINE_ARN": "arn:aws:states:ap-east-1:123456789012:stateMachine:cancellation-poll",
-    "IDEMPOTENCY_TABLE": "cancellation-idempotency",
-    "BUDGET_TABLE": "cancellation-idempotency",
+    "LEDGER_TABLE": "cancellation-ledger",
+    "BUDGET_TABLE": "cancellation-ledger",
 }
 POLL_ENV = {k: CANCEL_ENV[k] for k in ("QFPAY_BASE_URL", "QFPAY_SECRET_ID", "BUDGET_TABLE")}
 
@@ -168,13 +168,13 @@ def test_cancel_settings_defaults():
             secret_max_age=300,
             verify_response_signature=False,
             budget=BudgetPolicy(per_second=100, per_minute=400, margin=0.02, pause_after_429=1.0),
-            budget_table="cancellation-idempotency",
+            budget_table="cancellation-ledger",
         ),
         event_bus_name="payment-outcomes",
         state_machine_arn=CANCEL_ENV["STATE_MACHINE_ARN"],
-        idempotency_table="cancellation-idempotency",
+        ledger_table="cancellation-ledger",
         loop=LoopPolicy(PollSchedule(3, 60, 2.0), 900),
-        idempotency_expiry=48 * 3600,
+        ledger_expiry=48 * 3600,
         retry_base_delay=10,
         retry_max_delay=900,
         batch_concurrency=10,
@@ -243,7 +243,7 @@ def test_every_missing_cancel_variable_is_reported_in_one_error():
         "QFPAY_SECRET_ID",
         "EVENT_BUS_NAME",
         "STATE_MACHINE_ARN",
-        "IDEMPOTENCY_TABLE",
+        "LEDGER_TABLE",
         "BUDGET_TABLE",
     ):
         assert f"{name} is required" in message
@@ -375,7 +375,7 @@ def test_all_problems_are_reported_together():
     assert "POLL_FIRST_WAIT_SECONDS must be a number" in message
     assert "POLL_DEADLINE_SECONDS must be between 5 and 86400" in message
     assert "CLOSE_HTTP_METHOD must be GET or POST" in message
-    for name in ("QFPAY_SECRET_ID", "EVENT_BUS_NAME", "STATE_MACHINE_ARN", "IDEMPOTENCY_TABLE"):
+    for name in ("QFPAY_SECRET_ID", "EVENT_BUS_NAME", "STATE_MACHINE_ARN", "LEDGER_TABLE"):
         assert f"{name} is required" in message
 
 

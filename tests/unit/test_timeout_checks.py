@@ -13,12 +13,12 @@ from tests.unit.test_schedule_and_settings import CANCEL_ENV, POLL_ENV
 
 
 def test_a_ledger_record_expiring_before_the_loop_and_the_retries_end_is_refused():
-    env = {**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "3600", "POLL_DEADLINE_SECONDS": "3000"}
+    env = {**CANCEL_ENV, "LEDGER_EXPIRY_SECONDS": "3600", "POLL_DEADLINE_SECONDS": "3000"}
     with pytest.raises(ConfigurationError) as caught:
         cancel_settings(env)
     message = str(caught.value)
     for name in (
-        "IDEMPOTENCY_EXPIRY_SECONDS",
+        "LEDGER_EXPIRY_SECONDS",
         "RETRY_HORIZON_SECONDS",
         "POLL_DEADLINE_SECONDS",
         "RETRY_MAX_DELAY_SECONDS",
@@ -31,25 +31,25 @@ def test_a_ledger_record_expiring_before_the_loop_and_the_retries_end_is_refused
 
 
 def test_the_60_second_minimum_no_longer_lets_a_record_expire_mid_loop():
-    with pytest.raises(ConfigurationError, match="IDEMPOTENCY_EXPIRY_SECONDS"):
-        cancel_settings({**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "60"})
+    with pytest.raises(ConfigurationError, match="LEDGER_EXPIRY_SECONDS"):
+        cancel_settings({**CANCEL_ENV, "LEDGER_EXPIRY_SECONDS": "60"})
 
 
 def test_the_defaults_and_a_record_that_outlives_them_are_accepted():
-    assert cancel_settings(CANCEL_ENV).idempotency_expiry == 48 * 3600
-    env = {**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "30001", "POLL_DEADLINE_SECONDS": "3000"}
-    assert cancel_settings(env).idempotency_expiry == 30001
+    assert cancel_settings(CANCEL_ENV).ledger_expiry == 48 * 3600
+    env = {**CANCEL_ENV, "LEDGER_EXPIRY_SECONDS": "30001", "POLL_DEADLINE_SECONDS": "3000"}
+    assert cancel_settings(env).ledger_expiry == 30001
 
 
 def test_a_record_expiring_before_the_retry_horizon_is_refused():
     """Retried by time: an order QFPay keeps answering "try later" is attempted for 6 h; a record
     of 5.6 h would be gone while its attempts (and their possible cancels) go on."""
-    env = {**CANCEL_ENV, "IDEMPOTENCY_EXPIRY_SECONDS": "20000"}
+    env = {**CANCEL_ENV, "LEDGER_EXPIRY_SECONDS": "20000"}
     with pytest.raises(ConfigurationError, match="RETRY_HORIZON_SECONDS") as caught:
         cancel_settings(env)
-    assert "IDEMPOTENCY_EXPIRY_SECONDS (20000)" in str(caught.value)
+    assert "LEDGER_EXPIRY_SECONDS (20000)" in str(caught.value)
     assert "= 27900" in str(caught.value)  # 21600 + 900 + 900 + 900 x 5
-    assert cancel_settings({**env, "RETRY_HORIZON_SECONDS": "3600"}).idempotency_expiry == 20000
+    assert cancel_settings({**env, "RETRY_HORIZON_SECONDS": "3600"}).ledger_expiry == 20000
 
 
 def test_a_record_expiring_before_its_message_stops_being_redelivered_is_refused():
@@ -58,7 +58,7 @@ def test_a_record_expiring_before_its_message_stops_being_redelivered_is_refused
     env = {
         **CANCEL_ENV,
         "RETRY_HORIZON_SECONDS": "0",
-        "IDEMPOTENCY_EXPIRY_SECONDS": "19000",
+        "LEDGER_EXPIRY_SECONDS": "19000",
         "ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "3600",
     }
     with pytest.raises(ConfigurationError, match="ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS") as caught:

@@ -178,7 +178,7 @@ def test_environments_are_resolved_to_the_local_resources(stack: Stack) -> None:
         assert environment["POWERTOOLS_SERVICE_NAME"] == "qfpay-cancellation"
         assert environment["POWERTOOLS_LOG_LEVEL"] == "DEBUG"  # env_overrides come last
     assert cancel["STATE_MACHINE_ARN"] == stack.state_machine_arn
-    assert cancel["IDEMPOTENCY_TABLE"] == stack.table_name
+    assert cancel["LEDGER_TABLE"] == stack.table_name
     assert (
         cancel["POLL_FIRST_WAIT_SECONDS"],
         cancel["POLL_MAX_WAIT_SECONDS"],
@@ -187,7 +187,7 @@ def test_environments_are_resolved_to_the_local_resources(stack: Stack) -> None:
     assert cancel["RETRY_BASE_DELAY_SECONDS"] == "10"
     assert "STATE_MACHINE_ARN" not in poll
     reconcile = stack.reconcile_environment
-    assert reconcile["IDEMPOTENCY_TABLE"] == stack.table_name
+    assert reconcile["LEDGER_TABLE"] == stack.table_name
     assert reconcile["RECONCILE_INTAKE_QUEUE_URL"] == stack.intake_queue_url
     assert reconcile["RECONCILE_CHECKS_AFTER_SECONDS"] == "300,3600,86400,172800,259200,345600,432000"
 

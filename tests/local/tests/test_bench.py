@@ -219,7 +219,7 @@ def test_template_environment():
                         "Variables": {
                             "A": "2",
                             "WAIT": {"Ref": "N"},
-                            "IDEMPOTENCY_TABLE": {"Ref": "Table"},
+                            "LEDGER_TABLE": {"Ref": "Table"},
                             "OTHER": {"Fn::GetAtt": ["X", "Arn"]},
                         }
                     }
@@ -231,7 +231,7 @@ def test_template_environment():
         "A": "2",
         "URL": "https://example.com",
         "WAIT": "3",
-        "IDEMPOTENCY_TABLE": "bench-idempotency",
+        "LEDGER_TABLE": "bench-ledger",
         "OTHER": "bench-other",
     }
 

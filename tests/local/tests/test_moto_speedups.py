@@ -463,7 +463,7 @@ def test_a_cached_condition_uses_each_call_s_own_values() -> None:
 
 
 def _create_table(dynamodb: Any, name: str) -> None:
-    """A table keyed on a string ``id``, as the idempotency table is."""
+    """A table keyed on a string ``id``, as the decision ledger table is."""
     dynamodb.create_table(
         TableName=name,
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],

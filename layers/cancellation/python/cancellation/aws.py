@@ -215,7 +215,7 @@ DECIDING, DECIDED, DELIVERED = "DECIDING", "DECIDED", "DELIVERED"
 
 
 class DecisionLedger:
-    """One record per order in the idempotency table, through three stages: DECIDING (an attempt
+    """One record per order in the decision ledger table, through three stages: DECIDING (an attempt
     holds a lease and may call QFPay), DECIDED (the decision is stored, its delivery under way) and
     DELIVERED. Only the lease's holder may act. A lease that ran out (its invocation died) or was
     released (its attempt failed) is taken over by the next attempt, which carries on where the

@@ -46,7 +46,7 @@ OUTPUTS = (
     "OrderTimeoutDeadLetterQueueUrl",
     "OutcomeEventBusName",
     "CancellationStateMachineArn",
-    "IdempotencyTableName",
+    "LedgerTableName",
     "ReconcileFunctionName",
 )
 # SQS answers these where a queue cannot use StartMessageMoveTask (or the backend lacks it).

@@ -69,7 +69,7 @@ class CancelDependencies(NamedTuple):
             notifier=CallerNotifier(sfn),
             credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
             redelivery=RedeliveryDelay(),
-            ledger=DecisionLedger(settings.idempotency_table, settings.idempotency_expiry),
+            ledger=DecisionLedger(settings.ledger_table, settings.ledger_expiry),
             budget_slots=BudgetSlots(settings.qfpay.budget_table),
         )
 

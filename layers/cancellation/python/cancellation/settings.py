@@ -67,9 +67,9 @@ class CancelSettings(NamedTuple):
     qfpay: QFPaySettings
     event_bus_name: str
     state_machine_arn: str
-    idempotency_table: str
+    ledger_table: str
     loop: LoopPolicy
-    idempotency_expiry: int = 48 * 3600
+    ledger_expiry: int = 48 * 3600
     retry_base_delay: int = 10
     retry_max_delay: int = 900
     batch_concurrency: int = 10
@@ -261,9 +261,9 @@ def _check_record_outlives_its_order(read: _Reader, settings: CancelSettings) ->
         + settings.loop.deadline_seconds
         + per_receive * settings.max_receive_count
     )
-    if settings.idempotency_expiry <= outlive:
+    if settings.ledger_expiry <= outlive:
         read.problems.append(
-            f"IDEMPOTENCY_EXPIRY_SECONDS ({settings.idempotency_expiry}) must exceed "
+            f"LEDGER_EXPIRY_SECONDS ({settings.ledger_expiry}) must exceed "
             "RETRY_HORIZON_SECONDS + RETRY_MAX_DELAY_SECONDS + POLL_DEADLINE_SECONDS + "
             "max(ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS, RETRY_MAX_DELAY_SECONDS) x "
             f"ORDER_QUEUE_MAX_RECEIVE_COUNT ({settings.retry_horizon} + {settings.retry_max_delay} + "
@@ -286,9 +286,9 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         qfpay=qfpay,
         event_bus_name=read.text("EVENT_BUS_NAME"),
         state_machine_arn=read.text("STATE_MACHINE_ARN"),
-        idempotency_table=read.text("IDEMPOTENCY_TABLE"),
+        ledger_table=read.text("LEDGER_TABLE"),
         loop=LoopPolicy(schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, MAX_DEADLINE_SECONDS)),
-        idempotency_expiry=read.integer("IDEMPOTENCY_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
+        ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 900),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
@@ -326,7 +326,7 @@ def reconcile_settings(env: Mapping[str, str]) -> ReconcileSettings:
     settings = ReconcileSettings(
         qfpay=qfpay,
         event_bus_name=read.text("EVENT_BUS_NAME"),
-        table=read.text("IDEMPOTENCY_TABLE"),
+        table=read.text("LEDGER_TABLE"),
         intake_queue_url=read.text("RECONCILE_INTAKE_QUEUE_URL"),
         schedule=schedule,
         batch_limit=read.integer("RECONCILE_BATCH_LIMIT", 200, 1, 1000),
