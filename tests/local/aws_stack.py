@@ -37,10 +37,7 @@ The SQS event source mapping is *not* created (moto would not deliver like Lambd
 does); its settings are on the :class:`Stack` for the local SQS deliverer.
 
 Endpoints come from the standard ``AWS_ENDPOINT_URL`` variable, or moto's in-process mock when
-it is active. Local runs have moto in this process (``mock_aws`` or
-:class:`tests.local.moto_server.LocalAws`), so :func:`create_stack` first installs
-:mod:`tests.local.moto_speedups` (moto's repeated pure work cached, the same answers; harmless
-when the endpoint is elsewhere).
+it is active.
 """
 
 from __future__ import annotations
@@ -592,14 +589,6 @@ def _register_outputs(
         cloudformation.create_stack(StackName=stack_name, TemplateBody=json.dumps(body))
 
 
-def _speed_up_moto() -> None:
-    # Imported here, like the runtime above: moto's own modules are only needed by local runs.
-    # The patches cache moto's repeated pure work (same answers); see that module's doc.
-    speedups = importlib.import_module("tests.local.moto_speedups")
-    install: Callable[[], None] = speedups.install
-    install()
-
-
 def create_stack(
     *,
     template_path: Path,
@@ -618,7 +607,6 @@ def create_stack(
     --parameter-overrides``); an event bus named by ``OrderTimeoutEventBusName`` that does not
     exist yet is created (it belongs to the producers, not to the template).
     """
-    _speed_up_moto()
     template_path = Path(template_path)
     template = load_template(template_path)
     template_dir = template_path.parent

@@ -15,7 +15,7 @@ sides alike:
 2. Batch concurrency: one warm invocation of the real handler with 10 orders against one with 1,
    both sizes back to back in each round, the median of the rounds' ratios;
    QFPay is the stand-in answering every call after 100 ms (in a process of its own, as QFPay's
-   servers are), AWS is moto in-process with ``tests.local.moto_speedups``. Variants:
+   servers are), AWS is moto in-process. Variants:
    ``BATCH_CONCURRENCY`` 4 and 10 (the service runs orders on its own pool that wide), and the
    seed-style baseline (sequential, a new connection per QFPay request).
 3. Poll-loop cost: the real ASL (moto server mode) with the real poll handler, for cancellations
@@ -1600,8 +1600,8 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
     )
     print(
         f"   QFPay stand-in (its own process) answers every call after {QFPAY_LATENCY * 1000:.0f} ms (2"
-        " calls per order: reversal, confirming Enquiry);\n   AWS is moto in-process (mock_aws, with"
-        " tests/local/moto_speedups.py). 'moto CPU' is the CPU"
+        " calls per order: reversal, confirming Enquiry);\n   AWS is moto in-process (mock_aws)."
+        " 'moto CPU' is the CPU"
         " moto spends emulating AWS inside this process\n   (real AWS does that elsewhere, in parallel);"
         " the last column removes it from both sides (an estimate)."
     )

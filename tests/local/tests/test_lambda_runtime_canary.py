@@ -307,14 +307,3 @@ def test_the_moto_task_token_fixes_are_in_place(aws: LocalAws) -> None:
     for owner, name in moto_fixes.PATCH_TARGETS:
         assert hasattr(owner, name), f"moto no longer has {owner.__name__}.{name}"
     assert moto_fixes.is_installed()
-
-
-def test_the_moto_speedup_targets_are_in_place() -> None:
-    """tests/local/moto_speedups.py replaces private moto functions (defined on these very owners)
-    with cached equivalents: fail loudly if they move."""
-    from tests.local import moto_speedups  # noqa: PLC0415
-
-    for owner, name in moto_speedups.PATCH_TARGETS:
-        assert name in vars(owner), f"moto no longer defines {owner.__name__}.{name}"
-    moto_speedups.install()  # idempotent; create_stack installs them for every local run anyway
-    assert moto_speedups.is_installed()
