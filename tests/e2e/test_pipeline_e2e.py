@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import PipelineFactory
 from tests.local.aws_stack import load_template
 from tests.local.demo import run_scenarios
+from tests.local.qfpay_limits import Outage
 from tests.local.scenarios import SCENARIOS
 from tests.template.test_template import TEMPLATE, granted_actions, sam_transform
 
@@ -144,3 +146,38 @@ def test_the_poll_loop_runs_the_asl_from_the_template(pipeline_factory: Pipeline
     assert entered.count("AskEnquiry") == 3
     assert "PublishOutcome" in entered
     assert entered[-1] == "Decided"
+
+
+def test_a_qfpay_outage_longer_than_the_loops_deadline_does_not_decide_the_order_unknown(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The cancel answered in progress and the order is in the loop when QFPay goes down (HTTP 503
+    to everything) for longer than the loop's deadline: the unanswered turns do not spend the
+    deadline (up to the retry horizon), so the loop, run by moto's Step Functions from the
+    template's ASL, decides the order when QFPay is back instead of concluding UNKNOWN."""
+    scenario = next(s for s in SCENARIOS if s.name == "in progress, resolved by the loop")
+    assert scenario.transaction is not None
+    outage = Outage()
+    settings = {"POLL_DEADLINE_SECONDS": "5", "RETRY_HORIZON_SECONDS": "120"}
+    with pipeline_factory([scenario.transaction], env_overrides=settings, outage=outage) as pipeline:
+        pipeline.send(scenario.body())
+        deadline = time.monotonic() + 30
+        while not pipeline.executions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pipeline.executions(), "the order was not handed to the loop"
+        outage.active = True
+        time.sleep(12)  # more than twice the loop's 5 s deadline
+        outage.active = False
+        seen = pipeline.collect_outcomes(1, timeout=45)
+        execution = pipeline.executions()[0]
+        history = boto3.client("stepfunctions").get_execution_history(
+            executionArn=execution["executionArn"], maxResults=1000
+        )["events"]
+        applied = pipeline.qfpay.cancellations_applied(scenario.transaction.syssn)
+    assert outage.refused >= 3, "the loop asked while QFPay was down"
+    assert [(d["status"], d["decided_by"]) for d in seen] == [("CANCELLED", "poll-loop")], seen
+    assert execution["status"] == "SUCCEEDED"
+    assert applied == 1
+    # Every turn, answered or not, went through the template's AskEnquiry state.
+    asked = [e for e in history if e.get("stateEnteredEventDetails", {}).get("name") == "AskEnquiry"]
+    assert len(asked) == seen[0]["polls"] >= 4

@@ -429,6 +429,7 @@ def test_handoff_input_matches_the_contract():
         "resent": False,
         "started_at": NOW,
         "deadline_at": NOW + 900,
+        "unreachable_allowance": 0,
         "wait_seconds": 3,
         "schedule": {"first_wait": 3, "max_wait": 60, "factor": 2.0},
         "status": "IN_PROGRESS",

@@ -87,6 +87,11 @@ def test_an_order_that_is_not_an_order_is_refused(order):
         ({"payment_syssn": "../x"}, "payment_syssn"),
         ({"polls": -1}, "polls"),
         ({"attempts": "1"}, "attempts"),
+        # How far QFPay being unreachable may move the deadline: at most the longest retry horizon.
+        ({"unreachable_allowance": 10**9}, "unreachable_allowance"),
+        ({"unreachable_allowance": "6h"}, "unreachable_allowance"),
+        ({"unreachable_seconds": -1}, "unreachable_seconds"),
+        ({"unreachable_seconds": True}, "unreachable_seconds"),
     ],
 )
 def test_schedule_deadline_and_numbers_out_of_bounds_are_refused(changes, problem):

@@ -173,7 +173,7 @@ def test_cancel_settings_defaults():
         event_bus_name="payment-outcomes",
         state_machine_arn=CANCEL_ENV["STATE_MACHINE_ARN"],
         ledger_table="cancellation-ledger",
-        loop=LoopPolicy(PollSchedule(3, 60, 2.0), 900),
+        loop=LoopPolicy(PollSchedule(3, 60, 2.0), 900, unreachable_allowance=6 * 3600),
         ledger_expiry=48 * 3600,
         retry_base_delay=10,
         retry_max_delay=900,
@@ -216,7 +216,7 @@ def test_settings_read_every_variable():
     assert settings.qfpay.budget == BudgetPolicy(50, 300, 0.1, 3.0, 0.1)
     assert settings.retry_horizon == 3600
     assert settings.qfpay.routing == Routing(frozenset({"800201", "800212"}), "POST")
-    assert settings.loop == LoopPolicy(PollSchedule(5, 120, 1.5), 1800)
+    assert settings.loop == LoopPolicy(PollSchedule(5, 120, 1.5), 1800, unreachable_allowance=3600)
     assert settings.qfpay.timeouts == Timeouts(connect=2.0, read=15.0)
     assert settings.qfpay.secret_max_age == 60
     assert settings.qfpay.verify_response_signature is True

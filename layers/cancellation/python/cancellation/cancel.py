@@ -6,6 +6,7 @@ AWS; the caller publishes the decision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,6 +40,9 @@ REQUEST_STATUSES = frozenset({Status.REJECTED, Status.UNKNOWN})
 class LoopPolicy(NamedTuple):
     schedule: PollSchedule
     deadline_seconds: int
+    # How far the loop's deadline may move while QFPay cannot be reached (the retry horizon): an
+    # outage is no reason to conclude, any more than it is for an order still in the queue.
+    unreachable_allowance: int = 0
 
 
 def execution_name(order: Order) -> str:
@@ -91,6 +95,7 @@ class CancelAttempt:
         *,
         redelivered: bool = False,
         earlier_sends: int = 0,
+        first_attempt_at: float | None = None,
     ) -> None:
         self.order = order
         self.qfpay = qfpay
@@ -99,6 +104,9 @@ class CancelAttempt:
         self.clock = clock
         self.redelivered = redelivered
         self.earlier_sends = earlier_sends
+        # When the order was first attempted (its message's first receive): the loop's deadline may
+        # move for QFPay being unreachable only until that time plus the retry horizon.
+        self.first_attempt_at = first_attempt_at
 
     def decide(self) -> dict[str, Any]:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
@@ -255,11 +263,20 @@ class CancelAttempt:
             "resent": self.earlier_sends > 0,
             "started_at": now,
             "deadline_at": now + self.loop.deadline_seconds,
+            "unreachable_allowance": self._unreachable_allowance(now),
             "wait_seconds": schedule.wait_after(0),
             "schedule": schedule.to_dict(),
             "status": "IN_PROGRESS",
         }
         return {"handoff": {"name": execution_name(self.order), "input": state}}
+
+    def _unreachable_allowance(self, now: float) -> int:
+        """What is left of the order's retry horizon: the loop gets no more time for an outage than
+        the order would have had in the queue."""
+        first = self.first_attempt_at if self.first_attempt_at is not None else now
+        return max(
+            0, min(self.loop.unreachable_allowance, math.floor(first + self.loop.unreachable_allowance - now))
+        )
 
 
 def _budget_spent(spent: BudgetExhausted) -> RetryLater:

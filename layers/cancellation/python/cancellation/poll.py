@@ -25,7 +25,7 @@ from cancellation.qfpay import (
 )
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
-from cancellation.schedule import MAX_DEADLINE_SECONDS, PollSchedule
+from cancellation.schedule import MAX_DEADLINE_SECONDS, MAX_RETRY_HORIZON_SECONDS, PollSchedule
 from cancellation.settings import QFPaySettings
 
 IN_PROGRESS = "IN_PROGRESS"
@@ -81,7 +81,7 @@ class EnquiryStep:
         order, schedule = read_loop_state(state, self.clock())
         if state.get("task_error"):
             return self._after_failed_turn(state, order, schedule)
-        deadline = float(state["deadline_at"])
+        deadline = loop_deadline(state)
         started = self.clock()
         urgent = deadline - started <= 2 * schedule.max_wait
         left = remaining_seconds() if remaining_seconds is not None else 15.0
@@ -109,7 +109,7 @@ class EnquiryStep:
         deadline: float,
         remaining_seconds: Callable[[], float] | None,
     ) -> dict[str, Any]:
-        finding = self._enquire(order, state)
+        finding, reached = self._enquire(order, state)
         state["polls"] = int(state.get("polls", 0)) + 1
         if finding.status is not None:
             return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
@@ -118,7 +118,16 @@ class EnquiryStep:
             # Named by syssn from now on, the Enquiry also returns our cancel's own row.
             state["payment_syssn"] = _syssn_or_none(finding.payment.get("syssn"))
         now = self.clock()
+        if not reached:
+            deadline = _give_back_unreachable_time(state, now)
+        state["asked_at"] = now
         if now >= deadline:
+            if not reached and state.get("unreachable_allowance"):
+                reason = (
+                    f"QFPay could not be reached until the loop's deadline, moved "
+                    f"{int(state['unreachable_seconds'])} s for the outage: {finding.reason}"
+                )
+                return self._final(state, order, Status.UNKNOWN, reason)
             return self._final(
                 state, order, Status.UNKNOWN, f"not confirmed by the deadline: {finding.reason}"
             )
@@ -139,7 +148,7 @@ class EnquiryStep:
         loop asks again: our own failure is no reason to give up on the order."""
         task_error = state.pop("task_error")
         error = task_error.get("Error", "error") if isinstance(task_error, dict) else "error"
-        now, deadline = self.clock(), float(state["deadline_at"])
+        now, deadline = self.clock(), loop_deadline(state)
         if now >= deadline:
             return self._final(
                 state, order, Status.UNKNOWN, f"the enquiry loop failed ({error}); a person must look"
@@ -153,20 +162,24 @@ class EnquiryStep:
         state["status"] = IN_PROGRESS
         return state
 
-    def _enquire(self, order: Order, state: dict[str, Any]) -> Finding:
+    def _enquire(self, order: Order, state: dict[str, Any]) -> tuple[Finding, bool]:
+        """What the Enquiry says, and whether QFPay was reached (answered at all)."""
         reversal_syssn = state.get("reversal_syssn")
         params = enquiry_params(order, reversal_syssn, state.get("payment_syssn"))
         try:
-            return read_enquiry(
-                self.qfpay.enquiry(params),
-                order,
-                reversal_syssn=reversal_syssn,
-                cancel_pending=cancel_may_take_effect(state),
-            )
+            answer = self.qfpay.enquiry(params)
         except BudgetExhausted:
             raise
-        except (QFPayUnavailable, ValueError) as exc:
-            return Finding(None, f"Enquiry unavailable ({exc})", found=False)
+        except QFPayUnavailable as exc:
+            # No answer (5xx, timeout, refused connection, QFPay's 429): QFPay could not be reached.
+            return Finding(None, f"Enquiry unavailable ({exc})", found=False), False
+        try:
+            finding = read_enquiry(
+                answer, order, reversal_syssn=reversal_syssn, cancel_pending=cancel_may_take_effect(state)
+            )
+        except ValueError as exc:
+            return Finding(None, f"Enquiry unavailable ({exc})", found=False), True
+        return finding, True
 
     def _resend(self, state: dict[str, Any], order: Order) -> dict[str, Any] | None:
         """The Enquiry shows the payment still live and no cancel of ours is known to be pending:
@@ -239,6 +252,27 @@ class InvalidLoopState(ValueError):
 ENDPOINTS = ("reversal", "close")
 
 
+def loop_deadline(state: dict[str, Any]) -> float:
+    """``deadline_at`` moved by the time the loop spent unable to reach QFPay."""
+    return float(state["deadline_at"]) + float(state.get("unreachable_seconds", 0))
+
+
+def _give_back_unreachable_time(state: dict[str, Any], now: float) -> float:
+    """A turn found QFPay unreachable: the time since the previous turn (or the hand-off) does not
+    count toward the deadline, up to ``unreachable_allowance`` in all. Returns the moved deadline."""
+    since = _seconds_or_none(state.get("asked_at")) or _seconds_or_none(state.get("started_at"))
+    gap = max(0.0, now - since) if since is not None else 0.0
+    allowance = float(state.get("unreachable_allowance", 0))
+    state["unreachable_seconds"] = round(min(allowance, float(state.get("unreachable_seconds", 0)) + gap), 3)
+    return loop_deadline(state)
+
+
+def _seconds_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def cancel_may_take_effect(state: dict[str, Any]) -> bool:
     """A cancel of ours may still take effect: it answered in progress or success, or reached QFPay
     unanswered. Only a refusal rules that out (states written before this field: assume it may)."""
@@ -270,6 +304,14 @@ def read_loop_state(state: dict[str, Any], now: float) -> tuple[Order, PollSched
     for name in ("reversal_syssn", "payment_syssn"):
         if state.get(name) is not None and not valid_syssn(state[name]):
             problems.append(f"{name} must be a QFPay syssn")
+    for name in ("unreachable_allowance", "unreachable_seconds"):
+        value = state.get(name, 0)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_RETRY_HORIZON_SECONDS
+        ):
+            problems.append(f"{name} must be seconds between 0 and {MAX_RETRY_HORIZON_SECONDS}")
     for name in ("polls", "attempts"):
         value = state.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:

@@ -259,6 +259,7 @@ class CancelService:
             clock=self.deps.clock,
             redelivered=redelivered,
             earlier_sends=claim.earlier_sends if claim is not None else 0,
+            first_attempt_at=message.first_attempt_at,
         )
         try:
             decision = attempt.decide()

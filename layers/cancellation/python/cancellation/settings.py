@@ -19,6 +19,7 @@ from cancellation.schedule import (
     MAX_DEADLINE_SECONDS,
     MAX_FACTOR,
     MAX_FIRST_WAIT_SECONDS,
+    MAX_RETRY_HORIZON_SECONDS,
     MAX_WAIT_SECONDS,
     PollSchedule,
     ReconcileSchedule,
@@ -282,18 +283,22 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         schedule = PollSchedule(first_wait, max_wait, factor)
     except ValueError as exc:
         read.problems.append(str(exc))
+    # Also how far the loop's deadline may move while QFPay cannot be reached.
+    horizon = read.integer("RETRY_HORIZON_SECONDS", 6 * 3600, 0, MAX_RETRY_HORIZON_SECONDS)
     settings = CancelSettings(
         qfpay=qfpay,
         event_bus_name=read.text("EVENT_BUS_NAME"),
         state_machine_arn=read.text("STATE_MACHINE_ARN"),
         ledger_table=read.text("LEDGER_TABLE"),
-        loop=LoopPolicy(schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, MAX_DEADLINE_SECONDS)),
+        loop=LoopPolicy(
+            schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, MAX_DEADLINE_SECONDS), horizon
+        ),
         ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 900),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
-        retry_horizon=read.integer("RETRY_HORIZON_SECONDS", 6 * 3600, 0, 4 * 86400),
+        retry_horizon=horizon,
         function_timeout=read.integer("FUNCTION_TIMEOUT_SECONDS", CANCEL_FUNCTION_TIMEOUT, 1, 900),
         visibility_timeout=read.integer(
             "ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS", ORDER_QUEUE_VISIBILITY_TIMEOUT, 0, 43200
