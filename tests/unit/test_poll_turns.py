@@ -8,7 +8,7 @@ from typing import Any
 
 from cancellation.cancel import CancelAttempt, LoopPolicy
 from cancellation.poll import EnquiryStep
-from cancellation.qfpay import QFPayAmbiguous, QFPayUnavailable
+from cancellation.qfpay import EnquiryUnreadable, QFPayAmbiguous, QFPayUnavailable
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
 
@@ -177,4 +177,15 @@ def test_a_loop_started_without_an_allowance_keeps_its_deadline():
     state.pop("unreachable_allowance", None)
     state, now = run_turns(state, [DOWN] * 1000, NOW)
     assert state["status"] == "UNKNOWN"
+    assert now <= state["deadline_at"] + LOOP.schedule.max_wait
+
+
+def test_an_answer_we_cannot_trust_is_not_an_outage():
+    """An unsigned or garbled Enquiry answer came from somewhere: it moves no deadline (or anyone
+    who can strip a header could keep a loop open for the whole horizon)."""
+    state = handoff_with_horizon()
+    unsigned = EnquiryUnreadable("enquiry: /trade/v1/query: answer has no X-QF-SIGN")
+    state, now = run_turns(state, [unsigned] * 1000, NOW)
+    assert state["status"] == "UNKNOWN"
+    assert "X-QF-SIGN" in state["outcome"]["reason"]
     assert now <= state["deadline_at"] + LOOP.schedule.max_wait

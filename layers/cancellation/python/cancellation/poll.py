@@ -19,6 +19,7 @@ from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
 from cancellation.outcomes import Status, build_outcome
 from cancellation.qfpay import (
     RATE_LIMIT_MAX_WAIT_SECONDS,
+    EnquiryUnreadable,
     QFPayAmbiguous,
     QFPayClient,
     QFPayUnavailable,
@@ -170,6 +171,9 @@ class EnquiryStep:
             answer = self.qfpay.enquiry(params)
         except BudgetExhausted:
             raise
+        except EnquiryUnreadable as exc:
+            # An answer, unsigned or garbled: QFPay (or someone in its name) was reached.
+            return Finding(None, f"Enquiry unavailable ({exc})", found=False), True
         except QFPayUnavailable as exc:
             # No answer (5xx, timeout, refused connection, QFPay's 429): QFPay could not be reached.
             return Finding(None, f"Enquiry unavailable ({exc})", found=False), False

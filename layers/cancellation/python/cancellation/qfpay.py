@@ -100,7 +100,15 @@ class CredentialsRejected(QFPayError):
     pass
 
 
-class ResponseSignatureInvalid(QFPayAmbiguous):
+class AnswerUnreadable(QFPayAmbiguous):
+    """QFPay (or whoever answered in its name) answered, in a form we cannot read or trust."""
+
+
+class EnquiryUnreadable(QFPayUnavailable):
+    """An Enquiry was answered but not readably: no answer to act on, though QFPay was reached."""
+
+
+class ResponseSignatureInvalid(AnswerUnreadable):
     """An answer we cannot trust is no answer: the request may still have taken effect."""
 
 
@@ -176,6 +184,8 @@ class QFPayClient:
         """Read-only: an ambiguous failure is as good as no answer, so it is reported as unavailable."""
         try:
             return self.call("POST", ENQUIRY_PATH, params)
+        except AnswerUnreadable as exc:
+            raise EnquiryUnreadable(f"enquiry: {exc}") from None
         except QFPayAmbiguous as exc:
             raise QFPayUnavailable(f"enquiry: {exc}") from None
 
@@ -253,9 +263,9 @@ class QFPayClient:
         try:
             answer = json.loads(response.data)
         except ValueError:
-            raise QFPayAmbiguous(f"{path}: answer is not JSON") from None
+            raise AnswerUnreadable(f"{path}: answer is not JSON") from None
         if not isinstance(answer, dict):
-            raise QFPayAmbiguous(f"{path}: answer is not a JSON object")
+            raise AnswerUnreadable(f"{path}: answer is not a JSON object")
         return {
             key: (str(value) if key == "respcd" and value is not None else value)
             for key, value in answer.items()
