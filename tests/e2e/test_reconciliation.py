@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from cancellation.aws import NEEDS_ATTENTION, RESOLVED, OutcomePublisher, ReconciliationLedger
+from cancellation.aws import OutcomePublisher, ReconciliationLedger, ReconciliationStage
 from cancellation.outcomes import CORRECTION_DETAIL_TYPE, OUTCOME_DETAIL_TYPE, Status
 from cancellation.reconciliation import resolve_by_hand
 
@@ -101,7 +101,7 @@ def test_an_unknown_order_later_shown_cancelled_is_corrected_and_an_unreadable_o
         assert [r.outcome_id for r in attention] == [stuck_id]
         assert attention[0].checks == 2
         assert "1143" in (attention[0].last_finding or "")  # the row we could not decide on
-        assert ledger.get(detail["outcome_id"]).stage == RESOLVED  # type: ignore[union-attr]
+        assert ledger.get(detail["outcome_id"]).stage == ReconciliationStage.RESOLVED  # type: ignore[union-attr]
 
         # A person closes it: recorded with who and why, published as revision 2.
         resolved = resolve_by_hand(
@@ -123,7 +123,7 @@ def test_an_unknown_order_later_shown_cancelled_is_corrected_and_an_unreadable_o
         record = ledger.get(stuck_id)
         assert record is not None
         assert (record.stage, record.resolved_by, record.note) == (
-            RESOLVED,
+            ReconciliationStage.RESOLVED,
             "ops@example.com",
             "cancelled in the QFPay merchant portal",
         )
@@ -150,7 +150,10 @@ def test_refund_required_goes_straight_to_attention_and_corrections_are_not_enro
         assert invoke_reconcile(pipeline) == {"checked": 0, "resolved": 0, "still_unknown": 0}
         ledger = ReconciliationLedger(pipeline.stack.table_name)
         (record,) = ledger.needing_attention()
-        assert (record.outcome_id, record.stage) == (first["detail"]["outcome_id"], NEEDS_ATTENTION)
+        assert (record.outcome_id, record.stage) == (
+            first["detail"]["outcome_id"],
+            ReconciliationStage.NEEDS_ATTENTION,
+        )
         resolve_by_hand(
             ledger,
             publisher=OutcomePublisher(pipeline.stack.bus_name),

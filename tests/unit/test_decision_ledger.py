@@ -7,7 +7,9 @@ from typing import Any
 
 import boto3
 import pytest
-from cancellation.aws import DECIDED, DECIDING, DELIVERED, DecisionLedger, OrderBusy
+from cancellation.aws import DecisionLedger, LedgerStage, OrderBusy
+
+DECIDING, DECIDED, DELIVERED = LedgerStage.DECIDING, LedgerStage.DECIDED, LedgerStage.DELIVERED
 
 KEY = "cancel#MCH1|out_trade_no=SHOP-1"
 NOW = 1_795_600_000.0

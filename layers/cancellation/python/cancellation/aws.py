@@ -11,6 +11,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import boto3
@@ -201,27 +202,32 @@ class OrderBusy(Exception):
     """Another attempt holds this order (deciding or delivering); look again later."""
 
 
+class LedgerStage(StrEnum):
+    """Where an order's ledger record is (stored as its ``stage`` attribute)."""
+
+    DECIDING = "DECIDING"  # an attempt holds the lease and may call QFPay
+    DECIDED = "DECIDED"  # the decision is stored; its delivery is under way
+    DELIVERED = "DELIVERED"  # the outcome was published or the loop started: nothing left to do
+
+
 class Claim(NamedTuple):
     """What an attempt may do with an order after claiming its record."""
 
-    stage: str  # DECIDING: decide it; DECIDED: deliver ``decision``; DELIVERED: nothing left to do
+    stage: LedgerStage  # DECIDING: decide it; DECIDED: deliver ``decision``; DELIVERED: nothing left
     decision: dict[str, Any] | None
     result: str | None  # the delivered decision's status, once DELIVERED
     earlier_attempt: bool  # an attempt before this one started deciding and may have reached QFPay
     earlier_sends: int = 0  # cancels that attempts before this one may have sent (0 if none known)
 
 
-DECIDING, DECIDED, DELIVERED = "DECIDING", "DECIDED", "DELIVERED"
-
-
 class DecisionLedger:
-    """One record per order in the decision ledger table, through three stages: DECIDING (an attempt
-    holds a lease and may call QFPay), DECIDED (the decision is stored, its delivery under way) and
-    DELIVERED. Only the lease's holder may act. A lease that ran out (its invocation died) or was
-    released (its attempt failed) is taken over by the next attempt, which carries on where the
-    other stopped: deciding again, knowing an earlier attempt may have sent a cancel, or delivering
-    the stored decision. Three writes on the usual path: claim, decision, delivered. Records expire
-    (TTL ``expiration``) after ``expiry_seconds``.
+    """One record per order in the decision ledger table, through three stages (:class:`LedgerStage`):
+    DECIDING (an attempt holds a lease and may call QFPay), DECIDED (the decision is stored, its
+    delivery under way) and DELIVERED. Only the lease's holder may act. A lease that ran out (its
+    invocation died) or was released (its attempt failed) is taken over by the next attempt, which
+    carries on where the other stopped: deciding again, knowing an earlier attempt may have sent a
+    cancel, or delivering the stored decision. Three writes on the usual path: claim, decision,
+    delivered. Records expire (TTL ``expiration``) after ``expiry_seconds``.
 
     ``sends`` counts the attempts that were allowed to send a cancel, written with the claim that
     allows it, before any request leaves: an attempt that dies after sending, or whose decision
@@ -239,7 +245,7 @@ class DecisionLedger:
     ) -> Claim:
         """Take the order's lease, or raise :class:`OrderBusy` while another attempt holds it.
         ``decision``: one known without asking QFPay; the record then starts DECIDED."""
-        stage = DECIDING if decision is None else DECIDED
+        stage = LedgerStage.DECIDING if decision is None else LedgerStage.DECIDED
         item = {
             "id": {"S": key},
             "stage": {"S": stage},
@@ -265,7 +271,7 @@ class DecisionLedger:
             )
         except client.exceptions.ConditionalCheckFailedException as held:
             old = held.response.get("Item") or {}
-            if old.get("stage", {}).get("S") == DECIDING:
+            if old.get("stage", {}).get("S") == LedgerStage.DECIDING:
                 return self._take_over_decision(key, holder, now, lease_until, old)
             return self._claim_delivery(key, holder, now, lease_until, old)
         # A record past its expiry still tells that an attempt came before (the Enquiry goes first).
@@ -284,32 +290,34 @@ class DecisionLedger:
             key,
             "#stage = :deciding AND #lease_until < :now",
             {"#stage": "stage", "#lease_until": "lease_until"},
-            {":deciding": {"S": DECIDING}, ":now": {"N": _number(now)}},
+            {":deciding": {"S": LedgerStage.DECIDING}, ":now": {"N": _number(now)}},
             holder=holder,
             lease_until=_number(lease_until),
             sends=str(earlier + 1),
         )
-        return Claim(DECIDING, None, None, earlier_attempt=True, earlier_sends=earlier)
+        return Claim(LedgerStage.DECIDING, None, None, earlier_attempt=True, earlier_sends=earlier)
 
     def _claim_delivery(
         self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
     ) -> Claim:
         stage = old.get("stage", {}).get("S")
         decision = json.loads(old["decision"]["S"]) if "decision" in old else None
-        if stage == DELIVERED:
-            return Claim(DELIVERED, decision, old.get("result", {}).get("S"), earlier_attempt=True)
-        if stage != DECIDED or float(old["lease_until"]["N"]) >= now:
+        if stage == LedgerStage.DELIVERED:
+            return Claim(
+                LedgerStage.DELIVERED, decision, old.get("result", {}).get("S"), earlier_attempt=True
+            )
+        if stage != LedgerStage.DECIDED or float(old["lease_until"]["N"]) >= now:
             raise OrderBusy(f"another attempt holds the order ({stage})")
         # Decided, but its delivery was abandoned: this attempt delivers the stored decision.
         self._update(
             key,
             "#stage = :decided AND #lease_until < :now",
             {"#stage": "stage", "#lease_until": "lease_until"},
-            {":decided": {"S": DECIDED}, ":now": {"N": _number(now)}},
+            {":decided": {"S": LedgerStage.DECIDED}, ":now": {"N": _number(now)}},
             holder=holder,
             lease_until=_number(lease_until),
         )
-        return Claim(DECIDED, decision, None, earlier_attempt=True)
+        return Claim(LedgerStage.DECIDED, decision, None, earlier_attempt=True)
 
     def decision_of(self, key: str) -> dict[str, Any] | None:
         """The decision recorded under ``key``, if any (a strongly consistent read)."""
@@ -326,10 +334,10 @@ class DecisionLedger:
     def record_decision(self, key: str, holder: str, decision: dict[str, Any]) -> None:
         """Store the decision. :class:`OrderBusy` if this attempt's lease ran out and another took
         the order over (that one decides again, asking the Enquiry first)."""
-        self._held(key, holder, stage=DECIDED, decision=_json(decision))
+        self._held(key, holder, stage=LedgerStage.DECIDED, decision=_json(decision))
 
     def record_delivered(self, key: str, holder: str, result: str) -> None:
-        self._held(key, holder, stage=DELIVERED, result=result)
+        self._held(key, holder, stage=LedgerStage.DELIVERED, result=result)
 
     def release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
         """Hand the order back now rather than when the lease runs out: this attempt failed.
@@ -438,9 +446,17 @@ class RedeliveryDelay:
 
 # ------------------------------------------------------------------ reconciliation records
 
-DUE, NEEDS_ATTENTION, RESOLVED = "DUE", "NEEDS_ATTENTION", "RESOLVED"
+
+class ReconciliationStage(StrEnum):
+    """Where a reconciliation record is (stored as its ``stage`` attribute)."""
+
+    DUE = "DUE"  # the next Transaction Enquiry is due at ``due_at``
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"  # a person has to settle it
+    RESOLVED = "RESOLVED"  # QFPay's final status, or a person's, was published
+
+
 # The sparse index's partitions: a record is in one of them until it is resolved, then in none.
-_INDEX_QUEUE = {DUE: "due", NEEDS_ATTENTION: "attention"}
+_INDEX_QUEUE = {ReconciliationStage.DUE: "due", ReconciliationStage.NEEDS_ATTENTION: "attention"}
 RECONCILIATION_INDEX = "ReconciliationQueue"
 RECONCILIATION_PREFIX = "reconcile#"
 
@@ -450,7 +466,7 @@ class ReconciliationRecord(NamedTuple):
     Transaction Enquiry on a schedule) or REFUND_REQUIRED (a person refunds it)."""
 
     outcome_id: str
-    stage: str  # DUE, NEEDS_ATTENTION or RESOLVED
+    stage: ReconciliationStage
     due_at: float  # DUE: when the next check is due; NEEDS_ATTENTION: since when
     checks: int  # Transaction Enquiries asked so far
     outcome: dict[str, Any]  # the latest revision published
@@ -501,17 +517,23 @@ class ReconciliationLedger:
 
     def due(self, now: float, limit: int) -> list[ReconciliationRecord]:
         """Records whose next check is due, oldest first."""
-        return self._query(DUE, limit, "#due_at <= :now", {":now": {"N": _number(now)}})
+        return self._query(ReconciliationStage.DUE, limit, "#due_at <= :now", {":now": {"N": _number(now)}})
 
     def needing_attention(self, limit: int = 1000) -> list[ReconciliationRecord]:
-        return self._query(NEEDS_ATTENTION, limit)
+        return self._query(ReconciliationStage.NEEDS_ATTENTION, limit)
 
     def unresolved(self, limit: int = 1000) -> list[ReconciliationRecord]:
         """Every record still due or needing attention (the index holds nothing else)."""
-        return self._query(DUE, limit) + self._query(NEEDS_ATTENTION, limit)
+        return self._query(ReconciliationStage.DUE, limit) + self._query(
+            ReconciliationStage.NEEDS_ATTENTION, limit
+        )
 
     def _query(
-        self, stage: str, limit: int, condition: str | None = None, values: dict[str, Any] | None = None
+        self,
+        stage: ReconciliationStage,
+        limit: int,
+        condition: str | None = None,
+        values: dict[str, Any] | None = None,
     ) -> list[ReconciliationRecord]:
         client = self._dynamodb()
         names = {"#queue": "queue", **({"#due_at": "due_at"} if condition else {})}
@@ -577,7 +599,7 @@ def _reconciliation_record(item: dict[str, Any]) -> ReconciliationRecord:
 
     return ReconciliationRecord(
         outcome_id=item["id"]["S"].removeprefix(RECONCILIATION_PREFIX),
-        stage=item["stage"]["S"],
+        stage=ReconciliationStage(item["stage"]["S"]),
         due_at=float(item["due_at"]["N"]),
         checks=int(item["checks"]["N"]),
         outcome=json.loads(item["outcome"]["S"]),

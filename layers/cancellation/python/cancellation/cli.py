@@ -21,11 +21,10 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from cancellation.aws import (
-    DELIVERED,
-    NEEDS_ATTENTION,
-    RESOLVED,
+    LedgerStage,
     ReconciliationLedger,
     ReconciliationRecord,
+    ReconciliationStage,
 )
 from cancellation.cancel import execution_name
 from cancellation.orders import InvalidOrder, Order, parse_order_message
@@ -276,7 +275,7 @@ def _reconciliation_view(record: ReconciliationRecord) -> dict[str, Any]:
         "revisions": record.history,
         "stage": record.stage,
         "checks": record.checks,
-        "due_at": _iso(record.due_at) if record.stage != RESOLVED else None,
+        "due_at": _iso(record.due_at) if record.stage != ReconciliationStage.RESOLVED else None,
         "last_finding": record.last_finding,
         "resolved_by": record.resolved_by,
         "resolved_at": _iso(record.resolved_at) if record.resolved_at else None,
@@ -319,7 +318,7 @@ def cancel(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
 
 def _decided(tool: Tool, stack: Stack, order: Order) -> dict[str, Any] | None:
     record = ledger_record(tool, stack, order)
-    if record is None or record.get("stage") != DELIVERED:
+    if record is None or record.get("stage") != LedgerStage.DELIVERED:
         return None
     decision = record.get("decision") or {}
     if "outcome" in decision:
@@ -393,9 +392,9 @@ def dead_letter_reason(tool: Tool, stack: Stack, body: str) -> str:
     if record is None:
         return "no attempt got as far as the ledger (QFPay unreachable or refusing; see the cancel logs)"
     stage = record.get("stage")
-    if stage == DELIVERED:
+    if stage == LedgerStage.DELIVERED:
         return f"already decided ({record.get('result')}): redriving repeats that answer"
-    if stage == "DECIDED":
+    if stage == LedgerStage.DECIDED:
         return "decided but not delivered: redriving delivers the stored decision"
     return (
         "an attempt was deciding when it failed (QFPay may have been reached; a redrive asks the "
@@ -637,4 +636,4 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return EXIT_NO_ACCESS
 
 
-__all__ = ["EXIT_CODES", "NEEDS_ATTENTION", "main"]
+__all__ = ["EXIT_CODES", "main"]

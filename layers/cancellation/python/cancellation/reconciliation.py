@@ -22,14 +22,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from cancellation.aws import (
-    DUE,
-    NEEDS_ATTENTION,
-    RESOLVED,
     OutcomeIntake,
     OutcomePublisher,
     ReconciliationBusy,
     ReconciliationLedger,
     ReconciliationRecord,
+    ReconciliationStage,
 )
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.observability import count, count_kind, logger
@@ -209,7 +207,7 @@ class Reconciler:
         record = self.ledger.get(outcome_id)
         if record is None:
             raise LookupError(f"no reconciliation record for outcome_id {outcome_id}")
-        if record.stage == RESOLVED:
+        if record.stage == ReconciliationStage.RESOLVED:
             raise ValueError(f"outcome {outcome_id} is already resolved ({record.outcome['status']})")
         self._count(summary, self._check(record))
         return summary
@@ -235,11 +233,13 @@ class Reconciler:
         now = self.clock()
         unknown = outcome["status"] == Status.UNKNOWN
         first = self.schedule.next_due(now, 0)
-        stage = DUE if unknown and first is not None else NEEDS_ATTENTION
+        stage = (
+            ReconciliationStage.DUE if unknown and first is not None else ReconciliationStage.NEEDS_ATTENTION
+        )
         record = ReconciliationRecord(
             outcome_id=outcome["outcome_id"],
             stage=stage,
-            due_at=first if stage == DUE and first is not None else now,
+            due_at=first if stage == ReconciliationStage.DUE and first is not None else now,
             checks=0,
             outcome=outcome,
             history=[revision_entry(outcome)],
@@ -247,7 +247,7 @@ class Reconciler:
             version=0,
         )
         added = self.ledger.enrol(record)
-        if added and stage == NEEDS_ATTENTION:
+        if added and stage == ReconciliationStage.NEEDS_ATTENTION:
             count("NeedsAttention")
         return added
 
@@ -286,7 +286,11 @@ class Reconciler:
         self.publisher.publish(outcome)  # before the record: a crash here re-publishes the same revision
         count_kind("Reconciled", status.value)
         # A payment that completed still needs a person to refund it.
-        stage = NEEDS_ATTENTION if status is Status.REFUND_REQUIRED else RESOLVED
+        stage = (
+            ReconciliationStage.NEEDS_ATTENTION
+            if status is Status.REFUND_REQUIRED
+            else ReconciliationStage.RESOLVED
+        )
         self.ledger.save(
             record._replace(
                 stage=stage,
@@ -297,7 +301,7 @@ class Reconciler:
                 last_finding=reason,
             )
         )
-        if stage == NEEDS_ATTENTION:
+        if stage == ReconciliationStage.NEEDS_ATTENTION:
             count("NeedsAttention")
         logger.info(
             "outcome corrected",
@@ -308,15 +312,15 @@ class Reconciler:
     def _undecided(self, record: ReconciliationRecord, reason: str, checks: int) -> str:
         now = self.clock()
         due = self.schedule.next_due(record.enrolled_at, checks)
-        if record.stage == NEEDS_ATTENTION or due is None:
-            stage, due_at = NEEDS_ATTENTION, now
-            if record.stage != NEEDS_ATTENTION:
+        if record.stage == ReconciliationStage.NEEDS_ATTENTION or due is None:
+            stage, due_at = ReconciliationStage.NEEDS_ATTENTION, now
+            if record.stage != ReconciliationStage.NEEDS_ATTENTION:
                 count("NeedsAttention")
                 logger.warning(
                     "still not decided after the last check: needs attention", extra={"reason": reason}
                 )
         else:
-            stage, due_at = DUE, due
+            stage, due_at = ReconciliationStage.DUE, due
         self.ledger.save(record._replace(stage=stage, due_at=due_at, checks=checks, last_finding=reason))
         return "unknown"
 
@@ -346,7 +350,7 @@ def resolve_by_hand(
     record = ledger.get(outcome_id)
     if record is None:
         raise LookupError(f"no order needing attention has outcome_id {outcome_id}")
-    if record.stage == RESOLVED:
+    if record.stage == ReconciliationStage.RESOLVED:
         raise ValueError(f"outcome {outcome_id} is already resolved ({record.outcome['status']})")
     outcome = corrected_outcome(
         record.outcome, status, f"resolved by {who}: {note}", now=now, decided_by="operator"
@@ -354,7 +358,7 @@ def resolve_by_hand(
     publisher.publish(outcome)
     ledger.save(
         record._replace(
-            stage=RESOLVED,
+            stage=ReconciliationStage.RESOLVED,
             due_at=now,
             outcome=outcome,
             history=[*record.history, revision_entry(outcome)],

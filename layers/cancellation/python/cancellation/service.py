@@ -20,14 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.aws import (
-    DECIDING,
-    DELIVERED,
     BudgetSlots,
     CallerNotifier,
     Claim,
     DecisionLedger,
     EnquiryLoopStarter,
     LazyClient,
+    LedgerStage,
     LoopResult,
     OrderBusy,
     OutcomePublisher,
@@ -180,7 +179,7 @@ class CancelService:
         claim = self.deps.ledger.claim(
             ledger_key, holder, self.deps.clock(), lease_until, decide(None) if known else None
         )
-        if claim.stage == DELIVERED and claim.decision is not None:
+        if claim.stage == LedgerStage.DELIVERED and claim.decision is not None:
             return claim.decision, str(claim.result)
         try:
             decision = claim.decision
@@ -196,7 +195,7 @@ class CancelService:
             result = deliver(decision)
         except (RetryLater, CredentialsRejected):
             # QFPay showed that nothing happened: this attempt's cancel is not counted.
-            self._release(ledger_key, holder, sent_nothing=claim.stage == DECIDING)
+            self._release(ledger_key, holder, sent_nothing=claim.stage == LedgerStage.DECIDING)
             raise
         except Exception:
             self._release(ledger_key, holder)
