@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.conftest import PipelineFactory
-from tests.local.qfpay_standin import Fault, Merchant, Transaction
+from tests.local.qfpay_standin import Anomaly, Fault, Merchant, Transaction
 
 FAST_RETRIES = {"RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "4"}
 
@@ -220,21 +220,47 @@ def test_a_reversal_applied_but_unanswered_is_decided_by_the_enquiry_not_resent(
     assert (reversals, applied) == (1, 1)
 
 
-def test_a_reversal_lost_on_the_way_is_resent_once_after_the_enquiry_shows_it_live(
+def test_a_reversal_whose_answer_was_lost_is_never_resent_while_the_payment_reads_live(
     pipeline_factory: PipelineFactory,
 ) -> None:
-    """The connection was reset before QFPay acted: the Enquiry shows the payment still live and
-    no cancel pending, so the loop resends the reversal once, and the outcome says so."""
+    """The connection was reset after the reversal was sent: QFPay may be processing it, and a
+    payment whose reversal processes reads live (1143, cancel 0). Nothing is sent again; the loop
+    asks until its deadline and says UNKNOWN, explained (it was in fact lost on the way)."""
     order, txn = order_and_txn(9, faults=(Fault("reset", endpoints=("reversal",)),))
+    with pipeline_factory([txn], env_overrides={"POLL_DEADLINE_SECONDS": "8"}) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        enquiries = pipeline.qfpay.count("query", txn.syssn)
+    assert [(o["status"], o["decided_by"], o["resent"], o["attempts"]) for o in outcomes] == [
+        ("UNKNOWN", "poll-loop", False, 1)
+    ]
+    assert "may still be processing" in outcomes[0]["reason"]
+    assert (reversals, enquiries >= 2) == (1, True)
+
+
+def test_a_reversal_started_unanswered_is_not_started_again_by_a_resend(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay started our reversal (in progress for three Enquiries) but its answer was lost. A
+    cancel sent while it processes would start a second one (QFPay does not document that it
+    deduplicates): the loop only asks, and the one reversal completes."""
+    order, txn = order_and_txn(
+        18,
+        in_progress_enquiries=3,
+        anomaly=Anomaly("repeat_applies"),
+        faults=(Fault("applied_then_reset", endpoints=("reversal",)),),
+    )
     with pipeline_factory([txn]) as pipeline:
         pipeline.send(order)
-        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
         reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        pipeline.qfpay.settle()
         applied = pipeline.qfpay.cancellations_applied(txn.syssn)
-    assert [(o["status"], o["decided_by"], o["resent"], o["attempts"]) for o in outcomes] == [
-        ("CANCELLED", "poll-loop", True, 2)
+    assert [(o["status"], o["decided_by"], o["resent"]) for o in outcomes] == [
+        ("CANCELLED", "poll-loop", False)
     ]
-    assert (reversals, applied) == (2, 1)
+    assert (reversals, applied) == (1, 1)
 
 
 def test_a_first_delivery_after_an_attempt_died_still_asks_before_cancelling(
@@ -355,13 +381,13 @@ def fail_dynamodb_writes(times: int, marker: str) -> list[str]:
     return refused
 
 
-def test_a_decision_dynamodb_refuses_to_store_never_leads_to_a_third_cancel(
+def test_a_decision_dynamodb_refuses_to_store_never_leads_to_a_second_cancel(
     pipeline_factory: PipelineFactory,
 ) -> None:
     """The reversal answers "in progress", then storing the decision fails, twice. The payment's
     row keeps reading 1143 / cancel 0 while QFPay processes our reversal, which looks like a live
-    payment: each later attempt asks the Enquiry, but the order may have at most one further
-    cancel in total, so the third attempt sends nothing and hands the order to the loop."""
+    payment: each later attempt asks the Enquiry, and since the earlier attempt's cancel may still
+    take effect, sends nothing and hands the order to the loop."""
     order, txn = order_and_txn(13, in_progress_enquiries=4)
     with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
         refused = fail_dynamodb_writes(2, "#decision")
@@ -371,23 +397,22 @@ def test_a_decision_dynamodb_refuses_to_store_never_leads_to_a_third_cancel(
         applied = pipeline.qfpay.cancellations_applied(txn.syssn)
     assert len(refused) == 2
     assert [(o["status"], o["decided_by"]) for o in outcomes] == [("CANCELLED", "poll-loop")]
-    assert (reversals, applied) == (2, 1)
+    assert (reversals, applied) == (1, 1)
 
 
-def test_a_reversal_answered_502_is_never_resent_on_each_turn(pipeline_factory: PipelineFactory) -> None:
-    """The first reversal is lost on the way (reset); the loop's Enquiry shows the payment live,
-    so it resends once. That resend is answered 502 by a gateway, which may come after QFPay
-    acted: the order's one further cancel is spent and the loop only asks the Enquiry from then
-    on, however many turns it takes (the stand-in answers 502 three more times if asked)."""
+def test_a_reversal_answered_502_is_never_resent(pipeline_factory: PipelineFactory) -> None:
+    """A gateway answers 502, which may come after QFPay acted (here it did not): the Enquiry shows
+    the payment live, but a reversal of ours may be processing, so the loop only asks the Enquiry
+    from then on, however many turns it takes, and ends UNKNOWN at its deadline."""
     bad_gateway = Fault("http_5xx", endpoints=("reversal",), status=502)
-    order, txn = order_and_txn(14, faults=(Fault("reset", endpoints=("reversal",)),) + (bad_gateway,) * 4)
+    order, txn = order_and_txn(14, faults=(bad_gateway,) * 4)
     with pipeline_factory([txn], env_overrides={"POLL_DEADLINE_SECONDS": "8"}) as pipeline:
         pipeline.send(order)
         outcomes = pipeline.collect_outcomes(1, timeout=40)
         reversals = pipeline.qfpay.count("reversal", txn.syssn)
         enquiries = pipeline.qfpay.count("query", txn.syssn)
-    assert [(o["status"], o["resent"], o["attempts"]) for o in outcomes] == [("UNKNOWN", True, 2)]
-    assert reversals == 2
+    assert [(o["status"], o["resent"], o["attempts"]) for o in outcomes] == [("UNKNOWN", False, 1)]
+    assert reversals == 1
     assert enquiries >= 3
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.local.qfpay_standin import Transaction
+from tests.local.qfpay_standin import Fault, Transaction
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
@@ -89,11 +89,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected_endpoint=None,
     ),
     Scenario(
-        # A 500 may come after QFPay acted: the loop's Enquiry shows the payment live, one resend.
-        "QFPay 500, then the loop's Enquiry and one resend",
+        # A 500 may come after QFPay acted (here it did): never resent; the loop's Enquiry decides.
+        "QFPay 500 after reversing, then the loop's Enquiry",
         "orders/qfpay-500-then-success.json",
         "CANCELLED",
-        transaction_for("orders/qfpay-500-then-success.json", state="unpaid", http_500_first=1),
+        transaction_for(
+            "orders/qfpay-500-then-success.json",
+            state="unpaid",
+            faults=(Fault("applied_then_5xx", ("reversal",), status=500),),
+        ),
         expected_decided_by="poll-loop",
     ),
     Scenario(

@@ -1,11 +1,19 @@
-"""At most one further cancel per order once one may have reached QFPay (the decision ledger counts
-the attempts allowed to send, before they send). A reversal QFPay is still processing looks like a
-live payment on the Enquiry, so "live" alone never allows a third request."""
+"""A further cancel only when no cancel of ours can still take effect.
+
+QFPay documents no way to tell a reversal it is still processing from a payment nobody is
+cancelling: while a reversal processes, the payment's row may read in progress (``1143``,
+cancel ``0``) exactly like a live payment, and QFPay does not document that a second cancel sent
+meanwhile is deduplicated. So once a cancel of ours may have reached QFPay (no answer, a 5xx, a
+crashed attempt that may have sent it, an in-progress or success answer), "live" on the Enquiry
+never allows another one: the loop asks until QFPay shows the payment ended, else its deadline
+says UNKNOWN. The one further cancel per order is for a cancel QFPay answered with a refusal
+(nothing of ours pending) while the payment still reads live."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from cancellation.cancel import CancelAttempt, LoopPolicy
 from cancellation.poll import EnquiryStep
 from cancellation.qfpay import QFPayAmbiguous
@@ -33,32 +41,55 @@ def turn(state: dict[str, Any], fake: FakeQFPay, now: float) -> dict[str, Any]:
     return EnquiryStep(qfpay=fake.as_client(), routing=Routing(), clock=Clock(now)).run(state)
 
 
-def test_after_two_possible_cancels_a_live_looking_payment_gets_none_and_goes_to_the_loop():
-    fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")])
-    state = decide(fake, earlier_sends=2)["handoff"]["input"]
+@pytest.mark.parametrize("earlier_sends", [1, 2])
+def test_after_an_earlier_attempt_may_have_sent_a_live_looking_payment_gets_no_cancel(earlier_sends):
+    fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], reversal=[cancel_answer("1143")])
+    state = decide(fake, earlier_sends=earlier_sends)["handoff"]["input"]
     assert fake.names == ["enquiry"]  # asked first, sent nothing
     assert (state["reversal_pending"], state["resent"], state["attempts"]) == (True, True, 0)
-    assert "2 earlier cancel requests" in state["resperr"]
-
-
-def test_after_one_possible_cancel_the_enquiry_comes_first_then_the_one_further_cancel():
-    fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], reversal=[QFPayAmbiguous("no answer")])
-    state = decide(fake, earlier_sends=1)["handoff"]["input"]
-    assert fake.names == ["enquiry", "reversal"]
-    assert (state["reversal_pending"], state["resent"], state["attempts"]) == (False, True, 1)
-    # The loop then only asks: the order's one further cancel has been sent.
-    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 3)
-    for n in range(3):
+    assert state["cancel_may_take_effect"] is True
+    assert "may have reached QFPay" in state["resperr"]
+    # The loop then only asks, to its deadline.
+    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 3, reversal=[cancel_answer("1143")])
+    for n in range(2):
         state = turn(state, loop, NOW + 30 * (n + 1))
+    state = turn(state, loop, state["deadline_at"])
     assert loop.names == ["enquiry"] * 3
-    assert state["status"] == "IN_PROGRESS"
+    assert state["status"] == "UNKNOWN"
 
 
-def test_a_first_attempt_sends_without_asking_and_leaves_the_loop_its_one_resend():
+def test_after_an_earlier_attempt_may_have_sent_the_enquiry_still_decides():
+    fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143", cancel="1")])
+    decision = decide(fake, earlier_sends=1)
+    assert fake.names == ["enquiry"]
+    assert decision["outcome"]["status"] == "CANCELLED"
+
+
+def test_an_unanswered_first_cancel_is_never_resent_on_a_live_looking_row():
+    """Our reversal's answer was lost: QFPay may be processing it, and its row reads live."""
     fake = FakeQFPay(reversal=[QFPayAmbiguous("no answer")])
     state = decide(fake, earlier_sends=0)["handoff"]["input"]
     assert fake.names == ["reversal"]
-    assert (state["reversal_pending"], state["resent"]) == (False, False)
+    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 3, reversal=[cancel_answer("1143")])
+    state = turn(turn(state, loop, NOW + 30), loop, NOW + 60)
+    assert loop.names == ["enquiry", "enquiry"]
+    assert state["status"] == "IN_PROGRESS"
+    assert "may still be processing" in state["last_reason"]
+    detail = turn(state, loop, state["deadline_at"])["outcome"]
+    assert loop.names == ["enquiry"] * 3
+    assert (detail["status"], detail["attempts"], detail["resent"]) == ("UNKNOWN", 1, False)
+    assert "may still be processing" in detail["reason"]
+    # ...and once QFPay shows it reversed, that is the outcome.
+    shown = FakeQFPay(enquiry=[enquiry_shows(respcd="1143", cancel="1")])
+    assert turn(dict(state, status="IN_PROGRESS"), shown, NOW + 90)["status"] == "CANCELLED"
+
+
+def test_a_refused_first_cancel_leaves_the_loop_its_one_resend():
+    """QFPay answered "not paid" while the payment still reads live: nothing of ours is pending."""
+    fake = FakeQFPay(reversal=[cancel_answer("1261", syssn="")], enquiry=[enquiry_shows(respcd="1143")])
+    state = decide(fake, earlier_sends=0)["handoff"]["input"]
+    assert (state["cancel_may_take_effect"], state["resent"]) == (False, False)
     loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 2, reversal=[cancel_answer("1143")])
     state = turn(turn(state, loop, NOW + 30), loop, NOW + 60)
     assert loop.names == ["enquiry", "reversal", "enquiry"]
+    assert (state["resent"], state["reversal_pending"]) == (True, True)

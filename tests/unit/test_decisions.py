@@ -493,6 +493,14 @@ def handoff_state(
     return handoff_of(decide(FakeQFPay(**script), order, routing=routing))
 
 
+def refused_state(*, order: Order = ORDER, routing: Routing | None = None) -> dict[str, Any]:
+    """The loop's input after QFPay refused our cancel ("not paid") while the payment read live:
+    nothing of ours can take effect, so the loop has its one resend."""
+    endpoint = "close" if (routing or Routing()).endpoint_for(order.pay_type) == "close" else "reversal"
+    script = {endpoint: [cancel_answer("1261", syssn="")], "enquiry": [enquiry_shows(respcd="1143")]}
+    return handoff_of(decide(FakeQFPay(**script), order, routing=routing))
+
+
 def run(state: dict[str, Any], fake: FakeQFPay, *, now: float = NOW + 3, routing: Routing | None = None):
     step = EnquiryStep(qfpay=fake.as_client(), routing=routing or Routing(), clock=Clock(now))
     return step.run(state)
@@ -587,7 +595,7 @@ def test_task_error_at_the_deadline_concludes_unknown_without_calling_qfpay(task
 
 
 def test_live_payment_without_a_pending_cancel_is_resent_once():
-    state = handoff_state(pending=False)
+    state = refused_state()
     assert (state["reversal_pending"], state["attempts"]) == (False, 1)
     fake = FakeQFPay(
         enquiry=[enquiry_shows(respcd="1143"), enquiry_shows(respcd="1143")],
@@ -608,7 +616,7 @@ def test_resend_is_never_repeated_even_when_its_answer_was_lost():
         enquiry=[enquiry_shows(respcd="1143")] * 3,
         reversal=[QFPayAmbiguous("no answer within 10.0s")],
     )
-    state = run(handoff_state(pending=False), fake)
+    state = run(refused_state(), fake)
     assert (state["resent"], state["attempts"], state["reversal_pending"]) == (True, 2, False)
     state = run(state, fake, now=NOW + 10)
     state = run(state, fake, now=NOW + 20)
@@ -621,7 +629,7 @@ def test_resend_that_certainly_failed_may_be_tried_next_turn():
         enquiry=[enquiry_shows(respcd="1143")] * 2,
         reversal=[QFPayUnavailable("HTTP 503", http_status=503), cancel_answer("1143")],
     )
-    state = run(handoff_state(pending=False), fake)
+    state = run(refused_state(), fake)
     assert (state["resent"], state["attempts"]) == (False, 1)
     state = run(state, fake, now=NOW + 10)
     assert (state["resent"], state["attempts"]) == (True, 2)
@@ -633,7 +641,7 @@ def test_resend_answered_try_later_may_be_tried_next_turn():
         enquiry=[enquiry_shows(respcd="1143")] * 2,
         reversal=[cancel_answer("1100"), cancel_answer("1143")],
     )
-    state = run(handoff_state(pending=False), fake)
+    state = run(refused_state(), fake)
     state = run(state, fake, now=NOW + 10)
     assert fake.names == ["enquiry", "reversal", "enquiry", "reversal"]
     assert state["reversal_pending"] is True
@@ -641,14 +649,14 @@ def test_resend_answered_try_later_may_be_tried_next_turn():
 
 def test_resend_answered_with_a_final_code_is_the_outcome():
     fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], reversal=[cancel_answer("1260", syssn="")])
-    detail = loop_outcome(run(handoff_state(pending=False), fake))
+    detail = loop_outcome(run(refused_state(), fake))
     assert detail["status"] == "REFUND_REQUIRED"
     assert (detail["resent"], detail["attempts"], detail["respcd"]) == (True, 2, "1260")
 
 
 def test_resend_of_a_close_uses_close_and_its_method():
     routing = Routing.parse("800008,800208,801008", "POST")
-    state = handoff_state(pending=False, order=CLOSE_ORDER, routing=routing)
+    state = refused_state(order=CLOSE_ORDER, routing=routing)
     fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], close=[cancel_answer("1143")])
     state = run(state, fake, routing=routing)
     assert [(name, http) for name, _, http in fake.calls] == [("enquiry", None), ("close", "POST")]

@@ -17,9 +17,13 @@ from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, cancel_answer, enquir
 LOOP = LoopPolicy(PollSchedule(first_wait=3, max_wait=60, factor=2.0), deadline_seconds=900)
 
 
-def handoff(*, answered: bool = False) -> dict[str, Any]:
+def handoff(*, answered: bool = False, refused: bool = False) -> dict[str, Any]:
+    """The loop's input after our cancel was answered in progress, refused ("not paid" while the
+    payment reads live: the loop has its one resend), or not answered at all."""
     first = cancel_answer("1143") if answered else QFPayAmbiguous("no answer")
-    fake = FakeQFPay(reversal=[first])
+    if refused:
+        first = cancel_answer("1261", syssn="")
+    fake = FakeQFPay(reversal=[first], enquiry=[enquiry_shows(respcd="1143")])
     attempt = CancelAttempt(
         order=ORDER, qfpay=fake.as_client(), routing=Routing(), loop=LOOP, clock=Clock(NOW)
     )
@@ -67,7 +71,7 @@ def test_a_failed_turn_at_the_deadline_concludes_unknown():
 def test_no_resend_starts_without_the_time_to_finish_it():
     """One cancel request (and its 1108 re-read) must fit in what is left of the invocation; if
     not, the resend waits for the next turn, which starts with the whole timeout."""
-    state = handoff()
+    state = handoff(refused=True)
     fake = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 2, reversal=[cancel_answer("1143")])
     state = step(fake, NOW + 30, resend_seconds=28.0).run(state, remaining_seconds=lambda: 20.0)
     assert fake.names == ["enquiry"]

@@ -75,8 +75,10 @@ def send_cancel(qfpay: QFPayClient, routing: Routing, endpoint: Endpoint, order:
     return qfpay.reversal(params)
 
 
-# Cancel requests that may reach QFPay for one order, in total: the first, and at most one more
-# after an Enquiry showed the payment still live with no request of ours still in flight.
+# Cancel requests that may reach QFPay for one order, in total: the first, and at most one more,
+# only after QFPay refused the first (nothing of ours can take effect) and an Enquiry then showed
+# the payment still live. A cancel that may have reached QFPay unanswered forbids any other: QFPay
+# shows a reversal it is still processing as a live payment (docs/qfpay.md).
 CANCELS_PER_ORDER = 2
 
 
@@ -162,9 +164,9 @@ class CancelAttempt:
             return self._handoff(
                 endpoint, None, respcd=None, resperr=finding.reason, pending=True, attempts=0
             )
-        if self.earlier_sends >= CANCELS_PER_ORDER:
-            # Every cancel this order may have is spent, and one of them may still be processing
-            # at QFPay (a processing reversal looks like a live payment): the loop decides.
+        if self.earlier_sends:
+            # An earlier attempt's cancel may have reached QFPay, unanswered here: it may still be
+            # processing (a processing reversal looks like a live payment). The loop decides.
             reason = f"{self.earlier_sends} earlier cancel requests may have reached QFPay"
             return self._handoff(endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0)
         return None
@@ -250,11 +252,11 @@ class CancelAttempt:
             "reversal_syssn": reversal_syssn,
             "respcd": respcd,
             "resperr": resperr,
-            # False when we do not know whether QFPay received our cancel (no answer), or QFPay
-            # refused it: the loop may then resend it once, only if the Enquiry shows the payment
-            # still live.
+            # True when QFPay answered our cancel in progress or done; False when it did not
+            # answer (it may still have received it) or refused it.
             "reversal_pending": pending,
-            # False only when QFPay refused our cancel: until then a paid row is not a refund case.
+            # False only when QFPay refused our cancel: until then a paid row is not a refund case,
+            # and a live-looking row may be our reversal processing, so the loop never resends.
             "cancel_may_take_effect": may_take_effect,
             "attempts": attempts,
             "polls": 0,

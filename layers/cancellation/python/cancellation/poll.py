@@ -114,6 +114,13 @@ class EnquiryStep:
         state["polls"] = int(state.get("polls", 0)) + 1
         if finding.status is not None:
             return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
+        if finding.live and cancel_may_take_effect(state):
+            # QFPay shows a reversal it is still processing as a live payment: never resent.
+            finding = finding._replace(
+                reason=f"{finding.reason}; a cancel of ours may still be processing at QFPay, "
+                "so none is sent again",
+                live=False,
+            )
         state["last_reason"] = finding.reason
         if finding.payment is not None and not state.get("payment_syssn") and not order.syssn:
             # Named by syssn from now on, the Enquiry also returns our cancel's own row.
@@ -186,8 +193,8 @@ class EnquiryStep:
         return finding, True
 
     def _resend(self, state: dict[str, Any], order: Order) -> dict[str, Any] | None:
-        """The Enquiry shows the payment still live and no cancel of ours is known to be pending:
-        the first one never arrived (or was refused). Resend it, once per order."""
+        """The Enquiry shows the payment still live and every cancel of ours was refused (none can
+        still take effect): send one more, once per order."""
         endpoint = state["endpoint"]
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, order)
