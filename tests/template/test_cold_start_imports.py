@@ -1,6 +1,8 @@
 """What a cold start of each function loads: only what every invocation uses (`make bench` times it).
 
-Each handler is imported in a fresh interpreter with the template's variables, as Lambda would.
+Each handler is imported in a fresh interpreter with the template's variables, as Lambda would:
+the source tree in the development venv, and `make build`'s artifact in Python 3.13 with only the
+runtime's SDK (what deploys, and what `make bench` times).
 """
 
 from __future__ import annotations
@@ -12,9 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.local.bench import CANCEL_CODE, LAYER_PYTHON, lambda_like_environment
+from tests.local.bench import (
+    BUILT_CODE,
+    BUILT_LAYER,
+    CANCEL_CODE,
+    DEFAULT_RUNTIME_PYTHON,
+    LAYER_PYTHON,
+    lambda_like_environment,
+)
 
 POLL_CODE = CANCEL_CODE.parent / "poll"
+# (code folder, layer's python/, interpreter) of `make build`'s artifact, in the runtime-like
+# Python 3.13 that `make build` creates.
+BUILT = {name: (BUILT_CODE[name], BUILT_LAYER, DEFAULT_RUNTIME_PYTHON) for name in ("cancel", "poll")}
 # Loaded by something on a rare path or by nothing we use; each costs every cold start.
 NOT_AT_START = (
     "aws_xray_sdk",  # only with CallTracing=Enabled
@@ -50,9 +62,16 @@ print(json.dumps(sorted(
 
 def at_start(code_dir: Path, script: str, **overrides: str) -> list[str]:
     """What ``script`` prints (a JSON list) after importing the handler in a fresh interpreter."""
-    env = {**lambda_like_environment(code_dir, LAYER_PYTHON), **overrides}
+    return run_at_start((code_dir, LAYER_PYTHON, Path(sys.executable)), script, **overrides)
+
+
+def run_at_start(where: tuple[Path, Path, Path], script: str, **overrides: str) -> list[str]:
+    code_dir, layer_dir, python = where
+    if not python.is_file() or not code_dir.is_dir():
+        pytest.fail(f"no {code_dir} or {python}: run `make build` (`make test` does) first")
+    env = {**lambda_like_environment(code_dir, layer_dir), "PYTHONDONTWRITEBYTECODE": "1", **overrides}
     done = subprocess.run(  # noqa: S603 - our own interpreter
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False, timeout=120
+        [str(python), "-c", script], env=env, capture_output=True, text=True, check=False, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
     names: list[str] = json.loads(done.stdout)
@@ -73,6 +92,16 @@ def test_a_cold_start_as_deployed_loads_nothing_a_rare_path_or_nobody_needs(code
 @pytest.mark.parametrize("code_dir", [CANCEL_CODE, POLL_CODE], ids=["cancel", "poll"])
 def test_a_cold_start_creates_none_of_our_classes_as_a_dataclass(code_dir: Path) -> None:
     assert at_start(code_dir, DATACLASSES_AT_START) == []
+
+
+@pytest.mark.parametrize("function", sorted(BUILT))
+def test_the_built_artifact_in_python_313_starts_as_the_source_tree_does(function: str) -> None:
+    """What deploys: the same guards, on `make build`'s output in the runtime's Python."""
+    modules = set(run_at_start(BUILT[function], LOADED))
+    assert "cancellation.qfpay" in modules
+    assert "boto3" in modules
+    assert sorted(name for name in NOT_AT_START if name in modules) == []
+    assert run_at_start(BUILT[function], DATACLASSES_AT_START) == []
 
 
 def test_the_cancel_function_imports_boto3_at_start() -> None:
