@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
 
 import boto3
 import pytest
@@ -42,11 +41,12 @@ def test_the_loop_and_the_ledger_never_hold_the_raw_token(
     recorded_logs: Callable[[], list[str]],  # noqa: F811 - the fixture imported above
 ) -> None:
     from cancellation.aws import CallerNotifier  # noqa: PLC0415 - the class the handler uses
+    from cancellation.models import OutcomeDetail  # noqa: PLC0415
 
     answered: list[tuple[str, str]] = []
     notify = CallerNotifier.notify
 
-    def spy_notify(self: CallerNotifier, task_token: str, detail: dict[str, Any]) -> bool:
+    def spy_notify(self: CallerNotifier, task_token: str, detail: OutcomeDetail) -> bool:
         answered.append((task_token, detail["status"]))
         return notify(self, task_token, detail)
 

@@ -166,11 +166,12 @@ def test_every_caller_of_an_order_in_the_loop_is_answered(
     arriving while the loop runs, their messages held until it decides; one arriving after the
     loop decided at once. The loop itself never holds a token."""
     from cancellation.aws import CallerNotifier  # noqa: PLC0415 - the class the handler uses
+    from cancellation.models import OutcomeDetail  # noqa: PLC0415
 
     answers: list[tuple[str, str]] = []
     notify, fail = CallerNotifier.notify, CallerNotifier.fail
 
-    def spy_notify(self: CallerNotifier, task_token: str, detail: dict[str, Any]) -> bool:
+    def spy_notify(self: CallerNotifier, task_token: str, detail: OutcomeDetail) -> bool:
         answers.append((task_token, detail["status"]))
         return notify(self, task_token, detail)
 

@@ -708,11 +708,12 @@ def test_every_caller_of_a_repeated_order_is_answered(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, valid: bool
 ) -> None:
     from cancellation.aws import CallerNotifier  # noqa: PLC0415 - the class the handler uses
+    from cancellation.models import OutcomeDetail  # noqa: PLC0415
 
     answered: list[str] = []
     notify = CallerNotifier.notify
 
-    def spy(self: CallerNotifier, task_token: str, detail: dict[str, Any]) -> bool:
+    def spy(self: CallerNotifier, task_token: str, detail: OutcomeDetail) -> bool:
         answered.append(task_token)
         return notify(self, task_token, detail)
 

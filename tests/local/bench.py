@@ -1471,6 +1471,8 @@ def _handoff_states(standin: Any, environment: Mapping[str, str], count: int, pr
         standin.add(txn)
         order = _order_for(txn)
         decision = CancelAttempt(order, client, settings.qfpay.routing, settings.loop, time.time).decide()
+        if "handoff" not in decision:
+            raise RuntimeError(f"an order in progress at the stand-in was decided at once: {decision}")
         states.append(decision["handoff"]["input"])
     return states
 

@@ -20,7 +20,7 @@ from cancellation.qfpay import QFPayAmbiguous
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
 
-from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, cancel_answer, enquiry_shows
+from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, as_dict, cancel_answer, enquiry_shows
 
 LOOP = LoopPolicy(PollSchedule(first_wait=3, max_wait=60, factor=2.0), deadline_seconds=900)
 
@@ -34,7 +34,7 @@ def decide(fake: FakeQFPay, earlier_sends: int) -> dict[str, Any]:
         clock=Clock(NOW),
         earlier_sends=earlier_sends,
     )
-    return attempt.decide()
+    return as_dict(attempt.decide())
 
 
 def turn(state: dict[str, Any], fake: FakeQFPay, now: float) -> dict[str, Any]:

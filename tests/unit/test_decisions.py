@@ -30,6 +30,7 @@ from tests.unit.fakes import (
     SYSSN,
     Clock,
     FakeQFPay,
+    as_dict,
     cancel_answer,
     enquiry_answer,
     enquiry_shows,
@@ -70,7 +71,7 @@ def decide(
         clock=Clock(now),
         redelivered=redelivered,
     )
-    return attempt.decide()
+    return as_dict(attempt.decide())
 
 
 def outcome_of(result: dict[str, Any]) -> dict[str, Any]:

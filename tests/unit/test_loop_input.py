@@ -14,7 +14,7 @@ from cancellation.poll import EnquiryStep, InvalidLoopState
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
 
-from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, cancel_answer, enquiry_shows
+from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, as_dict, cancel_answer, enquiry_shows
 
 LOOP = LoopPolicy(PollSchedule(), deadline_seconds=900)
 
@@ -23,7 +23,7 @@ def genuine_state() -> dict[str, Any]:
     attempt = CancelAttempt(
         ORDER, FakeQFPay(reversal=[cancel_answer("1143")]).as_client(), Routing(), LOOP, Clock()
     )
-    state: dict[str, Any] = attempt.decide()["handoff"]["input"]
+    state: dict[str, Any] = as_dict(attempt.decide())["handoff"]["input"]
     passed: dict[str, Any] = json.loads(json.dumps(state))  # as Step Functions passes it
     return passed
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from cancellation.models import OutcomeDetail
 from cancellation.orders import InvalidOrder, Order, validate_order
 from cancellation.outcomes import (
     CALLER_ERRORS,
@@ -43,7 +45,7 @@ def validator() -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
-def assert_valid(validator: Any, detail: dict[str, Any]) -> None:
+def assert_valid(validator: Any, detail: Mapping[str, Any]) -> None:
     errors = sorted(validator.iter_errors(detail), key=lambda e: list(e.path))
     assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
 
@@ -134,7 +136,7 @@ def test_outcome_detail_is_json_serializable():
 # --- rejected ----------------------------------------------------------------------------------
 
 
-def rejected_from(data: Any, message_id: str = "msg-1") -> dict[str, Any]:
+def rejected_from(data: Any, message_id: str = "msg-1") -> OutcomeDetail:
     with pytest.raises(InvalidOrder) as caught:
         validate_order(data)
     ids = caught.value.identifiers
@@ -214,7 +216,7 @@ def test_rejected_outcome_without_identifiers_is_keyed_by_message():
 # --- outcome_id and decided_at -----------------------------------------------------------------
 
 
-def detail_for(order: Order, status: Status = Status.CANCELLED, now: float = NOW) -> dict[str, Any]:
+def detail_for(order: Order, status: Status = Status.CANCELLED, now: float = NOW) -> OutcomeDetail:
     return build_outcome(order.to_dict(), order.identity, status, "r", now=now, decided_by="cancel-function")
 
 

@@ -12,7 +12,7 @@ from cancellation.qfpay import EnquiryUnreadable, QFPayAmbiguous, QFPayUnavailab
 from cancellation.routing import Routing
 from cancellation.schedule import PollSchedule
 
-from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, cancel_answer, enquiry_shows
+from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, as_dict, cancel_answer, enquiry_shows
 
 LOOP = LoopPolicy(PollSchedule(first_wait=3, max_wait=60, factor=2.0), deadline_seconds=900)
 
@@ -27,7 +27,7 @@ def handoff(*, answered: bool = False, refused: bool = False) -> dict[str, Any]:
     attempt = CancelAttempt(
         order=ORDER, qfpay=fake.as_client(), routing=Routing(), loop=LOOP, clock=Clock(NOW)
     )
-    state: dict[str, Any] = attempt.decide()["handoff"]["input"]
+    state: dict[str, Any] = as_dict(attempt.decide())["handoff"]["input"]
     return state
 
 
@@ -94,7 +94,7 @@ def handoff_with_horizon() -> dict[str, Any]:
     attempt = CancelAttempt(
         order=ORDER, qfpay=fake.as_client(), routing=Routing(), loop=LOOP_WITH_HORIZON, clock=Clock(NOW)
     )
-    state: dict[str, Any] = attempt.decide()["handoff"]["input"]
+    state: dict[str, Any] = as_dict(attempt.decide())["handoff"]["input"]
     return state
 
 
@@ -126,7 +126,7 @@ def test_the_loop_gets_only_what_is_left_of_the_orders_retry_horizon():
         clock=Clock(NOW),
         first_attempt_at=NOW - 5 * 3600,
     )
-    assert attempt.decide()["handoff"]["input"]["unreachable_allowance"] == 3600
+    assert as_dict(attempt.decide())["handoff"]["input"]["unreachable_allowance"] == 3600
     fake = FakeQFPay(reversal=[cancel_answer("1143")])
     past_it = CancelAttempt(
         order=ORDER,
@@ -136,7 +136,7 @@ def test_the_loop_gets_only_what_is_left_of_the_orders_retry_horizon():
         clock=Clock(NOW),
         first_attempt_at=NOW - 7 * 3600,
     )
-    assert past_it.decide()["handoff"]["input"]["unreachable_allowance"] == 0
+    assert as_dict(past_it.decide())["handoff"]["input"]["unreachable_allowance"] == 0
 
 
 def test_turns_that_cannot_reach_qfpay_do_not_spend_the_loops_deadline():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cancellation.models import OutcomeDetail
 from cancellation.outcomes import Status, build_outcome, corrected_outcome, revision_of
 from cancellation.reconciliation import InvalidIntake, outcome_in, reconciliation_enquiry
 from cancellation.schedule import DEFAULT_RECONCILE_SCHEDULE, ReconcileSchedule
@@ -20,7 +21,7 @@ ENV = {
 }
 
 
-def unknown(**fields: object) -> dict[str, object]:
+def unknown(**fields: object) -> OutcomeDetail:
     subject = {"out_trade_no": "A-1", "syssn": None, "mchid": "m1", "txamt": 100, **fields}
     return build_outcome(
         subject, "m1|out_trade_no=A-1", Status.UNKNOWN, "1294", now=1796515200.0, decided_by="cancel-function"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -18,6 +18,7 @@ import boto3
 
 from cancellation.batch import FIRST_ATTEMPT_AT, REQUEUES
 from cancellation.budget import SlotFull
+from cancellation.models import Decision, LoopState, OutcomeDetail
 from cancellation.outcomes import (
     CALLER_ERRORS,
     CALLER_SUCCESS_STATUSES,
@@ -54,7 +55,7 @@ class OutcomePublisher:
         self._bus_name = bus_name
         self._events = events or LazyClient("events")
 
-    def publish(self, detail: dict[str, Any]) -> None:
+    def publish(self, detail: OutcomeDetail) -> None:
         """A first outcome (revision 1) or a correction, each under its own DetailType."""
         correction = int(detail.get("revision") or 1) > 1
         answer = self._events().put_events(
@@ -79,7 +80,7 @@ class EnquiryLoopStarter:
         self._arn = state_machine_arn
         self._sfn = stepfunctions or LazyClient("stepfunctions")
 
-    def start(self, name: str, state: dict[str, Any]) -> bool:
+    def start(self, name: str, state: LoopState) -> bool:
         """True if started; False if an execution of that name exists already (a repeated hand-off)."""
         client = self._sfn()
         try:
@@ -133,7 +134,7 @@ class EnquiryLoopStarter:
 
 class LoopResult(NamedTuple):
     status: str  # RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED
-    outcome: dict[str, Any] | None
+    outcome: OutcomeDetail | None
     error: str | None
     cause: str | None
     started_at: float | None = None  # from the execution's input
@@ -146,7 +147,7 @@ class CallerNotifier:
     def __init__(self, stepfunctions: Callable[[], Any] | None = None) -> None:
         self._sfn = stepfunctions or LazyClient("stepfunctions")
 
-    def notify(self, task_token: str, detail: dict[str, Any]) -> bool:
+    def notify(self, task_token: str, detail: OutcomeDetail) -> bool:
         """Answer with an outcome. False if the caller is gone (token expired or invalid): the
         outcome is published anyway."""
         status = Status(detail["status"])
@@ -214,7 +215,7 @@ class Claim(NamedTuple):
     """What an attempt may do with an order after claiming its record."""
 
     stage: LedgerStage  # DECIDING: decide it; DECIDED: deliver ``decision``; DELIVERED: nothing left
-    decision: dict[str, Any] | None
+    decision: Decision | None
     result: str | None  # the delivered decision's status, once DELIVERED
     earlier_attempt: bool  # an attempt before this one started deciding and may have reached QFPay
     earlier_sends: int = 0  # cancels that attempts before this one may have sent (0 if none known)
@@ -241,7 +242,7 @@ class DecisionLedger:
         self._dynamodb = dynamodb or LazyClient("dynamodb")
 
     def claim(
-        self, key: str, holder: str, now: float, lease_until: float, decision: dict[str, Any] | None = None
+        self, key: str, holder: str, now: float, lease_until: float, decision: Decision | None = None
     ) -> Claim:
         """Take the order's lease, or raise :class:`OrderBusy` while another attempt holds it.
         ``decision``: one known without asking QFPay; the record then starts DECIDED."""
@@ -319,7 +320,7 @@ class DecisionLedger:
         )
         return Claim(LedgerStage.DECIDED, decision, None, earlier_attempt=True)
 
-    def decision_of(self, key: str) -> dict[str, Any] | None:
+    def decision_of(self, key: str) -> Decision | None:
         """The decision recorded under ``key``, if any (a strongly consistent read)."""
         answer = self._dynamodb().get_item(
             TableName=self._table,
@@ -331,7 +332,7 @@ class DecisionLedger:
         item = answer.get("Item") or {}
         return json.loads(item["decision"]["S"]) if "decision" in item else None
 
-    def record_decision(self, key: str, holder: str, decision: dict[str, Any]) -> None:
+    def record_decision(self, key: str, holder: str, decision: Decision) -> None:
         """Store the decision. :class:`OrderBusy` if this attempt's lease ran out and another took
         the order over (that one decides again, asking the Enquiry first)."""
         self._held(key, holder, stage=LedgerStage.DECIDED, decision=_json(decision))
@@ -397,7 +398,7 @@ class DecisionLedger:
 _NUMBERS = frozenset({"lease_until", "sends"})
 
 
-def _json(value: dict[str, Any]) -> str:
+def _json(value: Mapping[str, Any]) -> str:
     """Compact JSON: what EventBridge and DynamoDB bill by is its size."""
     return json.dumps(value, separators=(",", ":"))
 
@@ -469,7 +470,7 @@ class ReconciliationRecord(NamedTuple):
     stage: ReconciliationStage
     due_at: float  # DUE: when the next check is due; NEEDS_ATTENTION: since when
     checks: int  # Transaction Enquiries asked so far
-    outcome: dict[str, Any]  # the latest revision published
+    outcome: OutcomeDetail  # the latest revision published
     history: list[dict[str, Any]]  # every revision: revision, status, reason, decided_by, decided_at
     enrolled_at: float
     version: int  # optimistic lock: every write names the version it read

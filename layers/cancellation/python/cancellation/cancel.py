@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.models import Decision, Endpoint, HandoffDecision, LoopState, OutcomeDecision
 from cancellation.orders import Order
-from cancellation.outcomes import Endpoint, Status, build_outcome, outcome_id
+from cancellation.outcomes import Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
@@ -50,7 +51,7 @@ def execution_name(order: Order) -> str:
     return f"order-{outcome_id(order.identity)}"
 
 
-def request_id(order: Order, endpoint: Endpoint) -> str:
+def request_id(order: Order, endpoint: Endpoint | None) -> str:
     """One request to QFPay: the endpoint and everything signed. The ``outcome_id`` of QFPay's
     refusal of it, so that every message making the same bad request publishes one outcome."""
     request = f"{endpoint}?{signing_string(cancel_params(order))}"
@@ -110,7 +111,7 @@ class CancelAttempt:
         # move for QFPay being unreachable only until that time plus the retry horizon.
         self.first_attempt_at = first_attempt_at
 
-    def decide(self) -> dict[str, Any]:
+    def decide(self) -> Decision:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
         belongs to this request only, not to the order, also has ``"request": True``."""
         endpoint = self.routing.endpoint_for(self.order.pay_type)
@@ -147,7 +148,7 @@ class CancelAttempt:
             decision["request"] = True  # the message's own; see REQUEST_STATUSES
         return decision
 
-    def _ask_first(self, endpoint: Endpoint) -> dict[str, Any] | None:
+    def _ask_first(self, endpoint: Endpoint) -> Decision | None:
         """A crashed or timed-out earlier run may have cancelled already: ask before sending.
         A decision, or None: nothing shows that an earlier cancel did anything, send one."""
         try:
@@ -173,7 +174,7 @@ class CancelAttempt:
 
     def _confirm(
         self, endpoint: Endpoint, facts: dict[str, Any], *, pending: bool, answered: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Decision:
         """QFPay's word is not proof: one Enquiry decides; anything it leaves open (not visible yet,
         still live, a row we cannot read, Enquiry unavailable, no budget for it now) goes to the
         loop to decide. ``pending``: our cancel may still take effect; ``answered``: what a
@@ -208,13 +209,13 @@ class CancelAttempt:
         except (QFPayUnavailable, ValueError):
             return None
 
-    def give_up(self, reason: str) -> dict[str, Any]:
+    def give_up(self, reason: str) -> OutcomeDecision:
         """QFPay could not be asked for the whole retry horizon: an explained UNKNOWN outcome."""
         return self._outcome(Status.UNKNOWN, reason, self.routing.endpoint_for(self.order.pay_type))
 
     def _outcome(
         self, status: Status, reason: str, endpoint: Endpoint, *, attempts: int = 0, **facts: Any
-    ) -> dict[str, Any]:
+    ) -> OutcomeDecision:
         order = self.order
         detail = build_outcome(
             order.to_dict(),
@@ -239,10 +240,10 @@ class CancelAttempt:
         pending: bool,
         may_take_effect: bool = True,
         attempts: int = 1,
-    ) -> dict[str, Any]:
+    ) -> HandoffDecision:
         now = self.clock()
         schedule = self.loop.schedule
-        state = {
+        state: LoopState = {
             # Lets the state machine describe an outcome by itself if the poll function is broken.
             "outcome_id": outcome_id(self.order.identity),
             # No task token: the execution history keeps its input for 90 days, readable by anyone

@@ -6,16 +6,15 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, cast
+
+from cancellation.models import DecidedBy, Endpoint, OutcomeDetail
 
 OUTCOME_SOURCE = "qfpay.cancellation"
 OUTCOME_DETAIL_TYPE = "Payment Cancellation Outcome"
 # Corrections (revision 2, 3, ...) travel under a DetailType of their own: a consumer whose rule
 # names only OUTCOME_DETAIL_TYPE never receives one, so it cannot drop it as a repeat.
 CORRECTION_DETAIL_TYPE = "Payment Cancellation Outcome Correction"
-
-Endpoint = Literal["reversal", "close"]
-DecidedBy = Literal["cancel-function", "poll-loop", "reconciliation", "operator"]
 
 
 class Status(StrEnum):
@@ -40,9 +39,6 @@ def utc_now_iso(now: float) -> str:
     return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-SUBJECT_FIELDS = ("out_trade_no", "syssn", "mchid", "pay_type", "txamt", "txcurrcd")
-
-
 def build_outcome(
     subject: Mapping[str, Any],
     identity: str,
@@ -58,11 +54,16 @@ def build_outcome(
     attempts: int = 0,
     polls: int = 0,
     resent: bool = False,
-) -> dict[str, Any]:
+) -> OutcomeDetail:
     """The outcome detail; ``subject`` gives the order's fields (only those that validated)."""
     return {
         "outcome_id": outcome_id(identity),
-        **{field: subject.get(field) for field in SUBJECT_FIELDS},
+        "out_trade_no": subject.get("out_trade_no"),
+        "syssn": subject.get("syssn"),
+        "mchid": subject.get("mchid"),
+        "pay_type": subject.get("pay_type"),
+        "txamt": subject.get("txamt"),
+        "txcurrcd": subject.get("txcurrcd"),
         "status": status.value,
         "reason": reason,
         "endpoint": endpoint,
@@ -86,20 +87,24 @@ def corrected_outcome(
     now: float,
     decided_by: DecidedBy,
     respcd: str | None = None,
-) -> dict[str, Any]:
+) -> OutcomeDetail:
     """The next revision of an outcome: same ``outcome_id`` and order, the status QFPay (or a
     person) has now shown, and ``supersedes`` naming the status it replaces. Consumers keep the
     highest revision of an ``outcome_id``."""
-    return {
-        **previous,
-        "status": status.value,
-        "reason": reason,
-        "respcd": respcd if respcd is not None else previous.get("respcd"),
-        "decided_by": decided_by,
-        "decided_at": utc_now_iso(now),
-        "revision": revision_of(previous) + 1,
-        "supersedes": previous["status"],
-    }
+    # ``previous`` is an outcome this service published, read back from the ledger or the bus.
+    return cast(
+        OutcomeDetail,
+        {
+            **previous,
+            "status": status.value,
+            "reason": reason,
+            "respcd": respcd if respcd is not None else previous.get("respcd"),
+            "decided_by": decided_by,
+            "decided_at": utc_now_iso(now),
+            "revision": revision_of(previous) + 1,
+            "supersedes": previous["status"],
+        },
+    )
 
 
 def revision_of(outcome: Mapping[str, Any]) -> int:
@@ -116,7 +121,7 @@ def rejected_outcome(
     syssn: str | None = None,
     mchid: str | None = None,
     message_id: str | None = None,
-) -> dict[str, Any]:
+) -> OutcomeDetail:
     """The outcome of a message that is not a valid order: only identifiers that validated are kept.
 
     Keyed by the message, not the order: every invalid message gets its own explained outcome (two

@@ -9,7 +9,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
-from cancellation.outcomes import Endpoint, Status
+from cancellation.models import Endpoint
+from cancellation.outcomes import Status
 
 
 class Disposition(StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal, NamedTuple
 
-from cancellation.outcomes import Endpoint
+from cancellation.models import Endpoint
 
 DEFAULT_CLOSE_PAY_TYPES = frozenset({"800008", "800208", "801008"})
 CloseMethod = Literal["GET", "POST"]

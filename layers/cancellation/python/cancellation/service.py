@@ -36,6 +36,7 @@ from cancellation.aws import (
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import MerchantBudget, SlotStore, spend_until
 from cancellation.cancel import CancelAttempt, RetryLater, request_id
+from cancellation.models import Decision, Handoff, LoopState, OutcomeDecision
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id, rejected_outcome
@@ -163,12 +164,12 @@ class CancelService:
         self,
         key: str,
         lease_until: float,
-        deliver: Callable[[dict[str, Any]], str],
-        decide: Callable[[Claim | None], dict[str, Any]],
+        deliver: Callable[[Decision], str],
+        decide: Callable[[Claim | None], Decision],
         *,
         known: bool = False,
         message_key: str | None = None,
-    ) -> tuple[dict[str, Any], str]:
+    ) -> tuple[Decision, str]:
         """The decision recorded under ``key`` and what ``deliver`` made of it. Decided here by
         ``decide`` (given the claim: what earlier attempts may have done) unless stored;
         delivered here unless it was already. ``known``: ``decide`` asks nothing of QFPay, so its
@@ -240,7 +241,7 @@ class CancelService:
 
     def _decide_order(
         self, order: Order, message_key: str, claim: Claim | None, message: QueueMessage
-    ) -> dict[str, Any]:
+    ) -> Decision:
         # An attempt before this one may have reached QFPay, even when this message is a first
         # delivery (a duplicate can arrive after the earlier attempt died).
         receive_count = message.receive_count
@@ -274,26 +275,28 @@ class CancelService:
                 f"QFPay could not be reached for {hours:g} h since the first attempt ({exc}); "
                 "not known whether the payment is cancelled: a person must look"
             )
-        if decision.get("request"):
+        if "outcome" in decision and decision.get("request"):
             # Named by the request: consumers drop repeats by outcome_id, and must neither drop the
             # order's outcome, yet to come, nor see one bad request sent twice as two refusals.
             outcome = decision["outcome"]
             refused = request_id(order, outcome["endpoint"])
             decision = {"outcome": {**outcome, "outcome_id": refused}, "request": True}
         # Counted here, where QFPay answered, not when a duplicate replays the stored decision.
-        handoff = decision.get("handoff")
-        respcd = handoff["input"]["respcd"] if handoff else decision["outcome"]["respcd"]
+        if "handoff" in decision:
+            respcd = decision["handoff"]["input"]["respcd"]
+        else:
+            respcd = decision["outcome"]["respcd"]
         answer = meaning_of(respcd).disposition.value if respcd else "no_answer"
         count_kind("QFPayAnswer", answer)
         return decision
 
-    def _deliver(self, decision: dict[str, Any]) -> str:
+    def _deliver(self, decision: Decision) -> str:
         if "handoff" in decision:
             handoff = decision["handoff"]
             # The loop's time counts from the hand-off, not from the decision: a decision replayed
             # after a crash must not start a loop with its deadline mostly spent.
             now = self.deps.clock()
-            state = {
+            state: LoopState = {
                 **handoff["input"],
                 "started_at": now,
                 "deadline_at": now + self.settings.loop.deadline_seconds,
@@ -319,7 +322,7 @@ class CancelService:
         )
         return str(detail["status"])
 
-    def _after_finished_loop(self, handoff: dict[str, Any], state: dict[str, Any], loop: LoopResult) -> str:
+    def _after_finished_loop(self, handoff: Handoff, state: LoopState, loop: LoopResult) -> str:
         """The order's loop has ended already (its ledger record expired, and a new message came):
         what it decided is delivered again, under the same outcome_id. A loop that left no outcome
         we can read is followed by a new one of its own name, which asks the Enquiry again and
@@ -342,7 +345,7 @@ class CancelService:
         self,
         order_key: str,
         task_token: str,
-        decision: dict[str, Any],
+        decision: Decision,
         lease_until: float,
         last_receive: bool = False,
     ) -> None:
@@ -359,7 +362,7 @@ class CancelService:
             known=True,
         )
 
-    def _answer_caller(self, token: str, decision: dict[str, Any], last_receive: bool) -> bool:
+    def _answer_caller(self, token: str, decision: Decision, last_receive: bool) -> bool:
         if "outcome" in decision:
             return self.deps.notifier.notify(token, decision["outcome"])
         handoff = decision["handoff"]
@@ -378,7 +381,7 @@ class CancelService:
         # Ended without an outcome we can read: never claim more than "not confirmed".
         return self.deps.notifier.fail(token, "Cancellation.Unknown", loop.cause or loop.status)
 
-    def _loop_of(self, handoff: dict[str, Any]) -> LoopResult:
+    def _loop_of(self, handoff: Handoff) -> LoopResult:
         """The loop deciding this hand-off: the execution of the order's name, or, when that one had
         ended without an outcome before this hand-off (see :meth:`_after_finished_loop`), the one
         started after it."""
@@ -400,7 +403,7 @@ class CancelService:
         )
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
-        key, decision = f"rejected:{detail['outcome_id']}", {"outcome": detail}
+        key, decision = f"rejected:{detail['outcome_id']}", OutcomeDecision(outcome=detail)
         _, status = self._once(key, lease_until, self._deliver, lambda _: decision, known=True)
         if ids.get("task_token"):
             self._answer_caller_once(key, ids["task_token"], decision, lease_until)
@@ -419,7 +422,7 @@ class CancelService:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
 
 
-def successor_name(handoff: dict[str, Any]) -> str:
+def successor_name(handoff: Handoff) -> str:
     """The execution that follows an order's loop which ended without an outcome: named by the
     hand-off (its time), so each such hand-off has its own and a replay of it finds the same one."""
     return f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
