@@ -8,8 +8,9 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from cancellation.observability import logger, metrics, traced
-from cancellation.service import CancelDependencies, CancelService
+from cancellation.service import CancelService
 from cancellation.settings import call_tracing, cancel_settings
+from cancellation.wiring import cancel_service
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -20,7 +21,7 @@ SETTINGS = cancel_settings(os.environ)  # a bad configuration stops the function
 @cache
 def service() -> CancelService:
     """Built by the first invocation, then reused: its AWS clients cost more than every import."""
-    return CancelService(SETTINGS, CancelDependencies.for_settings(SETTINGS))
+    return cancel_service(SETTINGS)
 
 
 @logger.inject_lambda_context

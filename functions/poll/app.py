@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 from cancellation.observability import logger, metrics, traced
 from cancellation.poll import EnquiryStep
 from cancellation.settings import call_tracing, poll_settings
+from cancellation.wiring import enquiry_step
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-STEP = EnquiryStep.for_settings(poll_settings(os.environ))  # a bad configuration stops it at start
+STEP: EnquiryStep = enquiry_step(poll_settings(os.environ))  # a bad configuration stops it at start
 
 
 @logger.inject_lambda_context(correlation_id_path="outcome_id")

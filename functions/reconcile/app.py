@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 from cancellation.observability import logger, metrics, traced
 from cancellation.reconciliation import Reconciler, time_left_in
 from cancellation.settings import call_tracing, reconcile_settings
+from cancellation.wiring import reconciler
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 SETTINGS = reconcile_settings(os.environ)  # a bad configuration stops the function at start
-RECONCILER = Reconciler.for_settings(SETTINGS)
+RECONCILER: Reconciler = reconciler(SETTINGS)
 
 
 @logger.inject_lambda_context

@@ -1247,8 +1247,9 @@ class PollCase:
 def _poll_worker(mode: Mode) -> dict[str, Any]:
     sink, real_stdout = _CountingSink(), sys.stdout
     sys.stdout = sink
-    from cancellation.cancel import CancelAttempt, LoopPolicy  # noqa: PLC0415
+    from cancellation.cancel import CancelAttempt  # noqa: PLC0415
     from cancellation.qfpay import Credentials, QFPayClient, new_pool  # noqa: PLC0415
+    from cancellation.schedule import LoopPolicy  # noqa: PLC0415
     from cancellation.settings import cancel_settings  # noqa: PLC0415
 
     from tests.local import lambda_runtime  # noqa: PLC0415

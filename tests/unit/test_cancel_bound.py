@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cancellation.cancel import CancelAttempt, LoopPolicy
+from cancellation.cancel import CancelAttempt
 from cancellation.poll import EnquiryStep
 from cancellation.qfpay import QFPayAmbiguous
 from cancellation.routing import Routing
-from cancellation.schedule import PollSchedule
+from cancellation.schedule import LoopPolicy, PollSchedule
 
 from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, as_dict, cancel_answer, enquiry_shows
 

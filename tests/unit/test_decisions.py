@@ -14,13 +14,13 @@ from typing import Any
 import jsonschema
 import pytest
 from cancellation.budget import BudgetExhausted
-from cancellation.cancel import CancelAttempt, LoopPolicy, RetryLater, execution_name
+from cancellation.cancel import CancelAttempt, RetryLater, execution_name
 from cancellation.orders import Order, parse_order_message
 from cancellation.outcomes import outcome_id
 from cancellation.poll import EnquiryStep
 from cancellation.qfpay import QFPayAmbiguous, QFPayUnavailable
 from cancellation.routing import Routing
-from cancellation.schedule import PollSchedule
+from cancellation.schedule import LoopPolicy, PollSchedule
 
 from tests.unit.fakes import (
     NOW,

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cancellation.cancel import CancelAttempt, LoopPolicy
+from cancellation.cancel import CancelAttempt
 from cancellation.poll import EnquiryStep
 from cancellation.qfpay import EnquiryUnreadable, QFPayAmbiguous, QFPayUnavailable
 from cancellation.routing import Routing
-from cancellation.schedule import PollSchedule
+from cancellation.schedule import LoopPolicy, PollSchedule
 
 from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, as_dict, cancel_answer, enquiry_shows
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
@@ -18,7 +18,7 @@ from cancellation.outcomes import Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
-from cancellation.schedule import PollSchedule
+from cancellation.schedule import LoopPolicy
 from cancellation.signing import signing_string
 
 
@@ -36,14 +36,6 @@ class RetryLater(Exception):
 # not know yet; UNKNOWN: risk control, an undocumented code) says nothing certain about the
 # payment: such a decision belongs to the message that made the request, never to the order.
 REQUEST_STATUSES = frozenset({Status.REJECTED, Status.UNKNOWN})
-
-
-class LoopPolicy(NamedTuple):
-    schedule: PollSchedule
-    deadline_seconds: int
-    # How far the loop's deadline may move while QFPay cannot be reached (the retry horizon): an
-    # outage is no reason to conclude, any more than it is for an order still in the queue.
-    unreachable_allowance: int = 0
 
 
 def execution_name(order: Order) -> str:

@@ -7,18 +7,16 @@ The state machine carries the state (see docs/contracts.md); this step returns i
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
-from cancellation.budget import BudgetExhausted, MerchantBudget, spend_until
+from cancellation.budget import BudgetExhausted, spend_until
 from cancellation.cancel import answer_text, send_cancel
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.observability import count_kind
 from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
 from cancellation.outcomes import Status, build_outcome
 from cancellation.qfpay import (
-    RATE_LIMIT_MAX_WAIT_SECONDS,
     EnquiryUnreadable,
     QFPayAmbiguous,
     QFPayClient,
@@ -27,7 +25,6 @@ from cancellation.qfpay import (
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import MAX_DEADLINE_SECONDS, MAX_RETRY_HORIZON_SECONDS, PollSchedule
-from cancellation.settings import QFPaySettings
 
 IN_PROGRESS = "IN_PROGRESS"
 
@@ -55,22 +52,6 @@ class EnquiryStep:
         # Cancels come before the loop's Enquiries: a turn takes a slot of the merchant's budget
         # only if one is free within this many seconds, unless the loop's deadline is near.
         self.patience = patience
-
-    @classmethod
-    def for_settings(cls, settings: QFPaySettings, clock: Callable[[], float] = time.time) -> EnquiryStep:
-        from cancellation.aws import BudgetSlots, QFPayCredentials  # noqa: PLC0415 - keeps AWS out of the logic
-
-        credentials = QFPayCredentials(settings.secret_id, settings.secret_max_age)
-        budget = MerchantBudget(settings.budget, BudgetSlots(settings.budget_table))
-        qfpay = QFPayClient.for_settings(settings, credentials, pool_size=2, budget=budget)
-        return cls(
-            qfpay,
-            settings.routing,
-            clock,
-            settings.request_budget(requests=2),
-            read_timeout=settings.timeouts.read,
-            patience=RATE_LIMIT_MAX_WAIT_SECONDS * settings.budget.window_scale,
-        )
 
     def run(
         self, state: dict[str, Any], remaining_seconds: Callable[[], float] | None = None

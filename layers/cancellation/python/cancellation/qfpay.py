@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlencode
 
 import urllib3
@@ -25,9 +25,14 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError,
 
 from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
 
-if TYPE_CHECKING:
-    from cancellation.budget import MerchantBudget
-    from cancellation.settings import QFPaySettings
+
+class RequestBudget(Protocol):
+    """What the client asks before every request and tells after a 429 (cancellation.budget)."""
+
+    def acquire(self, mchid: str | None, app_code: str) -> None: ...
+
+    def throttled(self, mchid: str | None, app_code: str) -> None: ...
+
 
 REVERSAL_PATH = "/trade/v1/reversal"
 CLOSE_PATH = "/trade/v1/close"
@@ -141,7 +146,7 @@ class QFPayClient:
         http: urllib3.PoolManager,
         timeouts: Timeouts = Timeouts(),
         verify_response_signature: bool = False,
-        budget: MerchantBudget | None = None,
+        budget: RequestBudget | None = None,
         observe_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
@@ -151,28 +156,6 @@ class QFPayClient:
         self._verify_response_signature = verify_response_signature
         self._budget = budget
         self._observe_latency = observe_latency
-
-    @classmethod
-    def for_settings(
-        cls,
-        settings: QFPaySettings,
-        credentials: CredentialsSource,
-        pool_size: int,
-        budget: MerchantBudget | None,
-    ) -> QFPayClient:
-        """The functions' client: pooled connections, the merchants' shared request budget, and
-        every call's latency as the ``QFPayLatency`` metric."""
-        from cancellation.observability import record_latency  # noqa: PLC0415 - Powertools stays out of the client
-
-        return cls(
-            settings.base_url,
-            credentials,
-            http=new_pool(pool_size),
-            timeouts=settings.timeouts,
-            verify_response_signature=settings.verify_response_signature,
-            budget=budget,
-            observe_latency=lambda seconds: record_latency("QFPayLatency", seconds),
-        )
 
     def reversal(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         return self.call("POST", REVERSAL_PATH, params)

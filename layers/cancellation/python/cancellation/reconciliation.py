@@ -39,7 +39,7 @@ from cancellation.respcd import Disposition, meaning_of
 from cancellation.schedule import DEFAULT_RECONCILE_SCHEDULE, ReconcileSchedule
 
 if TYPE_CHECKING:
-    from cancellation.settings import ReconcileSettings
+    pass
 
 # A record being checked is hidden from other passes this long (longer than one check can take).
 CHECK_LEASE_SECONDS = 300
@@ -154,24 +154,6 @@ class Reconciler:
     schedule: ReconcileSchedule = DEFAULT_RECONCILE_SCHEDULE
     batch_limit: int = 200
     clock: Callable[[], float] = time.time
-
-    @classmethod
-    def for_settings(cls, settings: ReconcileSettings) -> Reconciler:
-        from cancellation.aws import BudgetSlots, QFPayCredentials  # noqa: PLC0415 - as the poll step does
-        from cancellation.budget import MerchantBudget  # noqa: PLC0415
-
-        credentials = QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age)
-        # The merchant's request budget is shared with the cancel and poll functions.
-        budget = MerchantBudget(settings.qfpay.budget, BudgetSlots(settings.qfpay.budget_table))
-        qfpay = QFPayClient.for_settings(settings.qfpay, credentials, pool_size=2, budget=budget)
-        return cls(
-            ledger=ReconciliationLedger(settings.table),
-            publisher=OutcomePublisher(settings.event_bus_name),
-            enquire=qfpay_enquirer(qfpay),
-            intake=OutcomeIntake(settings.intake_queue_url),
-            schedule=settings.schedule,
-            batch_limit=settings.batch_limit,
-        )
 
     def handle(self, event: Any, time_left: Callable[[], float]) -> dict[str, Any]:
         """The function's event: a pass or one order (:meth:`run`), or ``{"resolve": {"outcome_id",

@@ -150,6 +150,16 @@ class PollSchedule(_PollScheduleFields):
         )
 
 
+class LoopPolicy(NamedTuple):
+    """The wait-and-poll loop an order is handed to: its schedule and how long it may run."""
+
+    schedule: PollSchedule
+    deadline_seconds: int
+    # How far the loop's deadline may move while QFPay cannot be reached (the retry horizon): an
+    # outage is no reason to conclude, any more than it is for an order still in the queue.
+    unreachable_allowance: int = 0
+
+
 # About 5 minutes, 1 hour, then once a day for 5 days after the UNKNOWN outcome.
 DEFAULT_CHECKS_AFTER_SECONDS = (300, 3600, 86400, 2 * 86400, 3 * 86400, 4 * 86400, 5 * 86400)
 

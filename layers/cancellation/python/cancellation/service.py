@@ -20,21 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.aws import (
-    BudgetSlots,
     CallerNotifier,
     Claim,
     DecisionLedger,
     EnquiryLoopStarter,
-    LazyClient,
     LedgerStage,
     LoopResult,
     OrderBusy,
     OutcomePublisher,
-    QFPayCredentials,
     RedeliveryDelay,
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
-from cancellation.budget import MerchantBudget, SlotStore, spend_until
+from cancellation.budget import spend_until
 from cancellation.cancel import CancelAttempt, RetryLater, request_id
 from cancellation.models import Decision, Handoff, LoopState, OutcomeDecision
 from cancellation.observability import count, count_kind, logger
@@ -54,36 +51,16 @@ class CancelDependencies(NamedTuple):
     publisher: OutcomePublisher
     loop_starter: EnquiryLoopStarter
     notifier: CallerNotifier
-    credentials: QFPayCredentials
     redelivery: RedeliveryDelay
     ledger: DecisionLedger
-    budget_slots: SlotStore
     clock: Callable[[], float] = time.time
-
-    @classmethod
-    def for_settings(cls, settings: CancelSettings) -> CancelDependencies:
-        sfn = LazyClient("stepfunctions")
-        return cls(
-            publisher=OutcomePublisher(settings.event_bus_name),
-            loop_starter=EnquiryLoopStarter(settings.state_machine_arn, sfn),
-            notifier=CallerNotifier(sfn),
-            credentials=QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
-            redelivery=RedeliveryDelay(),
-            ledger=DecisionLedger(settings.ledger_table, settings.ledger_expiry),
-            budget_slots=BudgetSlots(settings.qfpay.budget_table),
-        )
 
 
 class CancelService:
-    def __init__(self, settings: CancelSettings, deps: CancelDependencies) -> None:
+    def __init__(self, settings: CancelSettings, deps: CancelDependencies, qfpay: QFPayClient) -> None:
         self.settings = settings
         self.deps = deps
-        self.qfpay = QFPayClient.for_settings(
-            settings.qfpay,
-            deps.credentials,
-            settings.batch_concurrency,
-            budget=MerchantBudget(settings.qfpay.budget, deps.budget_slots),
-        )
+        self.qfpay = qfpay
         # As wide as the batch may run at once: the bound that keeps QFPay's rate limits.
         self._pool = ThreadPoolExecutor(max_workers=settings.batch_concurrency, thread_name_prefix="order")
 

@@ -12,7 +12,6 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from cancellation.budget import BudgetPolicy
-from cancellation.cancel import LoopPolicy
 from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
 from cancellation.schedule import (
@@ -21,6 +20,7 @@ from cancellation.schedule import (
     MAX_FIRST_WAIT_SECONDS,
     MAX_RETRY_HORIZON_SECONDS,
     MAX_WAIT_SECONDS,
+    LoopPolicy,
     PollSchedule,
     ReconcileSchedule,
 )
