@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import requests
 import urllib3
-from cancellation.cancel import cancel_params
 from cancellation.enquiry import enquiry_params
 from cancellation.orders import InvalidOrder, validate_order
 from cancellation.qfpay import CLOSE_PATH, ENQUIRY_PATH, REVERSAL_PATH, Credentials, QFPayClient, new_pool
+from cancellation.qfpay_steps import cancel_params
 from cancellation.signing import SIGN_TYPES, SignType, sign, signed_parameters, signing_string
 from hypothesis import event, given, settings
 from hypothesis import strategies as st

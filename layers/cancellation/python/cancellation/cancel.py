@@ -11,11 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 from cancellation.budget import BudgetExhausted
-from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.enquiry import Finding
 from cancellation.models import Decision, Endpoint, HandoffDecision, LoopState, OutcomeDecision
 from cancellation.orders import Order
 from cancellation.outcomes import Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
+from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_params, send_cancel, text_of
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy
@@ -48,24 +49,6 @@ def request_id(order: Order, endpoint: Endpoint | None) -> str:
     refusal of it, so that every message making the same bad request publishes one outcome."""
     request = f"{endpoint}?{signing_string(cancel_params(order))}"
     return outcome_id(f"{order.identity}|request={request}")
-
-
-def cancel_params(order: Order) -> dict[str, str | None]:
-    return {
-        "mchid": order.mchid,
-        "syssn": order.syssn,
-        "out_trade_no": order.out_trade_no,
-        "txamt": str(order.txamt),
-        "txdtm": order.txdtm,
-        "udid": order.udid,
-    }
-
-
-def send_cancel(qfpay: QFPayClient, routing: Routing, endpoint: Endpoint, order: Order) -> dict[str, Any]:
-    params = cancel_params(order)
-    if endpoint == "close":
-        return qfpay.close(params, routing.close_method)
-    return qfpay.reversal(params)
 
 
 # Cancel requests that may reach QFPay for one order, in total: the first, and at most one more,
@@ -119,7 +102,7 @@ class CancelAttempt:
             return self._handoff(endpoint, None, respcd=None, resperr=str(exc), pending=False)
         respcd = str(answer.get("respcd") or "")
         resperr = answer_text(answer)
-        own_syssn = _text(answer.get("syssn"))
+        own_syssn = text_of(answer.get("syssn"))
         meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
         facts = {"respcd": respcd, "resperr": resperr, "reversal_syssn": own_syssn}
         if meaning.disposition is Disposition.DONE:
@@ -190,16 +173,15 @@ class CancelAttempt:
         )
 
     def _enquire(self, reversal_syssn: str | None, *, cancel_pending: bool) -> Finding | None:
-        """None: no answer. :class:`BudgetExhausted` passes: the caller decides when to ask again."""
+        """None: no answer we can read. :class:`BudgetExhausted` passes: the caller decides when
+        to ask again."""
         try:
-            answer = self.qfpay.enquiry(enquiry_params(self.order, reversal_syssn))
-            return read_enquiry(
-                answer, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
+            asked = ask_enquiry(
+                self.qfpay, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
             )
-        except BudgetExhausted:
-            raise
-        except (QFPayUnavailable, ValueError):
+        except ValueError:  # a request that could not be made is no answer either
             return None
+        return asked.finding
 
     def give_up(self, reason: str) -> OutcomeDecision:
         """QFPay could not be asked for the whole retry horizon: an explained UNKNOWN outcome."""
@@ -276,12 +258,3 @@ class CancelAttempt:
 
 def _budget_spent(spent: BudgetExhausted) -> RetryLater:
     return RetryLater(str(spent), budget_free_at=spent.next_free_at)
-
-
-def answer_text(answer: dict[str, Any]) -> str | None:
-    """QFPay's words for an answer: ``resperr``, else ``respmsg``."""
-    return _text(answer.get("resperr")) or _text(answer.get("respmsg"))
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None

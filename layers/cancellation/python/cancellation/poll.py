@@ -11,17 +11,16 @@ from collections.abc import Callable
 from typing import Any
 
 from cancellation.budget import BudgetExhausted, spend_until
-from cancellation.cancel import answer_text, send_cancel
-from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.enquiry import Finding
 from cancellation.observability import count_kind
 from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
 from cancellation.outcomes import Status, build_outcome
 from cancellation.qfpay import (
-    EnquiryUnreadable,
     QFPayAmbiguous,
     QFPayClient,
     QFPayUnavailable,
 )
+from cancellation.qfpay_steps import answer_text, ask_enquiry, send_cancel
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import MAX_DEADLINE_SECONDS, MAX_RETRY_HORIZON_SECONDS, PollSchedule
@@ -153,25 +152,16 @@ class EnquiryStep:
 
     def _enquire(self, order: Order, state: dict[str, Any]) -> tuple[Finding, bool]:
         """What the Enquiry says, and whether QFPay was reached (answered at all)."""
-        reversal_syssn = state.get("reversal_syssn")
-        params = enquiry_params(order, reversal_syssn, state.get("payment_syssn"))
-        try:
-            answer = self.qfpay.enquiry(params)
-        except BudgetExhausted:
-            raise
-        except EnquiryUnreadable as exc:
-            # An answer, unsigned or garbled: QFPay (or someone in its name) was reached.
-            return Finding(None, f"Enquiry unavailable ({exc})", found=False), True
-        except QFPayUnavailable as exc:
-            # No answer (5xx, timeout, refused connection, QFPay's 429): QFPay could not be reached.
-            return Finding(None, f"Enquiry unavailable ({exc})", found=False), False
-        try:
-            finding = read_enquiry(
-                answer, order, reversal_syssn=reversal_syssn, cancel_pending=cancel_may_take_effect(state)
-            )
-        except ValueError as exc:
-            return Finding(None, f"Enquiry unavailable ({exc})", found=False), True
-        return finding, True
+        asked = ask_enquiry(
+            self.qfpay,
+            order,
+            reversal_syssn=state.get("reversal_syssn"),
+            cancel_pending=cancel_may_take_effect(state),
+            payment_syssn=state.get("payment_syssn"),
+        )
+        if asked.finding is None:
+            return Finding(None, f"Enquiry unavailable ({asked.problem})", found=False), asked.reached
+        return asked.finding, True
 
     def _resend(self, state: dict[str, Any], order: Order) -> dict[str, Any] | None:
         """The Enquiry shows the payment still live and every cancel of ours was refused (none can
