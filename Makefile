@@ -54,7 +54,7 @@ $(BUILD_STAMP): $(BUILD_SOURCES) $(SAM_STAMP)
 
 # A burst of BURST_N orders (default 2000) of BURST_MERCHANTS merchants (default 1) at once against
 # QFPay's rate limits, with QFPay's windows and our time settings scaled by BURST_WINDOW_SCALE
-# (default 0.2); BURST_OUTAGE=1 takes QFPay down for a scaled 30 minutes (tests/local/burst.py).
+# (default 1: QFPay's own; CI: 0.2); BURST_OUTAGE=1 takes QFPay down for a scaled 30 minutes (tests/local/burst.py).
 # Writes burst.png. The last three lines are drain_ratio / dlq / qfpay_429.
 burst: $(PY_STAMP)
 	$(BIN)/python -m tests.local.burst

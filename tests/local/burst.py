@@ -11,11 +11,15 @@ every request is sent at the earliest moment both windows allow) and their ratio
 answers, the DLQ, UNKNOWN outcomes, lost orders (no outcome, not in the DLQ) and double
 reversals, and writes a PNG of the orders remaining over time against the floor's line.
 
-Time is scaled: ``BURST_WINDOW_SCALE`` (default 0.2) shortens QFPay's windows (0.2: 100 per
-0.2 s and 400 per 12 s) and every time setting of ours with them: the budget's windows
+Time may be scaled: ``BURST_WINDOW_SCALE`` (default 1: QFPay's own windows) shortens QFPay's
+windows (0.2: 100 per 0.2 s and 400 per 12 s) and every time setting of ours with them: the budget's windows
 (``QFPAY_LIMIT_WINDOW_SCALE``), its pause after a 429, the retry backoff (base 10 s, most 900 s),
 the retry horizon (6 h) and the loop's waits and deadline (3 s, 60 s, 900 s), rounded to whole
-seconds where the setting takes whole seconds. Network timeouts are not scaled.
+seconds where the setting takes whole seconds. Network timeouts are not scaled. A scaled run asks
+the local pipeline (moto in-process, every function in this process) for 1/scale times the
+orders per second: at 0.2 that is more than two shared cores deliver, so its drain time measures
+this machine, not the budget; CI runs a small burst at 0.2 for speed, and the drain ratio is
+measured at scale 1 (docs/rate-limits.md).
 
 ``BURST_OUTAGE=1``: QFPay answers HTTP 503 to everything for a scaled 30 minutes
 (``BURST_OUTAGE_SECONDS``, default 1800 x scale), starting ``BURST_OUTAGE_AFTER`` seconds into the
@@ -54,7 +58,7 @@ class BurstConfig:
     orders: int = 2000
     merchants: int = 1
     in_progress_share: float = 0.05
-    scale: float = 0.2
+    scale: float = 1.0
     outage: bool = False
     outage_seconds: float | None = None
     outage_after: float = 10.0
@@ -67,7 +71,7 @@ class BurstConfig:
             raw = env.get(name, "").strip()
             return float(raw) if raw else default
 
-        scale = number("BURST_WINDOW_SCALE", 0.2)
+        scale = number("BURST_WINDOW_SCALE", 1.0)
         if not 0.01 <= scale <= 1:
             raise ValueError("BURST_WINDOW_SCALE must be between 0.01 and 1")
         outage_seconds = env.get("BURST_OUTAGE_SECONDS", "").strip()
@@ -170,6 +174,7 @@ class BurstResult:
     reasons: Counter[str]
     decided_after_recovery: float | None
     timeline: dict[str, list[tuple[float, int]]]
+    dead_letters: list[str] = field(default_factory=list)  # what the DLQ holds (the first 10)
 
 
 def run_burst(config: BurstConfig, out: Any = sys.stdout) -> BurstResult:
@@ -240,6 +245,7 @@ def run_burst(config: BurstConfig, out: Any = sys.stdout) -> BurstResult:
                 print(f"Timed out after {timeout:.0f} s", file=out, flush=True)
                 break
         dlq = pipeline.dead_letters_count()
+        dead_letters = [_describe_dead_letter(m) for m in pipeline.dead_letters()] if dlq else []
         doubles = sum(1 for t in transactions if pipeline.qfpay.cancellations_applied(t.syssn) > 1)
         outcomes = [pipeline.outcomes[i] for p in plans for i in p.outcome_times]
     drain = {p.name: max(p.outcome_times.values(), default=math.inf) for p in plans}
@@ -261,7 +267,19 @@ def run_burst(config: BurstConfig, out: Any = sys.stdout) -> BurstResult:
         reasons=reasons,
         decided_after_recovery=after,
         timeline=timeline,
+        dead_letters=dead_letters,
     )
+
+
+def _describe_dead_letter(message: dict[str, Any]) -> str:
+    """Which order a dead letter was, and how often it was received (never its body's token)."""
+    try:
+        body = json.loads(message["Body"])
+    except ValueError:
+        body = {}
+    order = body if isinstance(body, dict) else {}
+    receives = message.get("Attributes", {}).get("ApproximateReceiveCount", "?")
+    return f"out_trade_no={order.get('out_trade_no')} receives={receives}"
 
 
 def _read_outcomes(pipeline: Pipeline) -> list[dict[str, Any]]:
@@ -378,6 +396,8 @@ def report(result: BurstResult, config: BurstConfig, out: Any = sys.stdout) -> N
             f"(longest backoff step {config.environment()['RETRY_MAX_DELAY_SECONDS']} s)",
             file=out,
         )
+    for letter in result.dead_letters:
+        print(f"  in the DLQ: {letter}", file=out)
     print(f"unknown: {result.unknown}", file=out)
     print(f"lost: {result.lost}", file=out)
     print(f"double_reversals: {result.doubles}", file=out)
