@@ -36,6 +36,8 @@ NOT_AT_START = (
     "aws_lambda_powertools.utilities.batch",
     "aws_lambda_powertools.utilities.idempotency",  # the decision ledger does that work
     "requests",
+    "cancellation.cli",  # the operators' command line
+    "cancellation.reconciliation",  # the reconcile function's
 )
 LOADED = """
 import json, os, sys
@@ -43,6 +45,19 @@ sys.path[:0] = [os.environ["BENCH_CODE_DIR"], os.environ["BENCH_LAYER_DIR"]]
 import app
 print(json.dumps(sorted(sys.modules)))
 """
+# What a start loads on top of the runtime's `import boto3` (whose cost is the ratio's denominator).
+ADDED_TO_BOTO3 = """
+import json, os, sys
+sys.path[:0] = [os.environ["BENCH_CODE_DIR"], os.environ["BENCH_LAYER_DIR"]]
+import boto3
+before = set(sys.modules)
+import app
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+# All it may add: Powertools (its package loads Logger, Metrics and the Tracer class together),
+# the typing_extensions Powertools imports, our package and the entry point. Anything else is a
+# new cost on every cold start: measure it (`make bench`) and name it here with the reason.
+ALLOWED_ON_TOP_OF_BOTO3 = ("aws_lambda_powertools", "typing_extensions", "cancellation", "app")
 # Our classes created at start that are dataclasses: creating one runs its generated methods
 # through exec (~0.5 ms, frozen ~0.8 ms, each in Python 3.13 here), against ~0.1 ms for a
 # NamedTuple and next to nothing for a plain class.
@@ -102,6 +117,13 @@ def test_the_built_artifact_in_python_313_starts_as_the_source_tree_does(functio
     assert "boto3" in modules
     assert sorted(name for name in NOT_AT_START if name in modules) == []
     assert run_at_start(BUILT[function], DATACLASSES_AT_START) == []
+
+
+@pytest.mark.parametrize("function", sorted(BUILT))
+def test_a_start_adds_to_boto3_only_powertools_and_our_package(function: str) -> None:
+    added = run_at_start(BUILT[function], ADDED_TO_BOTO3)
+    assert "cancellation.qfpay" in added
+    assert [name for name in added if name.split(".")[0] not in ALLOWED_ON_TOP_OF_BOTO3] == []
 
 
 def test_the_cancel_function_imports_boto3_at_start() -> None:
