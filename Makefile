@@ -20,7 +20,7 @@ RUNTIME_STAMP := $(LAMBDA_RUNTIME)/.installed
 BUILD_STAMP := .aws-sam/build/template.yaml
 BUILD_SOURCES := template.yaml $(wildcard layers/cancellation/Makefile layers/cancellation/requirements.txt \
 	layers/cancellation/python/cancellation/*.py functions/*/*.py)
-MYPY_TARGETS := layers/cancellation/python/cancellation functions/cancel/app.py functions/poll/app.py functions/reconcile/app.py tests
+MYPY_TARGETS := layers/cancellation/python/cancellation functions/cancel/app.py functions/poll/app.py functions/reconcile/app.py functions/deadletter/app.py tests
 
 .PHONY: demo test lint typecheck unit integration e2e template local install clean soak bench build burst
 

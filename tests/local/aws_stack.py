@@ -13,8 +13,8 @@ template.yaml itself and creates, with plain boto3 clients, what the template de
   its KMS key, point-in-time recovery);
 * the template's IAM roles with their inline policies, and one more local role for what the
   template does not deploy (the example caller workflow);
-* the cancel and poll functions (a tiny placeholder zip; Handler, Runtime, Timeout, MemorySize,
-  Architectures, Role and Environment from the template and its Globals, with every
+* the functions (cancel, poll, reconcile, dead-letter; a tiny placeholder zip; Handler, Runtime,
+  Timeout, MemorySize, Architectures, Role and Environment from the template and its Globals, with every
   Ref/GetAtt/Sub/If resolved to the local resources and the Parameters' defaults, AWS::NoValue
   left out), each also registered with ``tests.local.lambda_runtime.register_function`` so our
   real handler runs for it;
@@ -76,6 +76,7 @@ INGRESS_RULE_ID = "OrderTimeoutRule"
 LOOP_UNKNOWN_RULE_ID = "LoopUnknownOutcomeRule"
 LOOP_UNKNOWN_QUEUE_ID = "LoopUnknownOutcomeQueue"
 RECONCILE_ID = "ReconcileFunction"
+DEAD_LETTER_ID = "DeadLetterFunction"
 INTAKE_RULE_ID = "ReconciliationIntakeRule"
 INTAKE_QUEUE_ID = "ReconciliationIntakeQueue"
 
@@ -159,6 +160,10 @@ class Stack:
     reconcile_function_name: str
     reconcile_environment: dict[str, str]
     intake_queue_url: str
+    # DeadLetterFunction (the DLQ's consumer; the local pipeline does not deliver the DLQ to it
+    # unless a test starts an SqsEventSource for it).
+    dead_letter_function_name: str = ""
+    dead_letter_environment: dict[str, str] = field(default_factory=dict)
     _sqs: Any = field(repr=False, compare=False, default=None)
 
     @property
@@ -168,6 +173,7 @@ class Stack:
             self.cancel_function_name: self.cancel_environment,
             self.poll_function_name: self.poll_environment,
             self.reconcile_function_name: self.reconcile_environment,
+            self.dead_letter_function_name: self.dead_letter_environment,
         }
 
     def read_outcome_events(
@@ -773,6 +779,7 @@ def create_stack(
         CANCEL_ID: local_name(CANCEL_ID),
         POLL_ID: local_name(POLL_ID),
         RECONCILE_ID: local_name(RECONCILE_ID),
+        DEAD_LETTER_ID: local_name(DEAD_LETTER_ID),
     }
     for logical_id, name in function_names.items():
         resolver.resources[logical_id] = {
@@ -959,5 +966,7 @@ def create_stack(
         reconcile_function_name=function_names[RECONCILE_ID],
         reconcile_environment=environments[RECONCILE_ID],
         intake_queue_url=resolver.resources[INTAKE_QUEUE_ID]["QueueUrl"],
+        dead_letter_function_name=function_names[DEAD_LETTER_ID],
+        dead_letter_environment=environments[DEAD_LETTER_ID],
         _sqs=sqs,
     )

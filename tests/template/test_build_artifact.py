@@ -32,6 +32,7 @@ FUNCTIONS = {
     "CancelFunction": REPO / "functions" / "cancel",
     "PollFunction": REPO / "functions" / "poll",
     "ReconcileFunction": REPO / "functions" / "reconcile",
+    "DeadLetterFunction": REPO / "functions" / "deadletter",
 }
 LAMBDA_SIZE_LIMIT = 250 * 2**20  # unzipped: the function's code and all its layers
 ELF_MACHINE_AARCH64 = 0xB7

@@ -427,6 +427,7 @@ def test_iam_statements_use_wildcard_resources_only_where_iam_has_no_resource_ty
         "PollFunctionRole",
         "CancellationStateMachineRole",
         "ReconcileFunctionRole",
+        "DeadLetterFunctionRole",
     }
     assert not resources_of(cfn, "AWS::IAM::Policy")
     assert not resources_of(cfn, "AWS::IAM::ManagedPolicy")
@@ -451,6 +452,7 @@ def test_no_role_has_a_managed_policy_after_the_transform(cfn: dict[str, Any]) -
         "CancelFunction": {"Fn::GetAtt": ["CancelFunctionRole", "Arn"]},
         "PollFunction": {"Fn::GetAtt": ["PollFunctionRole", "Arn"]},
         "ReconcileFunction": {"Fn::GetAtt": ["ReconcileFunctionRole", "Arn"]},
+        "DeadLetterFunction": {"Fn::GetAtt": ["DeadLetterFunctionRole", "Arn"]},
     }
     machine = cfn["Resources"]["CancellationStateMachine"]["Properties"]
     assert machine["RoleArn"] == {"Fn::GetAtt": ["CancellationStateMachineRole", "Arn"]}
@@ -532,7 +534,7 @@ def test_data_at_rest_is_encrypted(cfn: dict[str, Any]) -> None:
     assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
     log_groups = resources_of(cfn, "AWS::Logs::LogGroup")
-    assert len(log_groups) == 4
+    assert len(log_groups) == 5
     for name, group in log_groups.items():
         assert "KmsKeyId" in group["Properties"], f"{name} is not encrypted with our key"
         assert "RetentionInDays" in group["Properties"], f"{name} keeps logs forever"
@@ -871,6 +873,7 @@ ALARMS = {
     "CancelFunctionErrorsAlarm",
     "NeedsAttentionAlarm",
     "ReconcileFunctionErrorsAlarm",
+    "DeadLetteredAlarm",
 }
 ALARM_ACTION = {"Fn::If": ["NotifyAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
 
@@ -1028,6 +1031,7 @@ CFN_LINT_IGNORES = {
     "ReconcileSchedulePermission": {"ES1007"},
     "CancelFunction": {"WS1004"},
     "PollFunction": {"WS1004"},
+    "DeadLetterFunction": {"WS1004"},
 }
 
 
@@ -1062,6 +1066,10 @@ CHECKOV_SKIPS = {
     ("CKV_AWS_115", "CancelFunction"),  # concurrency bounded by the event source mapping
     ("CKV_AWS_173", "CancelFunction"),  # no secret in the environment
     ("CKV_AWS_173", "PollFunction"),
+    ("CKV_AWS_116", "DeadLetterFunction"),  # as CancelFunction's, on the DLQ
+    ("CKV_AWS_117", "DeadLetterFunction"),
+    ("CKV_AWS_115", "DeadLetterFunction"),
+    ("CKV_AWS_173", "DeadLetterFunction"),
 }
 
 
@@ -1360,8 +1368,9 @@ def test_only_our_functions_and_state_machine_publish_outcomes(cfn: dict[str, An
     def put(principal: str) -> Request:
         return Request("events:PutEvents", bus, principal_arn=principal, context=outcome)
 
-    # Our two publishers are not denied (their roles' PublishOutcomes statements allow them).
+    # Our publishers are not denied (their roles' PublishOutcomes statements allow them).
     assert decide(policy, put(_arn(resolver, "CancelFunctionRole"))) == "Neither"
+    assert decide(policy, put(_arn(resolver, "DeadLetterFunctionRole"))) == "Neither"
     assert decide(policy, put(_arn(resolver, "CancellationStateMachineRole"))) == "Neither"
     # A forged REFUND_REQUIRED from anyone else, the poll function and producers included.
     for principal in (STRANGER, ADMIN, OTHER_ACCOUNT_PRODUCER, _arn(resolver, "PollFunctionRole")):
@@ -1421,6 +1430,17 @@ def test_each_role_statement_names_its_resource(cfn: dict[str, Any]) -> None:
             "DecryptQFPayCredentials": [arn("QFPaySecretKey")],
             "SharedRequestBudget": [arn("IdempotencyTable")],
             "UseDataKey": [arn("DataEncryptionKey")],
+            "WriteTraces": ["*"],
+        },
+        "DeadLetterFunctionRole": {
+            "WriteOwnLogs": [arn("DeadLetterFunctionLogGroup")],
+            "ReceiveDeadLetters": [arn("OrderTimeoutDeadLetterQueue")],
+            "UseDataKey": [arn("DataEncryptionKey")],
+            "DecisionLedger": [arn("IdempotencyTable")],
+            "PublishOutcomes": [arn("OutcomeEventBus")],
+            "StartEnquiryLoop": [r.resources["CancellationStateMachine"]["Ref"]],
+            "ReadEnquiryLoopResult": [executions],
+            "NotifyTaskTokenCallers": ["*"],
             "WriteTraces": ["*"],
         },
         "CancellationStateMachineRole": {
@@ -1551,3 +1571,56 @@ def test_the_cancel_function_may_read_and_start_a_loop_that_follows_an_ended_one
     assert decide(statements, Request("states:StartExecution", machine)) == "Allow"
     other = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:someone-elses-machine:{name}"
     assert decide(statements, Request("states:DescribeExecution", other)) == "Neither"
+
+
+def test_dead_letters_are_settled_by_a_function_of_their_own_that_cannot_reach_qfpay(
+    cfn: dict[str, Any],
+) -> None:
+    """OrderTimeoutDeadLetterQueue feeds DeadLetterFunction (SAM's event source mapping, with
+    batch item failures): an order message that dead-lettered ends in an outcome and its caller is
+    answered. Its role holds nothing that reaches QFPay (no secret) and nothing on the order queue."""
+    resources = cfn["Resources"]
+    (mapping,) = [
+        m["Properties"]
+        for m in resources_of(cfn, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": "DeadLetterFunction"}
+    ]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["OrderTimeoutDeadLetterQueue", "Arn"]}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 2}
+    function = resources["DeadLetterFunction"]["Properties"]
+    assert function["Role"] == {"Fn::GetAtt": ["DeadLetterFunctionRole", "Arn"]}
+    assert function["LoggingConfig"]["LogGroup"] == {"Ref": "DeadLetterFunctionLogGroup"}
+    assert (
+        granted_actions(resources["DeadLetterFunctionRole"])
+        == {
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "kms:Decrypt",
+            "kms:GenerateDataKey",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "events:PutEvents",
+            "states:StartExecution",
+            "states:DescribeExecution",
+            "states:GetExecutionHistory",
+            "states:SendTaskSuccess",
+            "states:SendTaskFailure",
+        }
+        | LOGS_TO_OWN_GROUP
+        | XRAY_WRITE
+    )
+    # SAM adds no managed policy to an explicit role.
+    assert "ManagedPolicyArns" not in resources["DeadLetterFunctionRole"]["Properties"]
+    environment = function["Environment"]["Variables"]
+    assert environment["ORDER_QUEUE_MAX_RECEIVE_COUNT"] == str(
+        resources["OrderTimeoutQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    )
+    alarm = resources["DeadLetteredAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Threshold"]) == (
+        "QFPayCancellation",
+        "DeadLettered",
+        0,
+    )

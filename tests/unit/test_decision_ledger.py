@@ -141,3 +141,18 @@ def test_an_attempt_qfpay_showed_did_nothing_is_not_counted(ledger: DecisionLedg
     assert stored()["sends"]["N"] == "0"
     claim = ledger.claim(KEY, "b", NOW + 1, NOW + 31)
     assert (claim.earlier_attempt, claim.earlier_sends, stored()["sends"]["N"]) == (True, 0, "1")
+
+
+def test_the_stage_of_a_record_and_whether_it_is_held_are_read_without_claiming(
+    ledger: DecisionLedger,
+) -> None:
+    """What the dead-letter consumer reads first: it never takes a DECIDING lease (that would count
+    a cancel it does not send)."""
+    assert ledger.stage_of(KEY, NOW) is None
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    assert ledger.stage_of(KEY, NOW + 1) == (DECIDING, True)
+    assert ledger.stage_of(KEY, NOW + 31) == (DECIDING, False)
+    ledger.record_decision(KEY, "a", DECISION)
+    ledger.record_delivered(KEY, "a", "CANCELLED")
+    assert ledger.stage_of(KEY, NOW + 1) == (DELIVERED, True)  # the holder's lease is kept as it was
+    assert stored()["sends"]["N"] == "1"

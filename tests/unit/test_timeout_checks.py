@@ -7,7 +7,7 @@ kill it after a cancel went out and before its answer was read."""
 from __future__ import annotations
 
 import pytest
-from cancellation.settings import ConfigurationError, cancel_settings, poll_settings
+from cancellation.settings import ConfigurationError, cancel_settings, dead_letter_settings, poll_settings
 
 from tests.unit.test_schedule_and_settings import CANCEL_ENV, POLL_ENV
 
@@ -97,3 +97,11 @@ def test_a_poll_function_timeout_shorter_than_one_turn_is_refused():
     assert "one turn of the loop" in message
     assert "= 59.2 s" in message  # 4 x (3.05 + 10 + 1) + 3
     assert poll_settings({**POLL_ENV, "FUNCTION_TIMEOUT_SECONDS": "60"}).timeouts.read == 10
+
+
+def test_the_dead_letter_function_needs_no_qfpay_settings():
+    env = {name: CANCEL_ENV[name] for name in ("EVENT_BUS_NAME", "STATE_MACHINE_ARN", "LEDGER_TABLE")}
+    settings = dead_letter_settings({**env, "ORDER_QUEUE_MAX_RECEIVE_COUNT": "7"})
+    assert (settings.event_bus_name, settings.max_receive_count) == ("payment-outcomes", 7)
+    with pytest.raises(ConfigurationError, match="LEDGER_TABLE is required"):
+        dead_letter_settings({"EVENT_BUS_NAME": "b", "STATE_MACHINE_ARN": "s"})

@@ -200,7 +200,9 @@ def test_each_function_is_registered_with_the_local_runtime(
         stack.cancel_function_name,
         stack.poll_function_name,
         stack.reconcile_function_name,
+        stack.dead_letter_function_name,
     }
+    assert by_name[stack.dead_letter_function_name]["code_dir"] == ROOT / "functions" / "deadletter"
     assert by_name[stack.cancel_function_name]["code_dir"] == ROOT / "functions" / "cancel"
     assert by_name[stack.poll_function_name]["code_dir"] == ROOT / "functions" / "poll"
     assert by_name[stack.reconcile_function_name]["code_dir"] == ROOT / "functions" / "reconcile"
@@ -386,6 +388,7 @@ def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack:
         (stack.cancel_function_name, "CancelFunctionRole"),
         (stack.poll_function_name, "PollFunctionRole"),
         (stack.reconcile_function_name, "ReconcileFunctionRole"),
+        (stack.dead_letter_function_name, "DeadLetterFunctionRole"),
     ):
         role_arn = lambda_.get_function_configuration(FunctionName=name)["Role"]
         assert role_arn.endswith(f"role/{stack.stack_name}-{logical_id}")
@@ -424,6 +427,7 @@ def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack:
         roles["CancelFunctionRole"],
         roles["CancellationStateMachineRole"],
         roles["ReconcileFunctionRole"],
+        roles["DeadLetterFunctionRole"],
     ]
     # No producers named: nobody may put events on the ingress bus.
     ingress_policy = json.loads(

@@ -320,6 +320,21 @@ class DecisionLedger:
         )
         return Claim(LedgerStage.DECIDED, decision, None, earlier_attempt=True)
 
+    def stage_of(self, key: str, now: float) -> tuple[LedgerStage, bool] | None:
+        """The record's stage and whether an attempt holds it now (a strongly consistent read);
+        None if there is no record."""
+        answer = self._dynamodb().get_item(
+            TableName=self._table,
+            Key={"id": {"S": key}},
+            ConsistentRead=True,
+            ProjectionExpression="#stage, #lease_until",
+            ExpressionAttributeNames={"#stage": "stage", "#lease_until": "lease_until"},
+        )
+        item = answer.get("Item")
+        if not item:
+            return None
+        return LedgerStage(item["stage"]["S"]), float(item.get("lease_until", {}).get("N", "0")) >= now
+
     def decision_of(self, key: str) -> Decision | None:
         """The decision recorded under ``key``, if any (a strongly consistent read)."""
         answer = self._dynamodb().get_item(

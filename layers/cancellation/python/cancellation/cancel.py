@@ -12,7 +12,7 @@ from typing import Any
 
 from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding
-from cancellation.models import Decision, Endpoint, HandoffDecision, LoopState, OutcomeDecision
+from cancellation.models import Decision, Endpoint, Handoff, HandoffDecision, LoopState, OutcomeDecision
 from cancellation.orders import Order
 from cancellation.outcomes import Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
@@ -42,6 +42,12 @@ REQUEST_STATUSES = frozenset({Status.REJECTED, Status.UNKNOWN})
 def execution_name(order: Order) -> str:
     """Deterministic per order: a repeated hand-off finds the execution already there."""
     return f"order-{outcome_id(order.identity)}"
+
+
+def successor_name(handoff: Handoff) -> str:
+    """The execution that follows an order's loop which ended without an outcome: named by the
+    hand-off (its time), so each such hand-off has its own and a replay of it finds the same one."""
+    return f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
 
 
 def request_id(order: Order, endpoint: Endpoint | None) -> str:

@@ -32,7 +32,7 @@ from cancellation.aws import (
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
-from cancellation.cancel import CancelAttempt, RetryLater, request_id
+from cancellation.cancel import CancelAttempt, RetryLater, request_id, successor_name
 from cancellation.models import Decision, Handoff, LoopState, OutcomeDecision
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
@@ -397,12 +397,6 @@ class CancelService:
             self.deps.redelivery.delay(message.queue_arn, message.receipt_handle, delay)
         except Exception:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
-
-
-def successor_name(handoff: Handoff) -> str:
-    """The execution that follows an order's loop which ended without an outcome: named by the
-    hand-off (its time), so each such hand-off has its own and a replay of it finds the same one."""
-    return f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
 
 
 class AwaitingLoop(Exception):

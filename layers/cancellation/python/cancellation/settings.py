@@ -338,3 +338,25 @@ def reconcile_settings(env: Mapping[str, str]) -> ReconcileSettings:
     )
     read.done()
     return settings
+
+
+class DeadLetterSettings(NamedTuple):
+    event_bus_name: str
+    state_machine_arn: str
+    ledger_table: str
+    ledger_expiry: int = 48 * 3600
+    max_receive_count: int = 5  # the order queue's maxReceiveCount: named in the reason
+
+
+def dead_letter_settings(env: Mapping[str, str]) -> DeadLetterSettings:
+    """The dead-letter function's: no QFPay settings (it never calls QFPay)."""
+    read = _Reader(env)
+    settings = DeadLetterSettings(
+        event_bus_name=read.text("EVENT_BUS_NAME"),
+        state_machine_arn=read.text("STATE_MACHINE_ARN"),
+        ledger_table=read.text("LEDGER_TABLE"),
+        ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
+        max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
+    )
+    read.done()
+    return settings

@@ -29,10 +29,11 @@ from cancellation.observability import record_latency
 from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, CredentialsSource, QFPayClient, new_pool
 
 if TYPE_CHECKING:
+    from cancellation.deadletter import DeadLetterService
     from cancellation.poll import EnquiryStep
     from cancellation.reconciliation import Reconciler
     from cancellation.service import CancelService
-    from cancellation.settings import CancelSettings, QFPaySettings, ReconcileSettings
+    from cancellation.settings import CancelSettings, DeadLetterSettings, QFPaySettings, ReconcileSettings
 
 
 def qfpay_client(
@@ -102,3 +103,17 @@ def reconciler(settings: ReconcileSettings) -> Reconciler:
         schedule=settings.schedule,
         batch_limit=settings.batch_limit,
     )
+
+
+def dead_letter_service(settings: DeadLetterSettings) -> DeadLetterService:
+    """No QFPay client and no secret: the dead-letter function never calls QFPay."""
+    from cancellation.deadletter import DeadLetterDependencies, DeadLetterService  # noqa: PLC0415 - its handler loads it
+
+    sfn = LazyClient("stepfunctions")
+    deps = DeadLetterDependencies(
+        publisher=OutcomePublisher(settings.event_bus_name),
+        loop_starter=EnquiryLoopStarter(settings.state_machine_arn, sfn),
+        notifier=CallerNotifier(sfn),
+        ledger=DecisionLedger(settings.ledger_table, settings.ledger_expiry),
+    )
+    return DeadLetterService(settings, deps)

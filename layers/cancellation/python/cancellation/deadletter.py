@@ -1,0 +1,222 @@
+"""The dead-letter queue's consumer: an order message that could not be processed (it failed on
+every receive the order queue allows) still ends in an explained outcome, and its task-token
+caller is answered.
+
+It never calls QFPay and never sends a cancel. It reads what the decision ledger knows of the
+order. A decision recorded for the order is the order's one outcome: delivered here if its
+delivery was abandoned (published, or its loop started), and the caller answered from it. An order
+nobody decided gets an ``UNKNOWN`` outcome of this message's own (an ``outcome_id`` of its own,
+recorded under the message, like QFPay refusing one message's request): reconciliation re-checks
+it with the Transaction Enquiry, and the order stays open, so a message sent again once the cause
+is fixed is decided as usual. The dead message is then consumed: everything in it but the task
+token is in the outcome, its message id in the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from cancellation.aws import (
+    CallerNotifier,
+    DecisionLedger,
+    EnquiryLoopStarter,
+    LedgerStage,
+    LoopResult,
+    OrderBusy,
+    OutcomePublisher,
+)
+from cancellation.batch import QueueMessage, process_batch, queue_messages
+from cancellation.cancel import successor_name
+from cancellation.models import Decision, Handoff, OutcomeDecision
+from cancellation.observability import count, logger
+from cancellation.orders import InvalidOrder, Order, parse_order_message
+from cancellation.outcomes import Status, build_outcome, outcome_id, rejected_outcome
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from cancellation.settings import DeadLetterSettings
+
+
+class DeadLetterDependencies(NamedTuple):
+    publisher: OutcomePublisher
+    loop_starter: EnquiryLoopStarter
+    notifier: CallerNotifier
+    ledger: DecisionLedger
+    clock: Callable[[], float] = time.time
+
+
+class DeadLetterService:
+    def __init__(self, settings: DeadLetterSettings, deps: DeadLetterDependencies) -> None:
+        self.settings = settings
+        self.deps = deps
+        self._pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="dead-letter")
+
+    def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        lease_until = self.deps.clock() + context.get_remaining_time_in_millis() / 1000
+
+        def process(message: QueueMessage) -> str:
+            return self.process_record(message, lease_until)
+
+        return process_batch(queue_messages(event), process, self._pool)
+
+    def process_record(self, message: QueueMessage, lease_until: float) -> str:
+        """The status the message's order ended in; raises to have the message received again
+        (another attempt holds the order right now, or AWS failed)."""
+        logger.thread_safe_append_keys(message_id=message.message_id)
+        try:
+            count("DeadLettered")
+            try:
+                order = parse_order_message(message.body)
+            except InvalidOrder as invalid:
+                return self._invalid(message, invalid)
+            logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
+            return self._settle(order, message, lease_until)
+        except OrderBusy:
+            logger.info("order held by another attempt; the dead letter is looked at again")
+            raise
+        except Exception:
+            logger.exception("dead letter not settled; it is received again")
+            raise
+        finally:
+            logger.thread_safe_remove_keys(["message_id", "order", "correlation_id", "caller"])
+
+    def _settle(self, order: Order, message: QueueMessage, lease_until: float) -> str:
+        now = self.deps.clock()
+        order_key = f"cancel#{order.identity}"
+        found = self.deps.ledger.stage_of(order_key, now)
+        if found is not None and found[1] and found[0] != LedgerStage.DELIVERED:
+            raise OrderBusy(f"another attempt holds the order ({found[0]})")
+        if found is not None and found[0] in (LedgerStage.DECIDED, LedgerStage.DELIVERED):
+            # The order is decided: that decision is its one outcome, and this caller's answer.
+            owner, decision, status = order.identity, *self._order_decision(order_key, lease_until)
+        else:
+            # Nobody decided the order: the dead message's own UNKNOWN (see module docstring).
+            owner = f"{order.identity}|message={message.message_id}"
+            decision, status = self._message_unknown(order, message, owner, lease_until)
+        logger.warning("dead-lettered order settled", extra={"status": status})
+        if order.task_token:
+            self._answer_caller(owner, order.task_token, decision, lease_until)
+        return status
+
+    def _order_decision(self, key: str, lease_until: float) -> tuple[Decision, str]:
+        """The order's recorded decision, delivered here if its delivery was abandoned."""
+        holder = os.urandom(16).hex()
+        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until)
+        decision = claim.decision
+        if decision is None:  # a decided record always holds its decision
+            raise OrderBusy("the order's record holds no decision")
+        if claim.stage == LedgerStage.DELIVERED:
+            return decision, str(claim.result)
+        try:
+            status = self._deliver(decision)
+        except Exception:
+            self.deps.ledger.release(key, holder)
+            raise
+        self.deps.ledger.record_delivered(key, holder, status)
+        return decision, status
+
+    def _message_unknown(
+        self, order: Order, message: QueueMessage, owner: str, lease_until: float
+    ) -> tuple[Decision, str]:
+        reason = (
+            f"the order's message {message.message_id} could not be processed in "
+            f"{self.settings.max_receive_count} receives and was dead-lettered (the cancel "
+            "function's logs say why, under its message_id); not known whether the payment is "
+            "cancelled: reconciliation re-checks it with the Transaction Enquiry, and the order "
+            "stays open for a message sent again"
+        )
+        unknown = build_outcome(
+            order.to_dict(),
+            owner,
+            Status.UNKNOWN,
+            reason,
+            now=self.deps.clock(),
+            decided_by="cancel-function",
+        )
+        key, holder = f"cancel#{owner}", os.urandom(16).hex()
+        own: OutcomeDecision = {"outcome": unknown}
+        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, own)
+        decision = claim.decision or own
+        if claim.stage == LedgerStage.DELIVERED:
+            return decision, str(claim.result)
+        try:
+            status = self._deliver(decision)
+        except Exception:
+            self.deps.ledger.release(key, holder)
+            raise
+        self.deps.ledger.record_delivered(key, holder, status)
+        return decision, status
+
+    def _deliver(self, decision: Decision) -> str:
+        if "outcome" in decision:
+            # Published again if it was already: consumers drop repeats by outcome_id.
+            self.deps.publisher.publish(decision["outcome"])
+            return str(decision["outcome"]["status"])
+        # A hand-off whose delivery was abandoned: its loop, started or not, decides (the loop
+        # follows its own resend rule; this function sends nothing).
+        handoff = decision["handoff"]
+        if self.deps.loop_starter.find(handoff["name"]) is None:
+            state = handoff["input"]
+            # The loop's time counts from its start, as when the cancel function hands it over.
+            now = self.deps.clock()
+            length = state["deadline_at"] - state["started_at"]
+            self.deps.loop_starter.start(
+                handoff["name"], {**state, "started_at": now, "deadline_at": now + length}
+            )
+        return "IN_PROGRESS"
+
+    def _answer_caller(self, order_key: str, token: str, decision: Decision, lease_until: float) -> None:
+        """Once per task token (the cancel function may have answered it already)."""
+        caller = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        logger.thread_safe_append_keys(caller=caller)
+        key, holder = f"cancel#{order_key}|caller={caller}", os.urandom(16).hex()
+        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, decision)
+        if claim.stage == LedgerStage.DELIVERED:
+            return
+        try:
+            answered = self._answer(token, claim.decision or decision)
+        except Exception:
+            self.deps.ledger.release(key, holder)
+            raise
+        self.deps.ledger.record_delivered(key, holder, str(answered))
+
+    def _answer(self, token: str, decision: Decision) -> bool:
+        if "outcome" in decision:
+            return self.deps.notifier.notify(token, decision["outcome"])
+        loop = self._loop_of(decision["handoff"])
+        if loop is not None and loop.outcome is not None:
+            return self.deps.notifier.notify(token, loop.outcome)
+        if loop is not None and loop.status == "RUNNING":
+            cause = "this order is still being decided by the enquiry loop; retry later"
+            return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
+        cause = "the order's message was dead-lettered and its enquiry loop left no outcome"
+        return self.deps.notifier.fail(token, "Cancellation.Unknown", cause)
+
+    def _loop_of(self, handoff: Handoff) -> LoopResult | None:
+        loop = self.deps.loop_starter.find(handoff["name"])
+        if loop is None or loop.outcome is not None or loop.status == "RUNNING":
+            return loop
+        return self.deps.loop_starter.find(successor_name(handoff)) or loop
+
+    def _invalid(self, message: QueueMessage, invalid: InvalidOrder) -> str:
+        """Not an order: its rejection (keyed by the message) is published again, and a caller
+        whose token could be read is told."""
+        ids = invalid.identifiers
+        detail = rejected_outcome(
+            invalid.reason,
+            now=self.deps.clock(),
+            out_trade_no=ids.get("out_trade_no"),
+            syssn=ids.get("syssn"),
+            mchid=ids.get("mchid"),
+            message_id=message.message_id,
+        )
+        self.deps.publisher.publish(detail)
+        if ids.get("task_token"):
+            self.deps.notifier.notify(ids["task_token"], detail)
+        return str(detail["status"])

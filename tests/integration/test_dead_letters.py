@@ -1,0 +1,135 @@
+"""The DLQ's consumer (DeadLetterFunction) against moto and the QFPay stand-in: an order message
+that dead-lettered still ends in one explained outcome, its task-token caller is answered, and
+nothing is sent to QFPay on the way."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+
+from tests.conftest import PipelineFactory
+from tests.integration.test_cancel_integration import FAST_RETRIES, order_and_txn, wait_for
+from tests.local.pipeline import Pipeline, caller_definition
+from tests.local.qfpay_standin import Merchant
+from tests.local.sqs_delivery import SqsEventSource
+
+
+@contextmanager
+def dead_letter_delivery(pipeline: Pipeline) -> Iterator[SqsEventSource]:
+    """The template's event source mapping from the DLQ to DeadLetterFunction."""
+    source = SqsEventSource(
+        boto3.client("sqs"),
+        boto3.client("lambda"),
+        pipeline.stack.dlq_url,
+        pipeline.stack.dead_letter_function_name,
+    )
+    source.start()
+    try:
+        yield source
+    finally:
+        source.stop()
+
+
+def start_caller(pipeline: Pipeline, queue_url: str, order: dict[str, Any]) -> str:
+    """The example caller workflow, sending to ``queue_url``; returns its execution ARN."""
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name=f"caller-{uuid.uuid4().hex[:8]}",
+        definition=caller_definition(queue_url),
+        roleArn=pipeline.stack.role_arn,
+    )["stateMachineArn"]
+    caller_input = {"order": {**order, "mchid": order.get("mchid"), "udid": None}}
+    return str(sfn.start_execution(stateMachineArn=machine, input=json.dumps(caller_input))["executionArn"])
+
+
+def finished(arn: str, timeout: float) -> dict[str, Any]:
+    sfn = boto3.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while True:
+        execution: dict[str, Any] = sfn.describe_execution(executionArn=arn)
+        if execution["status"] != "RUNNING" or time.monotonic() > deadline:
+            return execution
+        time.sleep(0.2)
+
+
+def ledger_record(pipeline: Pipeline, order: dict[str, Any]) -> dict[str, Any]:
+    item: dict[str, Any] = boto3.client("dynamodb").get_item(
+        TableName=pipeline.stack.table_name,
+        Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+    )["Item"]
+    return item
+
+
+def test_an_order_that_dead_letters_ends_unknown_and_its_caller_is_told(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay refuses our signature on every receive (its key changed, the secret did not): the
+    message dead-letters. DeadLetterFunction publishes an UNKNOWN of that message's own with the
+    reason (reconciliation's intake rule copies every UNKNOWN), answers the caller with
+    SendTaskFailure and calls QFPay not once; the dead message is consumed. The order stays
+    open: once the secret is right, the order sent again is decided as usual."""
+    order, txn = order_and_txn(31)
+    with (
+        pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline,
+        dead_letter_delivery(pipeline) as dlq,
+    ):
+        pipeline.qfpay.set_merchant(
+            Merchant(app_code=pipeline.merchant.app_code, client_key="ROTATED-AT-QFPAY")
+        )
+        caller = finished(start_caller(pipeline, pipeline.stack.queue_url, order), timeout=90)
+        outcomes = pipeline.collect_outcomes(1, timeout=10)
+        assert wait_for(lambda: pipeline.dead_letters_count() == 0, timeout=10)
+        calls = pipeline.qfpay.calls
+        record = ledger_record(pipeline, order)
+        dlq_deliveries = dlq.total
+        pipeline.qfpay.set_merchant(pipeline.merchant)  # the cause is fixed; the order is sent again
+        pipeline.send(order)
+        decided = pipeline.stack.read_outcomes(wait_seconds=30, expected=1)
+    assert caller["status"] == "FAILED", caller
+    history = boto3.client("stepfunctions").get_execution_history(executionArn=caller["executionArn"])[
+        "events"
+    ]
+    failure = next(e["taskFailedEventDetails"] for e in history if "taskFailedEventDetails" in e)
+    assert failure["error"] == "Cancellation.Unknown"
+    assert "dead-lettered" in failure["cause"]
+    (outcome,) = outcomes
+    assert outcome["status"] == "UNKNOWN"
+    assert "could not be processed in 5 receives and was dead-lettered" in outcome["reason"]
+    assert (outcome["out_trade_no"], outcome["txamt"]) == (order["out_trade_no"], order["txamt"])
+    # Only the cancel function's attempts reached QFPay: 5 receives, each refused twice (1108).
+    assert [c.respcd for c in calls] == ["1108"] * 10
+    assert record["stage"]["S"] == "DECIDING"  # the order itself undecided, its lease released
+    assert dlq_deliveries.invocations >= 1
+    (later,) = decided
+    assert later["status"] == "CANCELLED"
+    assert later["outcome_id"] != outcome["outcome_id"]  # the dead message's UNKNOWN was its own
+    assert pipeline.qfpay.cancellations_applied(txn.syssn) == 1
+
+
+def test_a_dead_letter_of_an_order_already_decided_gets_that_outcome_not_unknown(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """One message of the order was decided (CANCELLED); another one, carrying a caller's token,
+    dead-lettered. The order keeps its one outcome: the caller hears CANCELLED (SendTaskSuccess),
+    and nothing more is published (the outcome was delivered already; no UNKNOWN)."""
+    order, txn = order_and_txn(32)
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        [first] = pipeline.collect_outcomes(1, timeout=30)
+        with dead_letter_delivery(pipeline):
+            # The caller's message lands in the DLQ itself, as after five failed receives.
+            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, order), timeout=60)
+            again = pipeline.stack.read_outcomes(wait_seconds=3)
+        reversals = pipeline.qfpay.count("reversal")
+    assert first["status"] == "CANCELLED"
+    assert caller["status"] == "SUCCEEDED", caller
+    heard = json.loads(caller["output"])["outcome"]
+    assert (heard["status"], heard["outcome_id"]) == ("CANCELLED", first["outcome_id"])
+    assert again == []
+    assert reversals == 1
