@@ -78,7 +78,8 @@ def test_reconcile_attention_show_and_resolve(pipeline_factory: PipelineFactory)
         assert unknown["outcome_id"] in table.out
 
         shown = cli(pipeline, "show", "--out-trade-no", stuck.out_trade_no, "--json").json()
-        assert shown["order"] == f"|out_trade_no={stuck.out_trade_no}"
+        # Named by out_trade_no: the payment's syssn (its identity) is learnt from its outcome.
+        assert shown["order"] == f"syssn={stuck.syssn}"
         assert shown["ledger"] is not None
         (reconciliation,) = shown["reconciliation"]
         assert (reconciliation["outcome_id"], reconciliation["stage"]) == (
@@ -141,7 +142,7 @@ def test_cancel_sends_a_validated_order_and_waits_for_its_outcome(pipeline_facto
         outcome = ran.json()
         assert (outcome["status"], outcome["out_trade_no"]) == ("CANCELLED", live.out_trade_no)
         assert pipeline.qfpay.cancellations_applied(live.syssn) == 1
-        assert "sent |out_trade_no=OPS-0002 as message" in ran.err
+        assert f"sent syssn={live.syssn} as message" in ran.err  # the payment's identity
 
         bad = cli(pipeline, "cancel", json.dumps({**live.order_message(), "txamt": -5}))
         assert bad.code == 2

@@ -275,7 +275,7 @@ def test_a_first_delivery_after_an_attempt_died_still_asks_before_cancelling(
         boto3.client("dynamodb").put_item(  # the dead attempt's claim, its lease run out
             TableName=pipeline.stack.table_name,
             Item={
-                "id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"},
+                "id": {"S": f"cancel#syssn={order['syssn']}"},  # the payment's identity
                 "stage": {"S": "DECIDING"},
                 "holder": {"S": "an-attempt-that-died"},
                 "lease_until": {"N": str(time.time() - 1)},
@@ -302,7 +302,7 @@ def test_a_decision_stored_but_never_published_is_published_by_the_next_message(
         # Put the order's record back to where that attempt died: decided, not delivered, lease run out.
         boto3.client("dynamodb").update_item(
             TableName=pipeline.stack.table_name,
-            Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+            Key={"id": {"S": f"cancel#syssn={order['syssn']}"}},  # the payment's identity
             UpdateExpression="SET stage = :decided, lease_until = :gone REMOVE #result",
             ExpressionAttributeNames={"#result": "result"},
             ExpressionAttributeValues={":decided": {"S": "DECIDED"}, ":gone": {"N": str(time.time() - 1)}},
@@ -342,6 +342,7 @@ def test_an_outcome_eventbridge_refused_is_published_on_the_next_receive_without
     assert len(refused) == 1
     assert [o["status"] for o in outcomes] == ["CANCELLED"]
     assert [o["decided_at"] for o in outcomes] == [json.loads(refused[0])["decided_at"]]
+    # The message names the syssn: no look-up; one Enquiry confirming; none on the second receive.
     assert (reversals, enquiries) == (1, 1)
 
 
@@ -361,6 +362,28 @@ def test_with_verification_on_an_unsigned_answer_is_never_believed(
     assert [o["status"] for o in outcomes] == ["UNKNOWN"]
     assert "X-QF-SIGN" in outcomes[0]["reason"]
     assert reversals == 1  # ambiguous, never resent blindly
+
+
+def test_with_verification_on_a_rotated_key_is_re_read_on_the_enquiry_and_the_order_cancelled(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay's key was rotated and the secret updated; the function's cached key is stale. QFPay's
+    answer (1108) is signed with the new key, so its signature fails before the 1108 is read: the
+    Enquiry asked before the cancel (read-only: the message names only out_trade_no, so its syssn is
+    looked up) re-reads the secret and asks again."""
+    order, txn = order_and_txn(22)
+    del order["syssn"]
+    warm_order, warm_txn = order_and_txn(23)
+    env = {"QFPAY_VERIFY_RESPONSE_SIGNATURE": "true", **FAST_RETRIES}
+    with pipeline_factory([txn, warm_txn], env_overrides=env) as pipeline:
+        pipeline.send(warm_order)  # warms the function's credentials cache (then stale)
+        pipeline.collect_outcomes(1, timeout=20)
+        pipeline.rotate_credentials("ROTATED-KEY-22", sign_type="SHA256")
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(2, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+    assert [o["status"] for o in outcomes if o["out_trade_no"] == order["out_trade_no"]] == ["CANCELLED"]
+    assert reversals == 1
 
 
 def fail_dynamodb_writes(times: int, marker: str) -> list[str]:
@@ -445,7 +468,7 @@ def test_a_loop_that_already_decided_the_order_is_read_not_assumed(pipeline_fact
         assert wait_for(lambda: pipeline.executions()[0]["status"] == "SUCCEEDED", timeout=15)
         boto3.client("dynamodb").delete_item(  # the record's TTL ran out and DynamoDB swept it
             TableName=pipeline.stack.table_name,
-            Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+            Key={"id": {"S": f"cancel#syssn={order['syssn']}"}},  # the payment's identity
         )
         pipeline.qfpay.update(txn.syssn, cancel_respcd="1143")  # the new cancel: "in progress"
         pipeline.send(order)
@@ -476,7 +499,7 @@ def test_a_loop_that_ended_without_an_outcome_is_followed_by_a_new_one_and_its_c
         assert wait_for(lambda: pipeline.executions()[0]["status"] == "ABORTED", timeout=15)
         boto3.client("dynamodb").delete_item(  # the record's TTL ran out and DynamoDB swept it
             TableName=pipeline.stack.table_name,
-            Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+            Key={"id": {"S": f"cancel#syssn={order['syssn']}"}},  # the payment's identity
         )
         # The first cancel has taken effect meanwhile; the new one answers "in progress".
         assert pipeline.qfpay.settle() == 1

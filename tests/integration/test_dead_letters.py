@@ -61,7 +61,7 @@ def finished(arn: str, timeout: float) -> dict[str, Any]:
 def ledger_record(pipeline: Pipeline, order: dict[str, Any]) -> dict[str, Any]:
     item: dict[str, Any] = boto3.client("dynamodb").get_item(
         TableName=pipeline.stack.table_name,
-        Key={"id": {"S": f"cancel#|out_trade_no={order['out_trade_no']}"}},
+        Key={"id": {"S": f"cancel#syssn={order['syssn']}"}},  # the payment's identity
     )["Item"]
     return item
 
@@ -101,7 +101,8 @@ def test_an_order_that_dead_letters_ends_unknown_and_its_caller_is_told(
     (outcome,) = outcomes
     assert outcome["status"] == "UNKNOWN"
     assert "could not be processed in 5 receives and was dead-lettered" in outcome["reason"]
-    assert (outcome["out_trade_no"], outcome["txamt"]) == (order["out_trade_no"], order["txamt"])
+    assert (outcome["out_trade_no"], outcome["message_txamt"]) == (order["out_trade_no"], order["txamt"])
+    assert outcome["txamt"] is None  # no row of QFPay's was read: its figures are unknown
     # Only the cancel function's attempts reached QFPay: 5 receives, each refused twice (1108).
     assert [c.respcd for c in calls] == ["1108"] * 10
     assert record["stage"]["S"] == "DECIDING"  # the order itself undecided, its lease released

@@ -54,6 +54,16 @@ CLOSE_ORDER = Order(
 LOOP = LoopPolicy(PollSchedule(first_wait=3, max_wait=60, factor=2.0), deadline_seconds=900)
 
 
+def live_row_of(order: Order) -> dict[str, Any]:
+    """QFPay's record as the first look found it: the order's payment, live."""
+    return enquiry_shows(
+        respcd="1143",
+        txamt=str(order.txamt),
+        out_trade_no=order.out_trade_no,
+        txcurrcd=order.txcurrcd or "HKD",
+    )
+
+
 def decide(
     fake: FakeQFPay,
     order: Order = ORDER,
@@ -62,7 +72,11 @@ def decide(
     routing: Routing | None = None,
     loop: LoopPolicy = LOOP,
     now: float = NOW,
+    seen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One attempt. ``seen``: the Enquiry asked just before the order was claimed (the service does
+    it then for a message naming only out_trade_no); by default a live payment, except for a
+    redelivered message, which (like a message naming its syssn) asks for itself."""
     attempt = CancelAttempt(
         order=order,
         qfpay=fake.as_client(),
@@ -70,6 +84,7 @@ def decide(
         loop=loop,
         clock=Clock(now),
         redelivered=redelivered,
+        seen=None if redelivered else (seen or live_row_of(order)),
     )
     return as_dict(attempt.decide())
 
@@ -387,7 +402,7 @@ def test_redelivered_still_live_asks_then_sends():
 def test_redelivered_with_the_enquiry_unavailable_is_retried_without_sending():
     fake = FakeQFPay(enquiry=[QFPayUnavailable("enquiry: HTTP 502", http_status=502)])
     retry = retry_of(fake, redelivered=True)
-    assert "Enquiry unavailable" in str(retry)
+    assert "Enquiry before the cancel" in str(retry)
     assert fake.names == ["enquiry"]
 
 
@@ -462,13 +477,15 @@ def test_execution_name_is_equal_for_duplicates():
     assert names == {execution_name(ORDER)}
 
 
-def test_execution_name_differs_across_orders_and_merchants():
+def test_execution_name_differs_across_payments_and_merchants():
+    """One payment, one name (tests/unit/test_one_payment.py); different payments, different names."""
     orders = [
         ORDER,
-        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no=OUT_TRADE_NO, syssn=SYSSN, mchid="MCH2"),
-        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no=OUT_TRADE_NO, syssn=SYSSN),
-        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no="SHOP-2026-0003", syssn=SYSSN, mchid="MCH1"),
-        Order(txamt=1250, txdtm=ORDER.txdtm, syssn=SYSSN, mchid="MCH1"),
+        Order(txamt=1250, txdtm=ORDER.txdtm, syssn="20261126000101000002"),
+        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no=OUT_TRADE_NO, mchid="MCH1"),
+        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no=OUT_TRADE_NO, mchid="MCH2"),
+        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no=OUT_TRADE_NO),
+        Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no="SHOP-2026-0003", mchid="MCH1"),
     ]
     assert len({execution_name(o) for o in orders}) == len(orders)
 

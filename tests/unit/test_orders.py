@@ -471,10 +471,12 @@ def test_duplicates_have_the_same_identity():
     assert first.identity == again.identity
 
 
-def test_identity_is_mchid_and_out_trade_no_even_when_syssn_differs():
+def test_identity_is_the_syssn_when_named_whatever_else_is_named():
+    """QFPay's serial names one payment: with or without mchid or out_trade_no, one identity."""
     a = validate_order(order_with(syssn="20261126000101000001"))
-    b = validate_order(order_with(syssn="20261126000101000002"))
-    assert a.identity == b.identity
+    assert a.identity == validate_order(order_with(mchid=..., out_trade_no=...)).identity
+    assert a.identity == validate_order(order_with(mchid="OTHER")).identity
+    assert a.identity != validate_order(order_with(syssn="20261126000101000002")).identity
 
 
 def test_identity_uses_syssn_when_there_is_no_out_trade_no():
@@ -484,19 +486,19 @@ def test_identity_uses_syssn_when_there_is_no_out_trade_no():
     assert a.identity == validate_order(order_with(out_trade_no=..., syssn="S1", txamt=7)).identity
 
 
-def test_identity_differs_across_merchants():
+def test_identity_by_out_trade_no_differs_across_merchants():
     identities = {
-        validate_order(order_with(mchid="M1")).identity,
-        validate_order(order_with(mchid="M2")).identity,
-        validate_order(order_with(mchid=...)).identity,
+        validate_order(order_with(mchid="M1", syssn=...)).identity,
+        validate_order(order_with(mchid="M2", syssn=...)).identity,
+        validate_order(order_with(mchid=..., syssn=...)).identity,
     }
     assert len(identities) == 3
 
 
 def test_identity_differs_across_orders_of_one_merchant():
     assert (
-        validate_order(order_with(out_trade_no="A-1")).identity
-        != validate_order(order_with(out_trade_no="A-2")).identity
+        validate_order(order_with(out_trade_no="A-1", syssn=...)).identity
+        != validate_order(order_with(out_trade_no="A-2", syssn=...)).identity
     )
 
 

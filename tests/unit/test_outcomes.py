@@ -15,6 +15,7 @@ from cancellation.orders import InvalidOrder, Order, validate_order
 from cancellation.outcomes import (
     CALLER_ERRORS,
     CALLER_SUCCESS_STATUSES,
+    QFPayAmount,
     Status,
     build_outcome,
     outcome_id,
@@ -93,16 +94,40 @@ def test_build_outcome_copies_the_order_fields_and_drops_the_task_token(validato
         "udid": "pos-1",
         "txdtm": "2026-11-26 10:00:00",
     }
-    detail = build_outcome(subject, ORDER.identity, Status.CANCELLED, "done", now=NOW, decided_by="poll-loop")
+    detail = build_outcome(
+        subject,
+        ORDER.identity,
+        Status.CANCELLED,
+        "done",
+        now=NOW,
+        decided_by="poll-loop",
+        amount=QFPayAmount(1250, "HKD"),
+    )
     assert_valid(validator, detail)
-    assert {k: detail[k] for k in ("out_trade_no", "syssn", "mchid", "pay_type", "txamt", "txcurrcd")} == {
+    fields = ("out_trade_no", "syssn", "mchid", "pay_type", "message_txamt", "message_txcurrcd")
+    assert {k: dict(detail)[k] for k in fields} == {
         "out_trade_no": "SHOP-2026-0001",
         "syssn": "20261126000101000001",
         "mchid": "MCH1",
         "pay_type": "800101",
-        "txamt": 1250,
-        "txcurrcd": "HKD",
+        "message_txamt": 1250,
+        "message_txcurrcd": "HKD",
     }
+    # The amounts published as the payment's are QFPay's, never the message's.
+    assert (detail["txamt"], detail["txcurrcd"]) == (1250, "HKD")
+    claimed = build_outcome(
+        {**subject, "txamt": 99_999_999, "txcurrcd": "USD"},
+        ORDER.identity,
+        Status.REFUND_REQUIRED,
+        "r",
+        now=NOW,
+        decided_by="poll-loop",
+        amount=QFPayAmount(1250, "HKD"),
+    )
+    assert (claimed["txamt"], claimed["txcurrcd"]) == (1250, "HKD")
+    assert (claimed["message_txamt"], claimed["message_txcurrcd"]) == (99_999_999, "USD")
+    no_row = build_outcome(subject, ORDER.identity, Status.UNKNOWN, "r", now=NOW, decided_by="poll-loop")
+    assert (no_row["txamt"], no_row["txcurrcd"], no_row["message_txamt"]) == (None, None, 1250)
     assert "secret-token" not in json.dumps(detail)
 
 
@@ -228,7 +253,7 @@ def test_outcome_id_is_stable_for_one_order():
         outcome_id(ORDER.identity),
     }
     assert len(ids) == 1
-    assert ids.pop() == outcome_id("MCH1|out_trade_no=SHOP-2026-0001")
+    assert ids.pop() == outcome_id("syssn=20261126000101000001")
 
 
 def test_outcome_id_differs_across_orders_and_merchants():
@@ -237,7 +262,7 @@ def test_outcome_id_differs_across_orders_and_merchants():
         Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no="SHOP-2026-0002", mchid="MCH1"),
         Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no="SHOP-2026-0001", mchid="MCH2"),
         Order(txamt=1250, txdtm=ORDER.txdtm, out_trade_no="SHOP-2026-0001"),
-        Order(txamt=1250, txdtm=ORDER.txdtm, syssn="20261126000101000001", mchid="MCH1"),
+        Order(txamt=1250, txdtm=ORDER.txdtm, syssn="20261126000101000002", mchid="MCH1"),
     ]
     assert len({detail_for(o)["outcome_id"] for o in orders}) == len(orders)
 

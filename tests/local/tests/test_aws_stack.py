@@ -542,12 +542,13 @@ def test_a_poll_function_failing_twice_still_ends_in_an_explained_unknown_outcom
     assert outcome["outcome_id"] == state["outcome_id"]
     assert outcome["status"] == "UNKNOWN"
     assert outcome["decided_by"] == "poll-loop"
-    assert (outcome["out_trade_no"], outcome["syssn"], outcome["txamt"]) == (
+    assert (outcome["out_trade_no"], outcome["syssn"], outcome["message_txamt"]) == (
         "BROKEN-LOOP-1",
         order["syssn"],
         880,
     )
-    assert (outcome["mchid"], outcome["pay_type"], outcome["txcurrcd"]) == (None, "800101", "HKD")
+    assert (outcome["mchid"], outcome["pay_type"], outcome["message_txcurrcd"]) == (None, "800101", "HKD")
+    assert (outcome["txamt"], outcome["txcurrcd"]) == (None, None)  # QFPay's figures: none were read
     assert (outcome["endpoint"], outcome["respcd"], outcome["resperr"]) == ("reversal", "1143", "processing")
     assert outcome["reversal_syssn"] == state["reversal_syssn"]
     assert (outcome["attempts"], outcome["polls"], outcome["resent"]) == (1, 0, False)

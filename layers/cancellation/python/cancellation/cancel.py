@@ -7,14 +7,14 @@ AWS; the caller publishes the decision.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
-from cancellation.enquiry import Finding
+from cancellation.enquiry import Finding, enquiry_params, read_enquiry
 from cancellation.models import Decision, Endpoint, Handoff, HandoffDecision, LoopState, OutcomeDecision
-from cancellation.orders import Order
-from cancellation.outcomes import Status, build_outcome, outcome_id
+from cancellation.orders import Order, valid_syssn
+from cancellation.outcomes import QFPayAmount, Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_params, send_cancel, text_of
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
@@ -37,6 +37,47 @@ class RetryLater(Exception):
 # not know yet; UNKNOWN: risk control, an undocumented code) says nothing certain about the
 # payment: such a decision belongs to the message that made the request, never to the order.
 REQUEST_STATUSES = frozenset({Status.REJECTED, Status.UNKNOWN})
+
+
+class FirstLook(NamedTuple):
+    """The Transaction Enquiry asked before anything is claimed or sent."""
+
+    order: Order  # with QFPay's syssn filled in when the message named only out_trade_no
+    # QFPay's answer, read again once it is known whether a cancel of ours may be pending.
+    answer: Mapping[str, Any]
+
+
+def first_look(qfpay: QFPayClient, order: Order) -> FirstLook:
+    """Ask QFPay what it knows of the payment before anything else (read-only). Its record names
+    the payment (its ``syssn``: one payment, one identity, however a message names it). Raises
+    RetryLater if QFPay cannot be asked."""
+    try:
+        answer = qfpay.enquiry(enquiry_params(order))
+        finding = read_enquiry(answer, order)
+    except BudgetExhausted as spent:
+        raise _budget_spent(spent) from None
+    except QFPayUnavailable as exc:
+        raise RetryLater(f"Enquiry before the cancel: {exc}", throttled=exc.http_status == 429) from None
+    except ValueError as exc:
+        raise RetryLater(f"Enquiry before the cancel: {exc}") from None
+    syssn = (finding.payment or {}).get("syssn")
+    if order.syssn is None and valid_syssn(syssn):
+        order = order._replace(syssn=syssn)
+    return FirstLook(order, answer)
+
+
+def disagreement(order: Order, finding: Finding) -> str | None:
+    """How the message's figures disagree with QFPay's record of the payment, if they do."""
+    problems: list[str] = []
+    amount = finding.amount
+    if amount is not None and amount.txamt != order.txamt:
+        problems.append(f"txamt {order.txamt} disagrees with QFPay's record ({amount.txamt})")
+    if amount is not None and order.txcurrcd is not None and amount.txcurrcd != order.txcurrcd:
+        problems.append(f"txcurrcd {order.txcurrcd} disagrees with QFPay's record ({amount.txcurrcd})")
+    recorded = (finding.payment or {}).get("out_trade_no")
+    if order.out_trade_no and recorded and recorded != order.out_trade_no:
+        problems.append("out_trade_no disagrees with QFPay's record of the syssn")
+    return "; ".join(problems) or None
 
 
 def execution_name(order: Order) -> str:
@@ -80,6 +121,7 @@ class CancelAttempt:
         redelivered: bool = False,
         earlier_sends: int = 0,
         first_attempt_at: float | None = None,
+        seen: Mapping[str, Any] | None = None,
     ) -> None:
         self.order = order
         self.qfpay = qfpay
@@ -91,13 +133,24 @@ class CancelAttempt:
         # When the order was first attempted (its message's first receive): the loop's deadline may
         # move for QFPay being unreachable only until that time plus the retry horizon.
         self.first_attempt_at = first_attempt_at
+        # The Enquiry asked just before this attempt claimed the order (first_look), if any.
+        self.seen = seen
+        self._amount: QFPayAmount | None = None  # QFPay's figures, once seen
 
     def decide(self) -> Decision:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
         belongs to this request only, not to the order, also has ``"request": True``."""
         endpoint = self.routing.endpoint_for(self.order.pay_type)
-        if (self.redelivered or self.earlier_sends) and (decided := self._ask_first(endpoint)) is not None:
-            return decided
+        # An attempt before this one (a crash, a redelivery) may have sent a cancel.
+        earlier = self.redelivered or bool(self.earlier_sends)
+        # QFPay's record is read before the cancel only where it is needed: an earlier attempt may
+        # have cancelled, or the message named the payment by out_trade_no alone (looked up to learn
+        # its syssn: ``seen``). A first message naming the syssn costs no extra request; QFPay
+        # checks the cancel's txamt against the payment itself (1266).
+        if earlier or self.seen is not None or self.order.syssn is None:
+            decided = self._ask_first(endpoint, earlier)
+            if decided is not None:
+                return decided
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, self.order)
         except BudgetExhausted as spent:
@@ -129,18 +182,33 @@ class CancelAttempt:
             decision["request"] = True  # the message's own; see REQUEST_STATUSES
         return decision
 
-    def _ask_first(self, endpoint: Endpoint) -> Decision | None:
-        """A crashed or timed-out earlier run may have cancelled already: ask before sending.
-        A decision, or None: nothing shows that an earlier cancel did anything, send one."""
-        try:
-            finding = self._enquire(None, cancel_pending=True)
-        except BudgetExhausted as spent:
-            raise _budget_spent(spent) from None
-        if finding is None:
-            raise RetryLater("QFPay Enquiry unavailable before a redelivered cancel")
-        if finding.status is not None:
+    def _ask_first(self, endpoint: Endpoint, earlier: bool) -> Decision | None:
+        """QFPay's record before the cancel (``seen``, or asked now). A decision, or None: send one.
+        ``earlier``: a crashed or timed-out earlier run may have cancelled already."""
+        if self.seen is not None:
+            finding = self._read(self.seen, None, cancel_pending=earlier)
+        else:
+            try:
+                found = self._enquire(None, cancel_pending=earlier)
+            except BudgetExhausted as spent:
+                raise _budget_spent(spent) from None
+            if found is None:
+                raise RetryLater("QFPay's Enquiry before the cancel could not be read")
+            finding = found
+        disagrees = disagreement(self.order, finding)
+        if disagrees is not None:
+            # This message's claim, not the payment's state: refused before anything is sent, and
+            # the message's own (REQUEST_STATUSES), so a genuine message is decided on its own.
+            decision = self._outcome(
+                Status.REJECTED, f"the message disagrees with QFPay's record: {disagrees}", endpoint
+            )
+            decision["request"] = True
+            return decision
+        if finding.status is not None and not finding.paid_untouched:
             return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
-        if finding.found and not finding.live:
+        # A completed payment nothing has cancelled or refunded (only read so when nothing of ours
+        # is pending) still gets the first cancel: it may still undo it, and QFPay's answer decides.
+        if earlier and finding.found and not finding.live:
             # Paid while the earlier cancel may still take effect, or a row we cannot read:
             # sending would decide nothing more; the loop decides by the Enquiry.
             return self._handoff(
@@ -187,7 +255,18 @@ class CancelAttempt:
             )
         except ValueError:  # a request that could not be made is no answer either
             return None
+        if asked.finding is not None:
+            self._amount = asked.finding.amount or self._amount
         return asked.finding
+
+    def _read(
+        self, answer: Mapping[str, Any], reversal_syssn: str | None, *, cancel_pending: bool
+    ) -> Finding:
+        finding = read_enquiry(
+            answer, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
+        )
+        self._amount = finding.amount or self._amount
+        return finding
 
     def give_up(self, reason: str) -> OutcomeDecision:
         """QFPay could not be asked for the whole retry horizon: an explained UNKNOWN outcome."""
@@ -206,6 +285,7 @@ class CancelAttempt:
             decided_by="cancel-function",
             endpoint=endpoint,
             attempts=attempts,
+            amount=self._amount,
             **facts,
         )
         return {"outcome": detail}

@@ -189,7 +189,7 @@ def names_order(message: dict[str, Any], order: Order) -> bool:
 
 
 def show(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
-    order = order_named(args)
+    order = _with_syssn(tool, stack, order_named(args))
     oid = outcome_id(order.identity)
     record = ledger_record(tool, stack, order)
     reconciled = _reconciliation_records(
@@ -232,6 +232,22 @@ def show(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
             tool.say(f"  {answer}")
     tool.say(f"DLQ          {', '.join(dead) if dead else 'none'}")
     return EXIT_OK
+
+
+def _with_syssn(tool: Tool, stack: Stack, order: Order) -> Order:
+    """An order named by out_trade_no alone, with the payment's syssn (its identity, under which
+    the ledger and the loop keep it) when an outcome awaiting reconciliation names exactly one."""
+    if order.syssn is not None or not order.out_trade_no:
+        return order
+    ledger = ReconciliationLedger(stack.table, lambda: tool.client("dynamodb"))
+    named = {
+        str(record.outcome.get("syssn"))
+        for record in ledger.unresolved()
+        if record.outcome.get("out_trade_no") == order.out_trade_no
+        and record.outcome.get("syssn")
+        and (order.mchid is None or record.outcome.get("mchid") == order.mchid)
+    }
+    return order._replace(syssn=named.pop()) if len(named) == 1 else order
 
 
 def _reconciliation_records(

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from cancellation.orders import CURRENCIES, TXDTM_FORMAT, Order
-from cancellation.outcomes import Status
+from cancellation.outcomes import QFPayAmount, Status
 from cancellation.respcd import RESPCD_MEANINGS, Disposition, meaning_of
 
 CANCEL_FLAGS = {
@@ -49,6 +49,8 @@ class Finding(NamedTuple):
     # in which a cancel may be (re)sent.
     live: bool = False
     payment: Mapping[str, Any] | None = None  # the payment's row, as QFPay showed it
+    # Completed, and neither cancelled nor refunded at all: what a first cancel may still undo.
+    paid_untouched: bool = False
 
     @property
     def amount(self) -> QFPayAmount | None:
@@ -56,11 +58,6 @@ class Finding(NamedTuple):
         if self.payment is None or _unreadable_amount(self.payment) is not None:
             return None
         return QFPayAmount(int(str(self.payment["txamt"])), str(self.payment["txcurrcd"]))
-
-
-class QFPayAmount(NamedTuple):
-    txamt: int
-    txcurrcd: str
 
 
 def enquiry_params(
@@ -191,7 +188,13 @@ def _paid(
             "0000",
             payment=payment,
         )
-    return Finding(Status.REFUND_REQUIRED, "payment completed and was not cancelled", "0000", payment=payment)
+    return Finding(
+        Status.REFUND_REQUIRED,
+        "payment completed and was not cancelled",
+        "0000",
+        payment=payment,
+        paid_untouched=True,
+    )
 
 
 def _unreadable(row: Mapping[str, Any]) -> str | None:

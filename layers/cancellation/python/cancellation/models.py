@@ -31,8 +31,10 @@ class OutcomeDetail(TypedDict):
     syssn: str | None
     mchid: str | None
     pay_type: str | None
-    txamt: int | None
+    txamt: int | None  # QFPay's figures, from its Enquiry row (None when none was read)
     txcurrcd: str | None
+    message_txamt: int | None  # what the message claimed, beside QFPay's
+    message_txcurrcd: str | None
     status: str  # a Status value
     reason: str
     endpoint: Endpoint | None

@@ -60,11 +60,13 @@ class Order(NamedTuple):
 
     @property
     def identity(self) -> str:
-        """mchid + (out_trade_no, or syssn when there is none): what makes two messages one order."""
+        """The payment this order names, so that two messages naming it two ways are one order:
+        its QFPay ``syssn`` when known (QFPay's serial names one payment, whoever sends it, with or
+        without ``mchid``), else ``mchid`` + ``out_trade_no`` (the merchant's own number)."""
         # '=' never passes validation in any field, and '|' never in mchid: the forms cannot collide.
-        if self.out_trade_no:
-            return f"{self.mchid or ''}|out_trade_no={self.out_trade_no}"
-        return f"{self.mchid or ''}|syssn={self.syssn}"
+        if self.syssn:
+            return f"syssn={self.syssn}"
+        return f"{self.mchid or ''}|out_trade_no={self.out_trade_no}"
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()

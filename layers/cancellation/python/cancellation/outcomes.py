@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from cancellation.models import DecidedBy, Endpoint, OutcomeDetail
 
@@ -39,6 +39,13 @@ def utc_now_iso(now: float) -> str:
     return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class QFPayAmount(NamedTuple):
+    """What QFPay's record of the payment says was charged (from a Transaction Enquiry row)."""
+
+    txamt: int
+    txcurrcd: str
+
+
 def build_outcome(
     subject: Mapping[str, Any],
     identity: str,
@@ -54,16 +61,22 @@ def build_outcome(
     attempts: int = 0,
     polls: int = 0,
     resent: bool = False,
+    amount: QFPayAmount | None = None,
 ) -> OutcomeDetail:
-    """The outcome detail; ``subject`` gives the order's fields (only those that validated)."""
+    """The outcome detail; ``subject`` gives the order's fields (only those that validated).
+
+    ``txamt``/``txcurrcd`` are QFPay's figures (``amount``, from the Enquiry row; null when QFPay
+    showed none): a message's own figures are only its claim, published beside them."""
     return {
         "outcome_id": outcome_id(identity),
         "out_trade_no": subject.get("out_trade_no"),
         "syssn": subject.get("syssn"),
         "mchid": subject.get("mchid"),
         "pay_type": subject.get("pay_type"),
-        "txamt": subject.get("txamt"),
-        "txcurrcd": subject.get("txcurrcd"),
+        "txamt": amount.txamt if amount else None,
+        "txcurrcd": amount.txcurrcd if amount else None,
+        "message_txamt": subject.get("txamt"),
+        "message_txcurrcd": subject.get("txcurrcd"),
         "status": status.value,
         "reason": reason,
         "endpoint": endpoint,

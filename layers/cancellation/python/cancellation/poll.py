@@ -14,7 +14,7 @@ from cancellation.budget import BudgetExhausted, spend_until
 from cancellation.enquiry import Finding
 from cancellation.observability import count_kind
 from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
-from cancellation.outcomes import Status, build_outcome
+from cancellation.outcomes import QFPayAmount, Status, build_outcome
 from cancellation.qfpay import (
     QFPayAmbiguous,
     QFPayClient,
@@ -93,7 +93,9 @@ class EnquiryStep:
         finding, reached = self._enquire(order, state)
         state["polls"] = int(state.get("polls", 0)) + 1
         if finding.status is not None:
-            return self._final(state, order, finding.status, finding.reason, respcd=finding.respcd)
+            return self._final(
+                state, order, finding.status, finding.reason, respcd=finding.respcd, amount=finding.amount
+            )
         if finding.live and cancel_may_take_effect(state):
             # QFPay shows a reversal it is still processing as a live payment: never resent.
             finding = finding._replace(
@@ -115,13 +117,17 @@ class EnquiryStep:
                     f"QFPay could not be reached until the loop's deadline, moved "
                     f"{int(state['unreachable_seconds'])} s for the outage: {finding.reason}"
                 )
-                return self._final(state, order, Status.UNKNOWN, reason)
+                return self._final(state, order, Status.UNKNOWN, reason, amount=finding.amount)
             return self._final(
-                state, order, Status.UNKNOWN, f"not confirmed by the deadline: {finding.reason}"
+                state,
+                order,
+                Status.UNKNOWN,
+                f"not confirmed by the deadline: {finding.reason}",
+                amount=finding.amount,
             )
         has_time = remaining_seconds is None or remaining_seconds() >= self.resend_seconds
         if finding.live and not state.get("reversal_pending") and not state.get("resent") and has_time:
-            decided = self._resend(state, order)
+            decided = self._resend(state, order, finding.amount)
             if decided is not None:
                 return decided
         wait = schedule.wait_after(state["polls"])
@@ -163,7 +169,9 @@ class EnquiryStep:
             return Finding(None, f"Enquiry unavailable ({asked.problem})", found=False), asked.reached
         return asked.finding, True
 
-    def _resend(self, state: dict[str, Any], order: Order) -> dict[str, Any] | None:
+    def _resend(
+        self, state: dict[str, Any], order: Order, amount: QFPayAmount | None
+    ) -> dict[str, Any] | None:
         """The Enquiry shows the payment still live and every cancel of ours was refused (none can
         still take effect): send one more, once per order."""
         endpoint = state["endpoint"]
@@ -190,7 +198,9 @@ class EnquiryStep:
         )
         if meaning.disposition is Disposition.FINAL and meaning.status not in (None, Status.NOT_CHARGED):
             reason = f"resent {endpoint} answered {respcd}: {meaning.text}"
-            return self._final(state, order, meaning.status or Status.UNKNOWN, reason, respcd=respcd)
+            return self._final(
+                state, order, meaning.status or Status.UNKNOWN, reason, respcd=respcd, amount=amount
+            )
         if meaning.disposition is not Disposition.FINAL:
             # 0000 or in progress: our cancel may take effect; the next Enquiry decides.
             state.update(reversal_pending=True, cancel_may_take_effect=True)
@@ -205,6 +215,7 @@ class EnquiryStep:
         reason: str,
         *,
         respcd: str | None = None,
+        amount: QFPayAmount | None = None,
     ) -> dict[str, Any]:
         state["status"] = status.value
         count_kind("Outcome", status.value)
@@ -222,6 +233,7 @@ class EnquiryStep:
             attempts=int(state.get("attempts", 1)),
             polls=int(state.get("polls", 0)),
             resent=bool(state.get("resent")),
+            amount=amount,
         )
         state.pop("task_error", None)
         return state

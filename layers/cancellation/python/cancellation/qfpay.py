@@ -166,7 +166,17 @@ class QFPayClient:
     def enquiry(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         """Read-only: an ambiguous failure is as good as no answer, so it is reported as unavailable."""
         try:
-            return self.call("POST", ENQUIRY_PATH, params)
+            try:
+                return self.call("POST", ENQUIRY_PATH, params)
+            except ResponseSignatureInvalid:
+                # A key rotated since we cached it fails the answer's signature before its 1108 can
+                # be read. Read-only, so asking again with the secret re-read is safe (never a cancel).
+                answer = self._send("POST", ENQUIRY_PATH, params, self._credentials(True))
+                if answer.get("respcd") == "1108":
+                    raise CredentialsRejected(
+                        f"QFPay rejected the signature on {ENQUIRY_PATH} twice"
+                    ) from None
+                return answer
         except AnswerUnreadable as exc:
             raise EnquiryUnreadable(f"enquiry: {exc}") from None
         except QFPayAmbiguous as exc:

@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,7 +32,7 @@ from cancellation.aws import (
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
-from cancellation.cancel import CancelAttempt, RetryLater, request_id, successor_name
+from cancellation.cancel import CancelAttempt, RetryLater, first_look, request_id, successor_name
 from cancellation.models import Decision, Handoff, LoopState, OutcomeDecision
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
@@ -95,19 +95,39 @@ class CancelService:
             order = parse_order_message(message.body)
         except InvalidOrder as invalid:
             return self._reject(message, invalid, lease_until)
-        # The outcome_id is the order's correlation id in both functions' logs and in the event.
-        logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
         receive_count = message.receive_count
-        # Where a decision that belongs to this message alone is kept (see cancel.REQUEST_STATUSES).
-        # The message, not its content: the same fields sent before QFPay knew the payment (1268)
-        # and again after must not share that refusal.
-        message_key = f"{order.identity}|message={message.message_id}"
         try:
+            seen: Mapping[str, Any] | None = None
+            if order.syssn is None:
+                # Named by out_trade_no alone: QFPay's record names the payment (its syssn), so
+                # that every naming of one payment is one order. Read-only, before anything is held.
+                try:
+                    look = first_look(self.qfpay, order)
+                    order, seen = look.order, look.answer
+                except RetryLater as exc:
+                    if not self._past_horizon(message, exc):
+                        raise
+                    # QFPay unreachable for the whole horizon: the attempt asks once more and
+                    # ends the order, explained (CancelAttempt.give_up).
+            # Where a decision that belongs to this message alone is kept (see
+            # cancel.REQUEST_STATUSES). The message, not its content: the same fields sent before
+            # QFPay knew the payment (1268) and again after must not share that refusal.
+            message_key = f"{order.identity}|message={message.message_id}"
+            # The outcome_id is the order's correlation id in both functions' logs and in the event.
+            logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
             decision, status = self._once(
                 order.identity,
                 lease_until,
                 self._deliver,
-                lambda claim: self._decide_order(order, message_key, claim, message),
+                # An attempt recorded before this one may have sent a cancel after that look: then
+                # it is stale, and the attempt looks again.
+                lambda claim: self._decide_order(
+                    order,
+                    message_key,
+                    claim,
+                    message,
+                    None if claim is not None and (claim.earlier_attempt or claim.earlier_sends) else seen,
+                ),
                 message_key=message_key,
             )
             if order.task_token:
@@ -216,8 +236,21 @@ class CancelService:
         )
         return "RETRY_LATER"
 
+    def _past_horizon(self, message: QueueMessage, exc: RetryLater) -> bool:
+        """QFPay has been unreachable since the message's first attempt for longer than the retry
+        horizon (our own spent budget never counts: it is no failure of QFPay's)."""
+        first = message.first_attempt_at
+        if exc.budget_free_at is not None or first is None:
+            return False
+        return self.deps.clock() - first >= self.settings.retry_horizon
+
     def _decide_order(
-        self, order: Order, message_key: str, claim: Claim | None, message: QueueMessage
+        self,
+        order: Order,
+        message_key: str,
+        claim: Claim | None,
+        message: QueueMessage,
+        seen: Mapping[str, Any] | None,
     ) -> Decision:
         # An attempt before this one may have reached QFPay, even when this message is a first
         # delivery (a duplicate can arrive after the earlier attempt died).
@@ -237,14 +270,12 @@ class CancelService:
             redelivered=redelivered,
             earlier_sends=claim.earlier_sends if claim is not None else 0,
             first_attempt_at=message.first_attempt_at,
+            seen=seen,
         )
         try:
             decision = attempt.decide()
         except RetryLater as exc:
-            first = message.first_attempt_at
-            if exc.budget_free_at is not None or first is None:
-                raise
-            if self.deps.clock() - first < self.settings.retry_horizon:
+            if not self._past_horizon(message, exc):
                 raise
             # Retried by time, not by count: past the horizon the order ends, explained.
             hours = self.settings.retry_horizon / 3600

@@ -1,0 +1,209 @@
+"""One payment, one outcome, with QFPay's figures: the cancel function against moto (the real
+decision ledger and state machine) and the QFPay stand-in over real HTTP.
+
+- The same payment named two ways (out_trade_no in one message, syssn in another; with and
+  without mchid) ends in one outcome_id and one status, and only one cancel reaches QFPay.
+- A message whose amount or currency disagrees with QFPay's record is rejected (nothing is sent)
+  and does not block the genuine message; outcomes publish QFPay's figures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.conftest import PipelineFactory
+from tests.local.pipeline import Pipeline
+from tests.local.qfpay_standin import Merchant, Transaction
+
+SYSSN = "20261126000101000777"
+OUT_TRADE_NO = "ONE-PAYMENT-1"
+
+
+def transaction(**script: Any) -> Transaction:
+    return Transaction(
+        syssn=SYSSN,
+        out_trade_no=OUT_TRADE_NO,
+        txamt=1250,
+        txdtm="2026-11-26 11:00:00",
+        pay_type="800101",
+        txcurrcd="HKD",
+        **script,
+    )
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    return {"txamt": 1250, "txdtm": "2026-11-26 11:00:00", "pay_type": "800101", "txcurrcd": "HKD", **fields}
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+FAST_RETRIES = {"RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "4"}
+AGENT = Merchant(app_code="APP-AGENT", client_key="KEY-AGENT", mchid="MCH-ONE")
+
+
+def callers_heard(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """What each task-token caller was answered, by token (the cancel function runs in this
+    process; its answers still go to moto, which refuses these made-up tokens harmlessly)."""
+    from cancellation.aws import CallerNotifier  # noqa: PLC0415 - the class the handler uses
+    from cancellation.models import OutcomeDetail  # noqa: PLC0415
+
+    heard: dict[str, dict[str, Any]] = {}
+    notify = CallerNotifier.notify
+
+    def spy(self: CallerNotifier, task_token: str, detail: OutcomeDetail) -> bool:
+        heard[task_token] = dict(detail)
+        return notify(self, task_token, detail)
+
+    monkeypatch.setattr(CallerNotifier, "notify", spy)
+    return heard
+
+
+def order_records(pipeline: Pipeline) -> list[str]:
+    """The decision ledger's order records (not a message's own refusal, not a caller's answer)."""
+    items = boto3.client("dynamodb").scan(TableName=pipeline.stack.table_name)["Items"]
+    ids = [str(item["id"]["S"]) for item in items]
+    return [i for i in ids if i.startswith("cancel#") and "|message=" not in i and "|caller=" not in i]
+
+
+@pytest.mark.parametrize("merchant", ["direct", "agent"])
+@pytest.mark.parametrize(
+    "timing", ["out_trade_no first", "syssn first", "concurrently"], ids=lambda timing: timing
+)
+def test_one_payment_named_by_out_trade_no_and_by_syssn_has_one_record_one_cancel_one_outcome(
+    pipeline_factory: PipelineFactory, monkeypatch: pytest.MonkeyPatch, merchant: str, timing: str
+) -> None:
+    """Two messages name one payment: one by out_trade_no alone, one by syssn alone (a direct
+    merchant sends no mchid; an agent names its merchant in both, as QFPay requires). Each has its
+    own task-token caller. Sequentially (the second after the first's caller was answered) or
+    concurrently (one batch): one ledger record, one cancel request, one outcome_id and one status,
+    heard by both callers."""
+    heard = callers_heard(monkeypatch)
+    mchid = AGENT.mchid if merchant == "agent" else None
+    named = {"mchid": mchid} if mchid else {}
+    by_number = message(out_trade_no=OUT_TRADE_NO, task_token="caller-by-out-trade-no", **named)
+    by_syssn = message(syssn=SYSSN, task_token="caller-by-syssn", **named)
+    first, second = (by_syssn, by_number) if timing == "syssn first" else (by_number, by_syssn)
+    kind = {"merchant": AGENT} if mchid else {}
+    with pipeline_factory([transaction(mchid=mchid)], env_overrides=FAST_RETRIES, **kind) as pipeline:
+        pipeline.send(first)
+        if timing != "concurrently":
+            assert wait_for(lambda: first["task_token"] in heard, timeout=30)
+        pipeline.send(second)
+        assert wait_for(lambda: len(heard) == 2, timeout=60), heard
+        outcomes = pipeline.collect_outcomes(1, timeout=5) + pipeline.stack.read_outcomes(wait_seconds=1)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+        applied = pipeline.qfpay.cancellations_applied(SYSSN)
+        records = order_records(pipeline)
+        dead = pipeline.dead_letters_count()
+    answers = {(detail["outcome_id"], detail["status"]) for detail in heard.values()}
+    assert len(answers) == 1, heard  # both callers heard one outcome: same outcome_id, same status
+    [(outcome_id, status)] = answers
+    assert status == "CANCELLED"
+    assert {(o["outcome_id"], o["status"]) for o in outcomes} == {(outcome_id, status)}
+    assert records == [f"cancel#syssn={SYSSN}"]  # one ledger record: the payment's
+    assert (reversals, applied) == (1, 1)  # one cancel request reached QFPay, and it took effect
+    assert dead == 0
+
+
+def test_out_trade_no_then_syssn_while_the_cancel_is_in_progress_is_one_outcome_and_one_cancel(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    txn = transaction(in_progress_enquiries=3)
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO))
+        assert wait_for(lambda: len(pipeline.executions()) == 1, timeout=20)
+        pipeline.send(message(syssn=SYSSN))  # the same payment, by QFPay's number
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        outcomes += pipeline.stack.read_outcomes(wait_seconds=1)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+        applied = pipeline.qfpay.cancellations_applied(SYSSN)
+        executions = pipeline.executions()
+    assert {(o["outcome_id"], o["status"]) for o in outcomes} == {(outcomes[0]["outcome_id"], "CANCELLED")}
+    assert (reversals, applied, len(executions)) == (1, 1, 1)
+    assert outcomes[0]["syssn"] == SYSSN  # QFPay's number, learnt for the message that lacked it
+
+
+def test_an_agent_s_syssn_first_then_both_numbers_is_one_outcome(pipeline_factory: PipelineFactory) -> None:
+    """An agent names the merchant (mchid); the first message names the payment by syssn alone, the
+    second by out_trade_no and syssn. (With and without mchid: see tests/unit/test_one_payment.py;
+    QFPay answers a message without the agent's mchid 1104, so it cannot reach the cancel.)"""
+    txn = transaction(in_progress_enquiries=3, mchid="MCH-ONE")
+    with pipeline_factory(
+        [txn], merchant=Merchant(app_code="APP1", client_key="KEY1", mchid="MCH-ONE")
+    ) as pipeline:
+        pipeline.send(message(syssn=SYSSN, mchid="MCH-ONE"))
+        assert wait_for(lambda: len(pipeline.executions()) == 1, timeout=20)
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO, syssn=SYSSN, mchid="MCH-ONE"))
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        outcomes += pipeline.stack.read_outcomes(wait_seconds=1)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+    assert len({o["outcome_id"] for o in outcomes}) == 1
+    assert {o["status"] for o in outcomes} == {"CANCELLED"}
+    assert reversals == 1
+
+
+def test_the_second_naming_after_the_outcome_gets_no_new_cancel_or_outcome(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    with pipeline_factory([transaction()]) as pipeline:
+        pipeline.send(message(syssn=SYSSN))
+        first = pipeline.collect_outcomes(1, timeout=20)
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO))
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        later = pipeline.stack.read_outcomes(wait_seconds=1)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+    assert [o["status"] for o in first] == ["CANCELLED"]
+    assert later == []  # a repeat of the same outcome at most: none was published
+    assert reversals == 1
+
+
+def test_a_message_whose_figures_disagree_with_qfpay_is_rejected_and_does_not_block_the_genuine_one(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    with pipeline_factory([transaction()]) as pipeline:
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO, txamt=99_999_999, txcurrcd="USD"))
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO, txamt=99_999_999, txcurrcd="USD"))  # again
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        rejected = pipeline.collect_outcomes(1, timeout=20)
+        rejected += pipeline.stack.read_outcomes(wait_seconds=0.5)
+        assert pipeline.qfpay.count("reversal", SYSSN) == 0  # nothing was sent for it
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO))
+        genuine = pipeline.collect_outcomes(2, timeout=20)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+    assert len({o["outcome_id"] for o in rejected}) == 1  # one bad request, one outcome identity
+    refusal = rejected[0]
+    assert refusal["status"] == "REJECTED"
+    assert "txamt 99999999 disagrees with QFPay's record (1250)" in refusal["reason"]
+    assert "txcurrcd USD disagrees with QFPay's record (HKD)" in refusal["reason"]
+    [cancelled] = [o for o in genuine if o["status"] != "REJECTED"]
+    assert cancelled["status"] == "CANCELLED"
+    assert cancelled["outcome_id"] != refusal["outcome_id"]
+    assert reversals == 1
+
+
+def test_a_refund_case_publishes_qfpays_amount_beside_the_message_s(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The message leaves out its currency; QFPay's record has it. The outcome says what QFPay
+    charged, and beside it what the message claimed."""
+    with pipeline_factory([transaction(state="paid")]) as pipeline:
+        order = message(out_trade_no=OUT_TRADE_NO)
+        del order["txcurrcd"]
+        pipeline.send(order)
+        [outcome] = pipeline.collect_outcomes(1, timeout=20)
+    assert outcome["status"] == "REFUND_REQUIRED"
+    assert (outcome["txamt"], outcome["txcurrcd"]) == (1250, "HKD")
+    assert (outcome["message_txamt"], outcome["message_txcurrcd"]) == (1250, None)
