@@ -31,13 +31,14 @@ reversed twice or dead-lettered.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,10 +209,20 @@ def run_burst(config: BurstConfig, out: Any = sys.stdout) -> BurstResult:
     ) as pipeline:
         by_id = _outcome_ids(pipeline, plans)
         started = time.monotonic()
-        _send_all(pipeline, transactions)
+
+        def read_outcomes() -> None:
+            for detail in _read_outcomes(pipeline):
+                pipeline.outcomes.setdefault(detail["outcome_id"], detail)
+                owner = by_id.get(detail["outcome_id"])
+                if owner is not None:
+                    owner.outcome_times.setdefault(detail["outcome_id"], time.monotonic() - started)
+
+        # Outcomes are read while the burst is still being sent: each is timed when it is published
+        # (give or take a read), and the observer queue never holds a backlog (moto's receive reads
+        # the whole queue, so a backlog of thousands made each read take seconds).
+        _send_all(pipeline, transactions, between_batches=read_outcomes)
         sent = time.monotonic() - started
         print(f"All {total} sent in {sent:.1f} s; draining ...", file=out, flush=True)
-        timeline: dict[str, list[tuple[float, int]]] = {p.name: [(0.0, config.orders)] for p in plans}
         recovered_at: float | None = None
         last_print = 0.0
         while True:
@@ -222,15 +233,8 @@ def run_burst(config: BurstConfig, out: Any = sys.stdout) -> BurstResult:
                 elif elapsed >= config.outage_after + config.outage_length:
                     outage.active = False
                     recovered_at = elapsed
-            for detail in _read_outcomes(pipeline):
-                now = time.monotonic() - started
-                pipeline.outcomes.setdefault(detail["outcome_id"], detail)
-                owner = by_id.get(detail["outcome_id"])
-                if owner is not None:
-                    owner.outcome_times.setdefault(detail["outcome_id"], now)
+            read_outcomes()
             now = time.monotonic() - started
-            for p in plans:
-                timeline[p.name].append((now, config.orders - len(p.outcome_times)))
             decided = sum(len(p.outcome_times) for p in plans)
             if now - last_print >= 10:
                 last_print = now
@@ -266,9 +270,15 @@ def run_burst(config: BurstConfig, out: Any = sys.stdout) -> BurstResult:
         statuses=statuses,
         reasons=reasons,
         decided_after_recovery=after,
-        timeline=timeline,
+        timeline={p.name: _remaining_over_time(p, config.orders) for p in plans},
         dead_letters=dead_letters,
     )
+
+
+def _remaining_over_time(merchant: MerchantPlan, orders: int) -> list[tuple[float, int]]:
+    """Orders without an outcome, stepping down at each outcome's time."""
+    times = sorted(merchant.outcome_times.values())
+    return [(0.0, orders), *((t, orders - n) for n, t in enumerate(times, start=1))]
 
 
 def _describe_dead_letter(message: dict[str, Any]) -> str:
@@ -317,11 +327,17 @@ def _outcome_ids(pipeline: Pipeline, plans: list[MerchantPlan]) -> dict[str, Mer
     }
 
 
-def _send_all(pipeline: Pipeline, transactions: list[Transaction]) -> None:
+def _send_all(
+    pipeline: Pipeline, transactions: list[Transaction], between_batches: Callable[[], None]
+) -> None:
     sqs = boto3.client("sqs")
     # Interleave the merchants, as their timeouts would arrive.
     pending = deque(t for group in zip(*_by_merchant(transactions).values(), strict=False) for t in group)
-    while pending:
+    for batch in itertools.count():
+        if not pending:
+            return
+        if batch % 10 == 9:
+            between_batches()
         chunk = [pending.popleft() for _ in range(min(10, len(pending)))]
         answer = sqs.send_message_batch(
             QueueUrl=pipeline.stack.queue_url,

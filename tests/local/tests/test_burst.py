@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.local.burst import BurstConfig, floor_schedule, floor_seconds
+from tests.local.burst import BurstConfig, MerchantPlan, _remaining_over_time, floor_schedule, floor_seconds
 
 
 def test_the_floor_sends_each_request_as_early_as_both_sliding_windows_allow() -> None:
@@ -43,3 +43,10 @@ def test_the_configuration_comes_from_the_environment() -> None:
     assert (config.orders, config.merchants, config.outage, config.scale) == (500, 2, True, 1.0)
     with pytest.raises(ValueError, match="BURST_WINDOW_SCALE"):
         BurstConfig.from_env({"BURST_WINDOW_SCALE": "2"})
+
+
+def test_the_picture_steps_down_at_each_outcomes_own_time() -> None:
+    """Outcomes read while the burst is still being sent keep their times (the picture used to
+    step only when the drain loop began)."""
+    merchant = MerchantPlan("m", None, [], outcome_times={"a": 3.0, "b": 1.5, "c": 7.25})
+    assert _remaining_over_time(merchant, 5) == [(0.0, 5), (1.5, 4), (3.0, 3), (7.25, 2)]
