@@ -38,6 +38,7 @@ NOT_AT_START = (
     "requests",
     "cancellation.cli",  # the operators' command line
     "cancellation.reconciliation",  # the reconcile function's
+    "cancellation.models",  # types for mypy only: its TypedDicts cost ~1.5 ms to create
 )
 LOADED = """
 import json, os, sys

@@ -18,7 +18,6 @@ import boto3
 
 from cancellation.batch import FIRST_ATTEMPT_AT, REQUEUES
 from cancellation.budget import SlotFull
-from cancellation.models import Decision, LoopState, OutcomeDetail
 from cancellation.outcomes import (
     CALLER_ERRORS,
     CALLER_SUCCESS_STATUSES,
@@ -31,6 +30,8 @@ from cancellation.qfpay import Credentials
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    from cancellation.models import Decision, LoopState, OutcomeDetail
 
 _client_lock = threading.Lock()
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
-from cancellation.models import Decision, Endpoint, Handoff, HandoffDecision, LoopState, OutcomeDecision
 from cancellation.orders import Order, valid_syssn
 from cancellation.outcomes import QFPayAmount, Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
@@ -21,6 +20,9 @@ from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy
 from cancellation.signing import signing_string
+
+if TYPE_CHECKING:
+    from cancellation.models import Decision, Endpoint, Handoff, HandoffDecision, LoopState, OutcomeDecision
 
 
 class RetryLater(Exception):

@@ -6,9 +6,10 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from cancellation.models import DecidedBy, Endpoint, OutcomeDetail
+if TYPE_CHECKING:
+    from cancellation.models import DecidedBy, Endpoint, OutcomeDetail
 
 OUTCOME_SOURCE = "qfpay.cancellation"
 OUTCOME_DETAIL_TYPE = "Payment Cancellation Outcome"
@@ -106,7 +107,7 @@ def corrected_outcome(
     highest revision of an ``outcome_id``."""
     # ``previous`` is an outcome this service published, read back from the ledger or the bus.
     return cast(
-        OutcomeDetail,
+        "OutcomeDetail",
         {
             **previous,
             "status": status.value,

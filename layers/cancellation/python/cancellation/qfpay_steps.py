@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquiry_params, read_enquiry
-from cancellation.models import Endpoint
 from cancellation.orders import Order
 from cancellation.qfpay import EnquiryUnreadable, QFPayClient, QFPayUnavailable
 from cancellation.routing import Routing
+
+if TYPE_CHECKING:
+    from cancellation.models import Endpoint
 
 
 def cancel_params(order: Order) -> dict[str, str | None]:

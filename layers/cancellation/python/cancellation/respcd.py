@@ -7,10 +7,12 @@ disposition: what the caller does next.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from cancellation.models import Endpoint
 from cancellation.outcomes import Status
+
+if TYPE_CHECKING:
+    from cancellation.models import Endpoint
 
 
 class Disposition(StrEnum):

@@ -8,9 +8,10 @@ The default follows the current English guide.
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from cancellation.models import Endpoint
+if TYPE_CHECKING:
+    from cancellation.models import Endpoint
 
 DEFAULT_CLOSE_PAY_TYPES = frozenset({"800008", "800208", "801008"})
 CloseMethod = Literal["GET", "POST"]

@@ -33,7 +33,6 @@ from cancellation.aws import (
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
 from cancellation.cancel import CancelAttempt, RetryLater, first_look, request_id, successor_name
-from cancellation.models import Decision, Handoff, LoopState, OutcomeDecision
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id, rejected_outcome
@@ -43,6 +42,8 @@ from cancellation.settings import CancelSettings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from cancellation.models import Decision, Handoff, LoopState, OutcomeDecision
 
 
 class CancelDependencies(NamedTuple):
@@ -411,7 +412,8 @@ class CancelService:
         )
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
-        key, decision = f"rejected:{detail['outcome_id']}", OutcomeDecision(outcome=detail)
+        decision: OutcomeDecision = {"outcome": detail}
+        key = f"rejected:{detail['outcome_id']}"
         _, status = self._once(key, lease_until, self._deliver, lambda _: decision, known=True)
         if ids.get("task_token"):
             self._answer_caller_once(key, ids["task_token"], decision, lease_until)
