@@ -13,6 +13,7 @@ import boto3
 import pytest
 
 from tests.conftest import PipelineFactory
+from tests.local import lambda_runtime
 from tests.local.qfpay_standin import Anomaly, Fault, Merchant, Transaction
 
 FAST_RETRIES = {"RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "4"}
@@ -157,6 +158,46 @@ def test_a_redelivery_after_a_crash_asks_qfpay_before_reversing_again(
         enquiries = pipeline.qfpay.count("query", txn.syssn)
     assert [(o["status"], o["attempts"]) for o in outcomes] == [("CANCELLED", 0)]
     assert (reversals, enquiries) == (0, 1)
+
+
+def test_an_attempt_that_died_before_its_cancel_left_leaves_the_order_its_cancel(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The first invocation claims the order and dies at its next request, before any cancel
+    leaves. The redelivered message asks the Enquiry first (an attempt came before), finds the
+    payment live and no cancel of ours counted, and sends the order's cancel: CANCELLED, one
+    reversal. (Counted at the claim, the dead attempt would forbid any cancel: UNKNOWN.)"""
+    order, txn = order_and_txn(19)
+    planned: list[str] = []
+
+    def die_once(function_name: str, event: Any) -> lambda_runtime.Crash | None:
+        if planned or not (isinstance(event, dict) and event.get("Records")):
+            return None
+        planned.append(function_name)
+        return lambda_runtime.Crash(1, "Runtime.ExitError")  # right after the claim was sent
+
+    env = {"POLL_DEADLINE_SECONDS": "8", "RETRY_MAX_DELAY_SECONDS": "8"}
+    with pipeline_factory([txn], env_overrides=env) as pipeline:
+        # As deployed, a redelivery comes after the dead attempt's lease (its function timeout).
+        boto3.client("lambda").update_function_configuration(
+            FunctionName=pipeline.stack.cancel_function_name, Timeout=8
+        )
+        boto3.client("sqs").set_queue_attributes(
+            QueueUrl=pipeline.stack.queue_url, Attributes={"VisibilityTimeout": "12"}
+        )
+        lambda_runtime.inject_crashes(die_once)
+        try:
+            pipeline.send(order)
+            outcomes = pipeline.collect_outcomes(1, timeout=60)
+        finally:
+            lambda_runtime.inject_crashes(None)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        enquiries = pipeline.qfpay.count("query", txn.syssn)
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert len(planned) == 1
+    assert [o["status"] for o in outcomes] == ["CANCELLED"]
+    assert (reversals, applied) == (1, 1)
+    assert enquiries >= 1  # asked before the cancel
 
 
 def test_every_caller_of_an_order_in_the_loop_is_answered(

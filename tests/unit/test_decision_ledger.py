@@ -113,19 +113,54 @@ def test_a_record_past_its_expiry_counts_as_absent(ledger: DecisionLedger) -> No
 def test_every_attempt_that_may_send_a_cancel_is_counted_before_it_sends(
     ledger: DecisionLedger,
 ) -> None:
-    """The count is written with the claim, before any request leaves: an attempt that dies after
-    sending, or whose decision cannot be stored, is still counted by the next one."""
+    """The count is written just before the cancel leaves: an attempt that dies after sending, or
+    whose decision cannot be stored, is still counted by the next one."""
     first = ledger.claim(KEY, "a", NOW, NOW + 30)
-    assert (first.earlier_sends, stored()["sends"]["N"]) == (0, "1")
+    assert (first.earlier_sends, stored()["sends"]["N"]) == (0, "0")
+    ledger.count_send(KEY, "a")
+    assert stored()["sends"]["N"] == "1"
     with pytest.raises(OrderBusy):
         ledger.claim(KEY, "b", NOW + 10, NOW + 40)
     assert stored()["sends"]["N"] == "1"  # a refused claim counts nothing
     second = ledger.claim(KEY, "c", NOW + 31, NOW + 61)  # "a" died after sending
-    assert (second.earlier_attempt, second.earlier_sends, stored()["sends"]["N"]) == (True, 1, "2")
+    assert (second.earlier_attempt, second.earlier_sends, stored()["sends"]["N"]) == (True, 1, "1")
+    ledger.count_send(KEY, "c")
     ledger.release(KEY, "c")  # e.g. DynamoDB refused its decision
     third = ledger.claim(KEY, "d", NOW + 32, NOW + 62)
-    assert (third.earlier_sends, stored()["sends"]["N"]) == (2, "3")
+    assert (third.earlier_sends, stored()["sends"]["N"]) == (2, "2")
     assert stored()["holder"]["S"] == "d"
+
+
+def test_an_attempt_that_died_before_sending_is_not_counted(ledger: DecisionLedger) -> None:
+    """Claimed, then died before its cancel left (at the Enquiry, say): the next attempt knows an
+    attempt came before, but no cancel of it can be processing at QFPay."""
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    claim = ledger.claim(KEY, "b", NOW + 31, NOW + 61)
+    assert (claim.earlier_attempt, claim.earlier_sends) == (True, 0)
+
+
+def test_an_attempt_whose_lease_was_taken_over_cannot_count_a_send(ledger: DecisionLedger) -> None:
+    """Its lease ran out and another attempt holds the order: it must not send."""
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.claim(KEY, "b", NOW + 31, NOW + 61)
+    with pytest.raises(OrderBusy):
+        ledger.count_send(KEY, "a")
+    assert stored()["sends"]["N"] == "0"
+
+
+def test_a_record_from_before_the_count_counts_one_possible_cancel(ledger: DecisionLedger) -> None:
+    boto3.client("dynamodb").put_item(
+        TableName="ledger",
+        Item={
+            "id": {"S": KEY},
+            "stage": {"S": DECIDING},
+            "holder": {"S": "a"},
+            "lease_until": {"N": str(NOW - 1)},
+            "expiration": {"N": str(int(NOW) + EXPIRY)},
+        },
+    )
+    claim = ledger.claim(KEY, "b", NOW, NOW + 30)
+    assert (claim.earlier_attempt, claim.earlier_sends) == (True, 1)
 
 
 def test_a_decision_known_in_advance_counts_no_cancel(ledger: DecisionLedger) -> None:
@@ -137,17 +172,18 @@ def test_an_attempt_qfpay_showed_did_nothing_is_not_counted(ledger: DecisionLedg
     """A "try later" answer or HTTP 429 proves the cancel did nothing: the next attempt may
     send as if it were the first, so a long run of refusals never exhausts the order's cancels."""
     ledger.claim(KEY, "a", NOW, NOW + 30)
+    ledger.count_send(KEY, "a")
     ledger.release(KEY, "a", sent_nothing=True)
     assert stored()["sends"]["N"] == "0"
     claim = ledger.claim(KEY, "b", NOW + 1, NOW + 31)
-    assert (claim.earlier_attempt, claim.earlier_sends, stored()["sends"]["N"]) == (True, 0, "1")
+    assert (claim.earlier_attempt, claim.earlier_sends, stored()["sends"]["N"]) == (True, 0, "0")
 
 
 def test_the_stage_of_a_record_and_whether_it_is_held_are_read_without_claiming(
     ledger: DecisionLedger,
 ) -> None:
-    """What the dead-letter consumer reads first: it never takes a DECIDING lease (that would count
-    a cancel it does not send)."""
+    """What the dead-letter consumer reads first: it never takes a DECIDING lease (that would hold
+    the order and tell the next attempt that one came before)."""
     assert ledger.stage_of(KEY, NOW) is None
     ledger.claim(KEY, "a", NOW, NOW + 30)
     assert ledger.stage_of(KEY, NOW + 1) == (DECIDING, True)
@@ -155,4 +191,4 @@ def test_the_stage_of_a_record_and_whether_it_is_held_are_read_without_claiming(
     ledger.record_decision(KEY, "a", DECISION)
     ledger.record_delivered(KEY, "a", "CANCELLED")
     assert ledger.stage_of(KEY, NOW + 1) == (DELIVERED, True)  # the holder's lease is kept as it was
-    assert stored()["sends"]["N"] == "1"
+    assert stored()["sends"]["N"] == "0"  # reading counts nothing

@@ -228,12 +228,12 @@ class DecisionLedger:
     delivery under way) and DELIVERED. Only the lease's holder may act. A lease that ran out (its
     invocation died) or was released (its attempt failed) is taken over by the next attempt, which
     carries on where the other stopped: deciding again, knowing an earlier attempt may have sent a
-    cancel, or delivering the stored decision. Three writes on the usual path: claim, decision,
-    delivered. Records expire (TTL ``expiration``) after ``expiry_seconds``.
+    cancel, or delivering the stored decision. Four writes on the usual path: claim, the cancel's
+    count, decision, delivered. Records expire (TTL ``expiration``) after ``expiry_seconds``.
 
-    ``sends`` counts the attempts that were allowed to send a cancel, written with the claim that
-    allows it, before any request leaves: an attempt that dies after sending, or whose decision
-    DynamoDB refuses, is counted all the same."""
+    ``sends`` counts the attempts that sent a cancel, or may have: written just before the request
+    leaves (:meth:`count_send`), so an attempt that dies after sending, or whose decision DynamoDB
+    refuses, is counted all the same, and one that died before sending is not."""
 
     def __init__(
         self, table_name: str, expiry_seconds: int, dynamodb: Callable[[], Any] | None = None
@@ -258,7 +258,7 @@ class DecisionLedger:
         if decision is not None:
             item["decision"] = {"S": _json(decision)}
         else:
-            item["sends"] = {"N": "1"}  # this attempt may send one
+            item["sends"] = {"N": "0"}  # counted when a cancel is about to leave (count_send)
         client = self._dynamodb()
         try:
             answer = client.put_item(
@@ -282,8 +282,8 @@ class DecisionLedger:
     def _take_over_decision(
         self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
     ) -> Claim:
-        """A decision its holder abandoned (lease run out or released): decide again, counting
-        this attempt's possible cancel in the same write."""
+        """A decision its holder abandoned (lease run out or released): decide again, knowing how
+        many cancels earlier attempts may have sent."""
         if float(old["lease_until"]["N"]) >= now:
             raise OrderBusy("another attempt holds the order (DECIDING)")
         # A record without the count comes from before it was kept: one cancel may have been sent.
@@ -295,7 +295,7 @@ class DecisionLedger:
             {":deciding": {"S": LedgerStage.DECIDING}, ":now": {"N": _number(now)}},
             holder=holder,
             lease_until=_number(lease_until),
-            sends=str(earlier + 1),
+            sends=str(earlier),
         )
         return Claim(LedgerStage.DECIDING, None, None, earlier_attempt=True, earlier_sends=earlier)
 
@@ -356,10 +356,27 @@ class DecisionLedger:
     def record_delivered(self, key: str, holder: str, result: str) -> None:
         self._held(key, holder, stage=LedgerStage.DELIVERED, result=result)
 
+    def count_send(self, key: str, holder: str) -> None:
+        """Count this attempt's cancel just before it leaves: from now on the next attempt knows it
+        may have reached QFPay. :class:`OrderBusy` if another attempt took the order over (then
+        nothing may be sent)."""
+        client = self._dynamodb()
+        try:
+            client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": key}},
+                UpdateExpression="ADD #sends :one",
+                ConditionExpression="#holder = :holder",
+                ExpressionAttributeNames={"#holder": "holder", "#sends": "sends"},
+                ExpressionAttributeValues={":holder": {"S": holder}, ":one": {"N": "1"}},
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            raise OrderBusy("another attempt took the order over") from None
+
     def release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
         """Hand the order back now rather than when the lease runs out: this attempt failed.
-        ``sent_nothing``: QFPay showed that this attempt's cancel did nothing (a "try later"
-        answer, HTTP 429, no connection), so it no longer counts against the order."""
+        ``sent_nothing``: QFPay showed that this attempt's counted cancel did nothing (a "try
+        later" answer, HTTP 429, no connection), so it no longer counts against the order."""
         if not sent_nothing:
             self._held(key, holder, lease_until="0")
             return

@@ -122,12 +122,15 @@ class CancelService:
                 self._deliver,
                 # An attempt recorded before this one may have sent a cancel after that look: then
                 # it is stale, and the attempt looks again.
-                lambda claim: self._decide_order(
+                lambda claim, sends: self._decide_order(
                     order,
                     message_key,
                     claim,
                     message,
-                    None if claim is not None and (claim.earlier_attempt or claim.earlier_sends) else seen,
+                    seen=None
+                    if claim is not None and (claim.earlier_attempt or claim.earlier_sends)
+                    else seen,
+                    sends=sends,
                 ),
                 message_key=message_key,
             )
@@ -163,38 +166,40 @@ class CancelService:
         key: str,
         lease_until: float,
         deliver: Callable[[Decision], str],
-        decide: Callable[[Claim | None], Decision],
+        decide: Callable[[Claim | None, SendCount | None], Decision],
         *,
         known: bool = False,
         message_key: str | None = None,
     ) -> tuple[Decision, str]:
         """The decision recorded under ``key`` and what ``deliver`` made of it. Decided here by
-        ``decide`` (given the claim: what earlier attempts may have done) unless stored;
+        ``decide`` (given the claim: what earlier attempts may have done, and the count to call
+        just before a cancel leaves) unless stored;
         delivered here unless it was already. ``known``: ``decide`` asks nothing of QFPay, so its
         decision is recorded with the claim. ``message_key``: where a decision that belongs to the
         message (``"request"`` in it) is recorded and delivered instead; the order is then handed
         back undecided, for other messages to decide."""
         ledger_key, holder = f"cancel#{key}", os.urandom(16).hex()  # this attempt, as the lease's holder
         claim = self.deps.ledger.claim(
-            ledger_key, holder, self.deps.clock(), lease_until, decide(None) if known else None
+            ledger_key, holder, self.deps.clock(), lease_until, decide(None, None) if known else None
         )
+        sends = SendCount(self.deps.ledger, ledger_key, holder)
         if claim.stage == LedgerStage.DELIVERED and claim.decision is not None:
             return claim.decision, str(claim.result)
         try:
             decision = claim.decision
             if decision is None:
-                decision = decide(claim)
+                decision = decide(claim, sends)
                 if message_key is not None and decision.get("request"):
                     own = decision
-                    answered = self._once(message_key, lease_until, deliver, lambda _: own, known=True)
-                    # QFPay refused the request itself: this attempt's cancel did nothing.
-                    self._release(ledger_key, holder, sent_nothing=True)
+                    answered = self._once(message_key, lease_until, deliver, lambda *_: own, known=True)
+                    # QFPay refused the request itself: this attempt's cancel, if any, did nothing.
+                    self._release(ledger_key, holder, sent_nothing=sends.counted)
                     return answered
                 self.deps.ledger.record_decision(ledger_key, holder, decision)
             result = deliver(decision)
         except (RetryLater, CredentialsRejected):
             # QFPay showed that nothing happened: this attempt's cancel is not counted.
-            self._release(ledger_key, holder, sent_nothing=claim.stage == LedgerStage.DECIDING)
+            self._release(ledger_key, holder, sent_nothing=sends.counted)
             raise
         except Exception:
             self._release(ledger_key, holder)
@@ -251,7 +256,9 @@ class CancelService:
         message_key: str,
         claim: Claim | None,
         message: QueueMessage,
+        *,
         seen: Mapping[str, Any] | None,
+        sends: SendCount | None,
     ) -> Decision:
         # An attempt before this one may have reached QFPay, even when this message is a first
         # delivery (a duplicate can arrive after the earlier attempt died).
@@ -272,6 +279,7 @@ class CancelService:
             earlier_sends=claim.earlier_sends if claim is not None else 0,
             first_attempt_at=message.first_attempt_at,
             seen=seen,
+            count_send=sends,
         )
         try:
             decision = attempt.decide()
@@ -367,7 +375,7 @@ class CancelService:
             f"{order_key}|caller={caller}",
             lease_until,
             lambda recorded: str(self._answer_caller(task_token, recorded, last_receive)),
-            lambda _: decision,
+            lambda *_: decision,
             known=True,
         )
 
@@ -414,7 +422,7 @@ class CancelService:
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
         decision: OutcomeDecision = {"outcome": detail}
         key = f"rejected:{detail['outcome_id']}"
-        _, status = self._once(key, lease_until, self._deliver, lambda _: decision, known=True)
+        _, status = self._once(key, lease_until, self._deliver, lambda *_: decision, known=True)
         if ids.get("task_token"):
             self._answer_caller_once(key, ids["task_token"], decision, lease_until)
         return status
@@ -430,6 +438,19 @@ class CancelService:
             self.deps.redelivery.delay(message.queue_arn, message.receipt_handle, delay)
         except Exception:
             logger.exception("could not delay the retry; the queue's visibility timeout applies")
+
+
+class SendCount:
+    """Counts this attempt's cancel in the ledger just before it leaves (see
+    :meth:`DecisionLedger.count_send`), and remembers that it did."""
+
+    def __init__(self, ledger: DecisionLedger, key: str, holder: str) -> None:
+        self._ledger, self._key, self._holder = ledger, key, holder
+        self.counted = False
+
+    def __call__(self) -> None:
+        self._ledger.count_send(self._key, self._holder)
+        self.counted = True
 
 
 class AwaitingLoop(Exception):
