@@ -8,10 +8,10 @@ import math
 
 import pytest
 from cancellation.budget import BudgetPolicy
+from cancellation.callers import caller_hold_seconds
 from cancellation.qfpay import Timeouts
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy, PollSchedule
-from cancellation.service import caller_hold_seconds
 from cancellation.settings import (
     CancelSettings,
     ConfigurationError,
