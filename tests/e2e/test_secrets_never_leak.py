@@ -30,6 +30,7 @@ import pytest
 from cancellation.qfpay import (
     ENQUIRY_PATH,
     REVERSAL_PATH,
+    AnswerUnreadable,
     Credentials,
     CredentialsRejected,
     QFPayAmbiguous,
@@ -500,7 +501,7 @@ def _failures(standin: QFPayStandIn) -> list[tuple[str, type[QFPayError], Callab
         ),
         (
             "answer not JSON",
-            QFPayAmbiguous,
+            AnswerUnreadable,
             lambda: _client("https://qfpay.invalid", _canned_session(b"<html>busy</html>")).reversal(slow),
         ),
         (
