@@ -9,6 +9,7 @@ decision ledger and state machine) and the QFPay stand-in over real HTTP.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import PipelineFactory
 from tests.local.pipeline import Pipeline
 from tests.local.qfpay_standin import Merchant, Transaction
+from tests.local.sqs_delivery import build_record
 
 SYSSN = "20261126000101000777"
 OUT_TRADE_NO = "ONE-PAYMENT-1"
@@ -110,6 +112,11 @@ def test_one_payment_named_by_out_trade_no_and_by_syssn_has_one_record_one_cance
     assert len(answers) == 1, heard  # both callers heard one outcome: same outcome_id, same status
     [(outcome_id, status)] = answers
     assert status == "CANCELLED"
+    # Each caller checks that the outcome names its own order (docs/contracts.md): both numbers
+    # are named, whichever message decided (QFPay's row gives the one a message left out).
+    assert {(d["out_trade_no"], d["syssn"], d["mchid"]) for d in heard.values()} == {
+        (OUT_TRADE_NO, SYSSN, mchid)
+    }
     assert {(o["outcome_id"], o["status"]) for o in outcomes} == {(outcome_id, status)}
     assert records == [f"cancel#syssn={SYSSN}"]  # one ledger record: the payment's
     assert (reversals, applied) == (1, 1)  # one cancel request reached QFPay, and it took effect
@@ -207,3 +214,47 @@ def test_a_refund_case_publishes_qfpays_amount_beside_the_message_s(
     assert outcome["status"] == "REFUND_REQUIRED"
     assert (outcome["txamt"], outcome["txcurrcd"]) == (1250, "HKD")
     assert (outcome["message_txamt"], outcome["message_txcurrcd"]) == (1250, None)
+
+
+def test_orders_named_by_out_trade_no_in_one_batch_are_looked_up_with_one_enquiry(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """Three orders of one merchant, each named only by out_trade_no, arrive in one SQS batch:
+    one Enquiry (a comma-separated out_trade_no list) learns their three syssns, then each is
+    cancelled and confirmed as usual: 7 requests, not 9."""
+    transactions = [
+        Transaction(
+            syssn=f"2026112600010100090{n}",
+            out_trade_no=f"BATCH-{n}",
+            txamt=1250 + n,
+            txdtm="2026-11-26 11:00:00",
+            pay_type="800101",
+            txcurrcd="HKD",
+        )
+        for n in range(3)
+    ]
+    sqs, lam = boto3.client("sqs"), boto3.client("lambda")
+    with pipeline_factory(transactions) as pipeline:
+        pipeline.source.stop()  # this test is the event source: one batch of the three
+        stack = pipeline.stack
+        for txn in transactions:
+            order = txn.order_message()
+            del order["syssn"]
+            pipeline.send(order)
+        received: list[dict[str, Any]] = []
+        while len(received) < 3:
+            received += sqs.receive_message(
+                QueueUrl=stack.queue_url, AttributeNames=["All"], MaxNumberOfMessages=10, WaitTimeSeconds=2
+            ).get("Messages", [])
+        event = {"Records": [build_record(m, stack.queue_arn, "ap-east-1") for m in received]}
+        answer = lam.invoke(FunctionName=stack.cancel_function_name, Payload=json.dumps(event))
+        failures = json.loads(answer["Payload"].read())
+        outcomes = pipeline.collect_outcomes(3, timeout=20)
+        calls = [(c.endpoint, c.params) for c in pipeline.qfpay.calls]
+    assert failures == {"batchItemFailures": []}
+    assert sorted(o["status"] for o in outcomes) == ["CANCELLED"] * 3
+    assert {o["syssn"] for o in outcomes} == {t.syssn for t in transactions}
+    assert len(calls) == 7
+    endpoint, params = calls[0]
+    assert (endpoint, params["out_trade_no"]) == ("/trade/v1/query", "BATCH-0,BATCH-1,BATCH-2")
+    assert [e for e, _ in calls].count("/trade/v1/reversal") == 3

@@ -8,12 +8,14 @@ message whose figures disagree with QFPay's record.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cancellation.cancel import (
     CancelAttempt,
+    FirstLook,
     RetryLater,
+    batch_look,
     execution_name,
     first_look,
 )
@@ -35,6 +37,7 @@ from tests.unit.fakes import (
     cancel_answer,
     enquiry_answer,
     enquiry_shows,
+    payment_row,
 )
 
 BY_OUT_TRADE_NO = Order(
@@ -230,3 +233,79 @@ def test_the_loop_s_outcome_publishes_qfpay_s_figures():
     step = EnquiryStep(FakeQFPay(enquiry=[enquiry_shows(cancel="1")]).as_client(), Routing(), Clock(NOW + 3))
     detail = step.run(state)["outcome"]
     assert (detail["txamt"], detail["txcurrcd"], detail["message_txamt"]) == (1250, "HKD", 1250)
+
+
+def test_an_outcome_of_a_message_naming_only_the_syssn_names_qfpay_s_out_trade_no():
+    """A caller that sent only out_trade_no may hear this outcome (the same payment): it names
+    the order by the number QFPay's row records for it."""
+    fake = FakeQFPay(reversal=[cancel_answer("0000")], enquiry=[enquiry_shows(cancel="1")])
+    order = Order(txamt=1250, txdtm=ORDER.txdtm, syssn=SYSSN, mchid="MCH1")
+    detail = as_dict(CancelAttempt(order, fake.as_client(), Routing(), LOOP, Clock()).decide())["outcome"]
+    assert (detail["status"], detail["out_trade_no"], detail["syssn"]) == ("CANCELLED", OUT_TRADE_NO, SYSSN)
+
+
+# --- looking up several orders with one Enquiry -----------------------------------------------
+
+
+def by_number(n: int, txdtm: str = ORDER.txdtm) -> Order:
+    return Order(txamt=1250, txdtm=txdtm, out_trade_no=f"SHOP-{n}", mchid="MCH1", txcurrcd="HKD")
+
+
+def row_of(n: int, **changes: Any) -> dict[str, Any]:
+    return payment_row(**{"syssn": f"2026112600010100000{n}", "out_trade_no": f"SHOP-{n}", **changes})
+
+
+def test_one_enquiry_looks_up_several_orders_of_a_merchant_each_with_its_own_row():
+    orders = [by_number(1), by_number(2), by_number(3, "2026-11-27 09:00:00")]
+    fake = FakeQFPay(enquiry=[enquiry_answer(row_of(2, cancel="2"), row_of(1))])  # 3: not at QFPay
+    looks = batch_look(fake.as_client(), orders)
+    [params] = fake.params("enquiry")  # one request for the three
+    assert params == {
+        "mchid": "MCH1",
+        "out_trade_no": "SHOP-1,SHOP-2,SHOP-3",
+        "start_time": "2026-11-25 10:00:00",  # a day around the earliest and the latest
+        "end_time": "2026-11-28 09:00:00",
+        "page_size": "100",
+    }
+    assert [look.order.syssn if isinstance(look, FirstLook) else look for look in looks] == [
+        "20261126000101000001",
+        "20261126000101000002",
+        None,  # QFPay shows no row of it: it keeps its naming
+    ]
+    # Each order reads its own row from the shared answer, never another's.
+    attempt = CancelAttempt(
+        cast(FirstLook, looks[1]).order,
+        FakeQFPay().as_client(),
+        Routing(),
+        LOOP,
+        Clock(),
+        seen=cast(FirstLook, looks[1]).answer,
+    )
+    assert as_dict(attempt.decide())["outcome"]["status"] == "CANCELLED"
+
+
+def test_a_full_page_is_not_trusted_to_hold_every_row_each_order_looks_for_itself():
+    page = enquiry_answer(*[row_of(1, syssn=f"9{i:019d}", order_type="refund") for i in range(100)])
+    looks = batch_look(FakeQFPay(enquiry=[page]).as_client(), [by_number(1), by_number(2)])
+    assert looks == [None, None]
+
+
+def test_orders_too_far_apart_for_one_search_window_are_asked_in_separate_enquiries():
+    orders = [by_number(1, "2026-11-01 10:00:00"), by_number(2, "2026-11-29 10:00:00")]
+    fake = FakeQFPay(enquiry=[enquiry_answer(row_of(1)), enquiry_answer(row_of(2))])
+    looks = batch_look(fake.as_client(), orders)
+    assert [p["out_trade_no"] for p in fake.params("enquiry")] == ["SHOP-1", "SHOP-2"]
+    assert all(isinstance(look, FirstLook) for look in looks)
+
+
+@pytest.mark.parametrize(
+    ("failure", "throttled"),
+    [
+        (QFPayUnavailable("enquiry: HTTP 429", http_status=429), True),
+        (enquiry_answer(respcd="1100"), False),
+    ],
+)
+def test_a_look_up_that_fails_is_each_order_s_retry_later_and_sends_nothing(failure, throttled):
+    looks = batch_look(FakeQFPay(enquiry=[failure]).as_client(), [by_number(1), by_number(2)])
+    assert all(isinstance(look, RetryLater) and look.throttled is throttled for look in looks)
+    assert looks[0] is not looks[1]  # raised from two threads: one exception each

@@ -7,12 +7,13 @@ AWS; the caller publishes the decision.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
-from cancellation.enquiry import Finding, enquiry_params, read_enquiry
-from cancellation.orders import Order, valid_syssn
+from cancellation.enquiry import ENQUIRY_WINDOW, Finding, enquiry_params, read_enquiry
+from cancellation.orders import TXDTM_FORMAT, Order, valid_syssn
 from cancellation.outcomes import QFPayAmount, Status, build_outcome, outcome_id
 from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_params, send_cancel, text_of
@@ -55,17 +56,77 @@ def first_look(qfpay: QFPayClient, order: Order) -> FirstLook:
     RetryLater if QFPay cannot be asked."""
     try:
         answer = qfpay.enquiry(enquiry_params(order))
-        finding = read_enquiry(answer, order)
-    except BudgetExhausted as spent:
-        raise _budget_spent(spent) from None
-    except QFPayUnavailable as exc:
-        raise RetryLater(f"Enquiry before the cancel: {exc}", throttled=exc.http_status == 429) from None
-    except ValueError as exc:
-        raise RetryLater(f"Enquiry before the cancel: {exc}") from None
-    syssn = (finding.payment or {}).get("syssn")
+        return _looked(order, answer)
+    except (QFPayUnavailable, ValueError) as exc:
+        raise _look_failed(exc) from None
+
+
+def _looked(order: Order, answer: Mapping[str, Any]) -> FirstLook:
+    """The order with the syssn of its row in ``answer``; ValueError if the query failed."""
+    syssn = (read_enquiry(answer, order).payment or {}).get("syssn")
     if order.syssn is None and valid_syssn(syssn):
         order = order._replace(syssn=syssn)
     return FirstLook(order, answer)
+
+
+def _look_failed(exc: Exception) -> RetryLater:
+    if isinstance(exc, BudgetExhausted):
+        return _budget_spent(exc)
+    if isinstance(exc, QFPayUnavailable):
+        return RetryLater(f"Enquiry before the cancel: {exc}", throttled=exc.http_status == 429)
+    return RetryLater(f"Enquiry before the cancel: {exc}")
+
+
+# One look-up for several orders (QFPay's Enquiry takes comma-separated out_trade_no lists and up to
+# 100 rows a page, over at most one calendar month; docs/qfpay.md).
+LOOKUP_PAGE_SIZE = 100
+LOOKUP_MAX_ORDERS = 20  # a page holds every row of each (the payment, its refunds) with room
+LOOKUP_MAX_SPAN = timedelta(days=28)  # the search window, inside any calendar month's length
+
+
+def batch_look(qfpay: QFPayClient, orders: Sequence[Order]) -> list[FirstLook | RetryLater | None]:
+    """:func:`first_look` for several orders of one merchant (one ``mchid``, or none) named only by
+    out_trade_no, with as few Enquiries as QFPay's limits allow: per order, its look, the
+    RetryLater its look would have raised, or None where one query cannot be trusted to hold its
+    rows (a full page may have more): that order looks for itself."""
+    looks: list[FirstLook | RetryLater | None] = [None] * len(orders)
+    for chunk in _lookup_chunks(orders):
+        chosen = [orders[i] for i in chunk]
+        placed = [datetime.strptime(o.txdtm, TXDTM_FORMAT) for o in chosen]
+        params = {
+            "mchid": chosen[0].mchid,
+            "out_trade_no": ",".join(sorted({str(o.out_trade_no) for o in chosen})),
+            "start_time": (min(placed) - ENQUIRY_WINDOW).strftime(TXDTM_FORMAT),
+            "end_time": (max(placed) + ENQUIRY_WINDOW).strftime(TXDTM_FORMAT),
+            "page_size": str(LOOKUP_PAGE_SIZE),
+        }
+        try:
+            answer = qfpay.enquiry(params)
+            rows = answer.get("data")
+            if isinstance(rows, list) and len(rows) >= LOOKUP_PAGE_SIZE:
+                continue  # perhaps more on a next page: each order asks for itself
+            for i in chunk:
+                looks[i] = _looked(orders[i], answer)
+        except (QFPayUnavailable, ValueError) as exc:
+            for i in chunk:
+                looks[i] = _look_failed(exc)
+    return looks
+
+
+def _lookup_chunks(orders: Sequence[Order]) -> list[list[int]]:
+    """Indexes of ``orders`` in groups one Enquiry can ask for: by time, each group's window
+    within LOOKUP_MAX_SPAN and at most LOOKUP_MAX_ORDERS orders."""
+    by_time = sorted(range(len(orders)), key=lambda i: orders[i].txdtm)
+    chunks: list[list[int]] = []
+    for i in by_time:
+        placed = datetime.strptime(orders[i].txdtm, TXDTM_FORMAT)
+        if chunks:
+            first = datetime.strptime(orders[chunks[-1][0]].txdtm, TXDTM_FORMAT)
+            if len(chunks[-1]) < LOOKUP_MAX_ORDERS and placed - first + 2 * ENQUIRY_WINDOW <= LOOKUP_MAX_SPAN:
+                chunks[-1].append(i)
+                continue
+        chunks.append([i])
+    return chunks
 
 
 def disagreement(order: Order, finding: Finding) -> str | None:

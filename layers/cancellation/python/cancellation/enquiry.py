@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from cancellation.orders import CURRENCIES, TXDTM_FORMAT, Order
+from cancellation.orders import CURRENCIES, TXDTM_FORMAT, Order, valid_out_trade_no
 from cancellation.outcomes import QFPayAmount, Status
 from cancellation.respcd import RESPCD_MEANINGS, Disposition, meaning_of
 
@@ -57,7 +57,12 @@ class Finding(NamedTuple):
         """QFPay's figures for the payment (read only from a row that passed ``_unreadable``)."""
         if self.payment is None or _unreadable_amount(self.payment) is not None:
             return None
-        return QFPayAmount(int(str(self.payment["txamt"])), str(self.payment["txcurrcd"]))
+        number = self.payment.get("out_trade_no")
+        return QFPayAmount(
+            int(str(self.payment["txamt"])),
+            str(self.payment["txcurrcd"]),
+            number if valid_out_trade_no(number) else None,
+        )
 
 
 def enquiry_params(

@@ -83,6 +83,11 @@ def valid_syssn(value: Any) -> bool:
     return isinstance(value, str) and _TEXT_FIELDS["syssn"][0].fullmatch(value) is not None
 
 
+def valid_out_trade_no(value: Any) -> bool:
+    """A merchant's order number as the order message accepts it (e.g. one read in QFPay's rows)."""
+    return isinstance(value, str) and _TEXT_FIELDS["out_trade_no"][0].fullmatch(value) is not None
+
+
 def unwrap(message: Any) -> Any:
     """The order inside an EventBridge event (``detail``) or an SNS notification (``Message``)."""
     for _ in range(MAX_ENVELOPE_DEPTH):

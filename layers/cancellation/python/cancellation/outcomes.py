@@ -41,10 +41,13 @@ def utc_now_iso(now: float) -> str:
 
 
 class QFPayAmount(NamedTuple):
-    """What QFPay's record of the payment says was charged (from a Transaction Enquiry row)."""
+    """What QFPay's record of the payment says was charged (from a Transaction Enquiry row), and
+    the merchant's number it records for it (so that an outcome of a message that named only the
+    syssn still names the order for a caller that sent only out_trade_no)."""
 
     txamt: int
     txcurrcd: str
+    out_trade_no: str | None = None
 
 
 def build_outcome(
@@ -70,7 +73,7 @@ def build_outcome(
     showed none): a message's own figures are only its claim, published beside them."""
     return {
         "outcome_id": outcome_id(identity),
-        "out_trade_no": subject.get("out_trade_no"),
+        "out_trade_no": subject.get("out_trade_no") or (amount.out_trade_no if amount else None),
         "syssn": subject.get("syssn"),
         "mchid": subject.get("mchid"),
         "pay_type": subject.get("pay_type"),

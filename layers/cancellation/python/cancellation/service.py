@@ -26,7 +26,7 @@ from cancellation.backoff import Backoff
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
 from cancellation.callers import AwaitingLoop, CallerAnswers, caller_hold_seconds
-from cancellation.cancel import RetryLater, first_look
+from cancellation.cancel import FirstLook, RetryLater, first_look
 from cancellation.deciding import OrderDecider
 from cancellation.delivery import Delivery
 from cancellation.exactly_once import ExactlyOnce
@@ -74,16 +74,22 @@ class CancelService:
         # the orders' threads inherit this context.
         spend_until.set(lease_until - self.settings.qfpay.timeouts.read - 2)
 
+        messages = queue_messages(event)
+        looks = self.decider.look_up_together(messages)
+
         def process(message: QueueMessage) -> str:
-            return self.process_record(message, lease_until)
+            return self.process_record(message, lease_until, looks.get(message.message_id))
 
-        return process_batch(queue_messages(event), process, self._pool)
+        return process_batch(messages, process, self._pool)
 
-    def process_record(self, message: QueueMessage, lease_until: float) -> str:
-        """One message; returns the status it ended in, raises to have SQS deliver it again."""
+    def process_record(
+        self, message: QueueMessage, lease_until: float, look: FirstLook | RetryLater | None = None
+    ) -> str:
+        """One message; returns the status it ended in, raises to have SQS deliver it again.
+        ``look``: its order's look-up, made with others of the batch (or why it failed)."""
         logger.thread_safe_append_keys(message_id=message.message_id)
         try:
-            return self._process(message, lease_until)
+            return self._process(message, lease_until, look)
         except _RETRIED:
             raise  # logged where it was understood
         except Exception:
@@ -93,7 +99,9 @@ class CancelService:
             # Threads are reused across orders: no key may outlive its message.
             logger.thread_safe_remove_keys(["message_id", "order", "correlation_id", "caller"])
 
-    def _process(self, message: QueueMessage, lease_until: float) -> str:
+    def _process(
+        self, message: QueueMessage, lease_until: float, looked: FirstLook | RetryLater | None
+    ) -> str:
         try:
             order = parse_order_message(message.body)
         except InvalidOrder as invalid:
@@ -105,7 +113,9 @@ class CancelService:
                 # Named by out_trade_no alone: QFPay's record names the payment (its syssn), so
                 # that every naming of one payment is one order. Read-only, before anything is held.
                 try:
-                    look = first_look(self.decider.qfpay, order)
+                    if isinstance(looked, RetryLater):
+                        raise looked
+                    look = looked if looked is not None else first_look(self.decider.qfpay, order)
                     order, seen = look.order, look.answer
                 except RetryLater as exc:
                     if not self.decider.past_horizon(message, exc):
