@@ -14,7 +14,6 @@ token is in the outcome, its message id in the reason.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -26,13 +25,13 @@ from cancellation.aws import (
     DecisionLedger,
     EnquiryLoopStarter,
     LedgerStage,
-    LoopResult,
     OrderBusy,
     OutcomePublisher,
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
-from cancellation.cancel import successor_name
-from cancellation.models import Decision, Handoff, OutcomeDecision
+from cancellation.callers import CallerAnswers
+from cancellation.exactly_once import ExactlyOnce
+from cancellation.models import Decision, OutcomeDecision
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import Status, build_outcome, outcome_id, rejected_outcome
@@ -55,6 +54,7 @@ class DeadLetterService:
     def __init__(self, settings: DeadLetterSettings, deps: DeadLetterDependencies) -> None:
         self.settings = settings
         self.deps = deps
+        self._callers = CallerAnswers(ExactlyOnce(deps.ledger, deps.clock), deps.notifier, deps.loop_starter)
         self._pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="dead-letter")
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -101,7 +101,9 @@ class DeadLetterService:
             decision, status = self._message_unknown(order, message, owner, lease_until)
         logger.warning("dead-lettered order settled", extra={"status": status})
         if order.task_token:
-            self._answer_caller(owner, order.task_token, decision, lease_until)
+            # Once per token, as the cancel function answers (it may have answered this one already);
+            # an order still in its loop: Cancellation.InProgress (this is the message's last word).
+            self._callers.answer_once(owner, order.task_token, decision, lease_until, last_receive=True)
         return status
 
     def _order_decision(self, key: str, lease_until: float) -> tuple[Decision, str]:
@@ -170,39 +172,6 @@ class DeadLetterService:
                 handoff["name"], {**state, "started_at": now, "deadline_at": now + length}
             )
         return "IN_PROGRESS"
-
-    def _answer_caller(self, order_key: str, token: str, decision: Decision, lease_until: float) -> None:
-        """Once per task token (the cancel function may have answered it already)."""
-        caller = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        logger.thread_safe_append_keys(caller=caller)
-        key, holder = f"cancel#{order_key}|caller={caller}", os.urandom(16).hex()
-        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, decision)
-        if claim.stage == LedgerStage.DELIVERED:
-            return
-        try:
-            answered = self._answer(token, claim.decision or decision)
-        except Exception:
-            self.deps.ledger.release(key, holder)
-            raise
-        self.deps.ledger.record_delivered(key, holder, str(answered))
-
-    def _answer(self, token: str, decision: Decision) -> bool:
-        if "outcome" in decision:
-            return self.deps.notifier.notify(token, decision["outcome"])
-        loop = self._loop_of(decision["handoff"])
-        if loop is not None and loop.outcome is not None:
-            return self.deps.notifier.notify(token, loop.outcome)
-        if loop is not None and loop.status == "RUNNING":
-            cause = "this order is still being decided by the enquiry loop; retry later"
-            return self.deps.notifier.fail(token, "Cancellation.InProgress", cause)
-        cause = "the order's message was dead-lettered and its enquiry loop left no outcome"
-        return self.deps.notifier.fail(token, "Cancellation.Unknown", cause)
-
-    def _loop_of(self, handoff: Handoff) -> LoopResult | None:
-        loop = self.deps.loop_starter.find(handoff["name"])
-        if loop is None or loop.outcome is not None or loop.status == "RUNNING":
-            return loop
-        return self.deps.loop_starter.find(successor_name(handoff)) or loop
 
     def _invalid(self, message: QueueMessage, invalid: InvalidOrder) -> str:
         """Not an order: its rejection (keyed by the message) is published again, and a caller
