@@ -988,8 +988,9 @@ def test_the_metric_names_the_alarms_use_are_the_ones_the_code_publishes() -> No
     layer = ROOT / "layers" / "cancellation" / "python" / "cancellation"
     service = (layer / "service.py").read_text(encoding="utf-8")
     assert 'count("SignatureRejected")' in service
-    # OutcomeUnknown is built from the status, by count_kind, in both functions.
-    assert 'count_kind("Outcome", detail["status"])' in service
+    # OutcomeUnknown is built from the status, by count_kind, in both functions (the cancel
+    # function's delivery of a decision counts it).
+    assert 'count_kind("Outcome", detail["status"])' in (layer / "delivery.py").read_text(encoding="utf-8")
     assert 'count_kind("Outcome", status.value)' in (layer / "poll.py").read_text(encoding="utf-8")
     from cancellation.observability import count_kind, metrics  # noqa: PLC0415
 
