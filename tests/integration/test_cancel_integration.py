@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from cancellation.aws import DecisionLedger
 
 from tests.conftest import PipelineFactory
 from tests.local import lambda_runtime
@@ -559,3 +560,25 @@ def test_a_loop_that_ended_without_an_outcome_is_followed_by_a_new_one_and_its_c
     assert new["status"] == "SUCCEEDED"
     assert len(reversals) == 2  # the first message's, the new message's; the new loop sent none
     assert pipeline.qfpay.cancellations_applied(txn.syssn) == 1
+
+
+def test_an_order_held_by_another_attempt_waits_for_its_lease_without_spending_receives(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """Another attempt holds the order longer than five backoffs (a duplicate's attempt waiting for
+    the merchant's budget, or one that died holding its lease). Waiting for it is not a failure
+    of this message: it must not spend its receives into the DLQ, and once the lease ends the
+    order is decided (before: dead-lettered after five "already being cancelled elsewhere")."""
+    order, txn = order_and_txn(31)
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        now = time.time()
+        DecisionLedger(pipeline.stack.table_name, 3600).claim(
+            f"cancel#syssn={order['syssn']}", "an attempt that died holding its lease", now, now + 20
+        )
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=60)
+        dead = pipeline.dead_letters_count()
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+    assert dead == 0
+    assert [o["status"] for o in outcomes] == ["CANCELLED"]
+    assert reversals == 1

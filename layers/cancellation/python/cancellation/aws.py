@@ -201,7 +201,12 @@ class QFPayCredentials:
 
 
 class OrderBusy(Exception):
-    """Another attempt holds this order (deciding or delivering); look again later."""
+    """Another attempt holds this order (deciding or delivering); look again later.
+    ``held_until``: when the holder's lease runs out, where the ledger said."""
+
+    def __init__(self, message: str, held_until: float | None = None) -> None:
+        super().__init__(message)
+        self.held_until = held_until
 
 
 class LedgerStage(StrEnum):
@@ -284,8 +289,9 @@ class DecisionLedger:
     ) -> Claim:
         """A decision its holder abandoned (lease run out or released): decide again, knowing how
         many cancels earlier attempts may have sent."""
-        if float(old["lease_until"]["N"]) >= now:
-            raise OrderBusy("another attempt holds the order (DECIDING)")
+        held_until = float(old["lease_until"]["N"])
+        if held_until >= now:
+            raise OrderBusy("another attempt holds the order (DECIDING)", held_until)
         # A record without the count comes from before it was kept: one cancel may have been sent.
         earlier = int(old.get("sends", {}).get("N", "1"))
         self._update(
@@ -308,8 +314,9 @@ class DecisionLedger:
             return Claim(
                 LedgerStage.DELIVERED, decision, old.get("result", {}).get("S"), earlier_attempt=True
             )
-        if stage != LedgerStage.DECIDED or float(old["lease_until"]["N"]) >= now:
-            raise OrderBusy(f"another attempt holds the order ({stage})")
+        held_until = float(old["lease_until"]["N"])
+        if stage != LedgerStage.DECIDED or held_until >= now:
+            raise OrderBusy(f"another attempt holds the order ({stage})", held_until)
         # Decided, but its delivery was abandoned: this attempt delivers the stored decision.
         self._update(
             key,

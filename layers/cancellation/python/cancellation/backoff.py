@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Callable
 
-from cancellation.aws import RedeliveryDelay
+from cancellation.aws import OrderBusy, RedeliveryDelay
 from cancellation.batch import QueueMessage
 from cancellation.cancel import RetryLater
 from cancellation.observability import count, logger
@@ -49,6 +49,25 @@ class Backoff:
             "cancel will be retried",
             extra={"reason": str(exc), "retry_in_seconds": delay, "requeues": requeues},
         )
+        return "RETRY_LATER"
+
+    def wait_for_holder(self, message: QueueMessage, busy: OrderBusy) -> str:
+        """Another attempt holds the order: send the message back, due when the holder's lease
+        runs out, without spending one of its receives. Waiting for a duplicate is not a failure
+        of this message (a holder waiting for the merchant's budget, or one that died holding its
+        lease, can outlast five backoffs)."""
+        now = self.clock()
+        held_until = busy.held_until
+        wait = max(0.0, held_until - now) if held_until is not None else self.settings.retry_base_delay
+        delay = math.ceil(wait + random.uniform(1, 2))  # noqa: S311 - jitter, not security
+        first = message.first_attempt_at if message.first_attempt_at is not None else now
+        try:
+            self.redelivery.requeue(message.queue_arn, message.body, delay, first, message.requeues)
+        except Exception:
+            logger.exception("could not send the message back; SQS delivers it again")
+            self.back_off(message, message.receive_count, throttled=False)
+            raise busy from None
+        logger.info("order held by another attempt; looking again", extra={"retry_in_seconds": delay})
         return "RETRY_LATER"
 
     def receives_left(self, message: QueueMessage) -> int:

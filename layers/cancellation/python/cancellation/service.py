@@ -164,11 +164,9 @@ class CancelService:
             raise
         except RetryLater as exc:
             return self.backoff.retry_later(message, exc)
-        except OrderBusy:
+        except OrderBusy as busy:
             # Another attempt holds this order (a duplicate in this batch or another poller's).
-            self.backoff.back_off(message, receive_count, throttled=False)
-            logger.info("order already being cancelled elsewhere; will look again")
-            raise
+            return self.backoff.wait_for_holder(message, busy)
         except CredentialsRejected:
             # A configuration error must not drop orders: retried slowly, then the DLQ, and alarmed.
             count("SignatureRejected")
