@@ -277,10 +277,11 @@ class SoakConfig:
 
     @property
     def effective_time_limit(self) -> float:
-        """Sending time at the configured rate, doubled, plus four minutes for the tail."""
+        """Sending time at the configured rate, tripled (the producer also waits while too many
+        orders are undecided), plus four minutes for the tail."""
         if self.time_limit is not None:
             return self.time_limit
-        return 240.0 + 2.0 * self.n / max(self.rate, 0.1)
+        return 240.0 + 3.0 * self.n / max(self.rate, 0.1)
 
 
 def _switches(
