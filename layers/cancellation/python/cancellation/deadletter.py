@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.aws import (
     CallerNotifier,
+    Claim,
     DecisionLedger,
     EnquiryLoopStarter,
     LedgerStage,
@@ -34,7 +35,7 @@ from cancellation.exactly_once import ExactlyOnce
 from cancellation.models import Decision, OutcomeDecision
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
-from cancellation.outcomes import Status, build_outcome, outcome_id, rejected_outcome
+from cancellation.outcomes import Status, build_outcome, outcome_id, rejection_of
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -113,15 +114,7 @@ class DeadLetterService:
         decision = claim.decision
         if decision is None:  # a decided record always holds its decision
             raise OrderBusy("the order's record holds no decision")
-        if claim.stage == LedgerStage.DELIVERED:
-            return decision, str(claim.result)
-        try:
-            status = self._deliver(decision)
-        except Exception:
-            self.deps.ledger.release(key, holder)
-            raise
-        self.deps.ledger.record_delivered(key, holder, status)
-        return decision, status
+        return self._deliver_held(key, holder, claim, decision)
 
     def _message_unknown(
         self, order: Order, message: QueueMessage, owner: str, lease_until: float
@@ -144,7 +137,10 @@ class DeadLetterService:
         key, holder = f"cancel#{owner}", os.urandom(16).hex()
         own: OutcomeDecision = {"outcome": unknown}
         claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, own)
-        decision = claim.decision or own
+        return self._deliver_held(key, holder, claim, claim.decision or own)
+
+    def _deliver_held(self, key: str, holder: str, claim: Claim, decision: Decision) -> tuple[Decision, str]:
+        """Deliver ``decision`` under this attempt's lease, unless the record says it was."""
         if claim.stage == LedgerStage.DELIVERED:
             return decision, str(claim.result)
         try:
@@ -177,14 +173,7 @@ class DeadLetterService:
         """Not an order: its rejection (keyed by the message) is published again, and a caller
         whose token could be read is told."""
         ids = invalid.identifiers
-        detail = rejected_outcome(
-            invalid.reason,
-            now=self.deps.clock(),
-            out_trade_no=ids.get("out_trade_no"),
-            syssn=ids.get("syssn"),
-            mchid=ids.get("mchid"),
-            message_id=message.message_id,
-        )
+        detail = rejection_of(invalid, now=self.deps.clock(), message_id=message.message_id)
         self.deps.publisher.publish(detail)
         if ids.get("task_token"):
             self.deps.notifier.notify(ids["task_token"], detail)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 if TYPE_CHECKING:
     from cancellation.models import DecidedBy, Endpoint, OutcomeDetail
+    from cancellation.orders import InvalidOrder
 
 OUTCOME_SOURCE = "qfpay.cancellation"
 OUTCOME_DETAIL_TYPE = "Payment Cancellation Outcome"
@@ -149,3 +150,17 @@ def rejected_outcome(
     identity = f"rejected|message={message_id}" if message_id else f"rejected|{mchid or ''}|{named}"
     subject = {"out_trade_no": out_trade_no, "syssn": syssn, "mchid": mchid}
     return build_outcome(subject, identity, Status.REJECTED, reason, now=now, decided_by="cancel-function")
+
+
+def rejection_of(invalid: InvalidOrder, *, now: float, message_id: str) -> OutcomeDetail:
+    """The REJECTED outcome of a message that is not a valid order, keyed by the message, with
+    the identifiers that did validate."""
+    ids = invalid.identifiers
+    return rejected_outcome(
+        invalid.reason,
+        now=now,
+        out_trade_no=ids.get("out_trade_no"),
+        syssn=ids.get("syssn"),
+        mchid=ids.get("mchid"),
+        message_id=message_id,
+    )

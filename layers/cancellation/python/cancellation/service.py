@@ -32,7 +32,7 @@ from cancellation.delivery import Delivery
 from cancellation.exactly_once import ExactlyOnce
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, parse_order_message
-from cancellation.outcomes import outcome_id, rejected_outcome
+from cancellation.outcomes import outcome_id, rejection_of
 from cancellation.qfpay import CredentialsRejected, QFPayClient
 from cancellation.settings import CancelSettings
 
@@ -176,14 +176,7 @@ class CancelService:
 
     def _reject(self, message: QueueMessage, invalid: InvalidOrder, lease_until: float) -> str:
         ids = invalid.identifiers
-        detail = rejected_outcome(
-            invalid.reason,
-            now=self.deps.clock(),
-            out_trade_no=ids.get("out_trade_no"),
-            syssn=ids.get("syssn"),
-            mchid=ids.get("mchid"),
-            message_id=message.message_id,
-        )
+        detail = rejection_of(invalid, now=self.deps.clock(), message_id=message.message_id)
         logger.warning("order rejected", extra={"reason": invalid.reason})
         # Delivered once per outcome_id, like any decision: a redelivered message is not rejected twice.
         decision: OutcomeDecision = {"outcome": detail}
