@@ -182,13 +182,16 @@ STRICT_RULES: tuple[str, ...] = (
 DEFAULT_STRICT_FAULTS: frozenset[str] = frozenset(
     {
         "applied_then_5xx",
+        "repeat_applies",
         "processing_while_paid",
         "undocumented_row",
         "refused_but_live",
         "aliased_duplicate",
     }
 )
-DEFAULT_STRICT_RULES: frozenset[str] = frozenset({"one_outcome_identity", "proof_required"})
+DEFAULT_STRICT_RULES: frozenset[str] = frozenset(
+    {"pending_blocks_resend", "one_outcome_identity", "proof_required"}
+)
 
 # Answers after which QFPay certainly did nothing and the client knows it: resending is the
 # documented retry (SQS redelivery; the signature retry after re-reading the secret).
@@ -277,11 +280,12 @@ class SoakConfig:
 
     @property
     def effective_time_limit(self) -> float:
-        """Sending time at the configured rate, tripled (the producer also waits while too many
-        orders are undecided), plus four minutes for the tail."""
+        """Sending time at the configured rate, four times over (the producer also waits while too
+        many orders are undecided, and every strict kind on lengthens orders), plus four minutes for
+        the tail."""
         if self.time_limit is not None:
             return self.time_limit
-        return 240.0 + 3.0 * self.n / max(self.rate, 0.1)
+        return 240.0 + 4.0 * self.n / max(self.rate, 0.1)
 
 
 def _switches(
