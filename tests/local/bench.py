@@ -1094,13 +1094,15 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
                 )
                 handler = _import_handler(f"bench_cancel_{index}")
                 if variant.session_per_request:
+                    from cancellation.aws import QFPayCredentials  # noqa: PLC0415
                     from cancellation.qfpay import QFPayClient  # noqa: PLC0415
 
                     settings = handler.SETTINGS
                     service = handler.service()
-                    service.qfpay = QFPayClient(
+                    # The client every QFPay step of the service uses (the decider holds it).
+                    service.decider.qfpay = QFPayClient(
                         settings.qfpay.base_url,
-                        service.deps.credentials,
+                        QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age),
                         http=_pool_per_request(),
                         timeouts=settings.qfpay.timeouts,
                         verify_response_signature=settings.qfpay.verify_response_signature,

@@ -261,3 +261,15 @@ def test_the_last_lines_are_the_three_ratios_automated_checks_read(
         "batch10_ratio: 1.40",
         "poll_transitions_ratio_120s: 0.23",
     ]
+
+
+def test_the_batch_worker_runs_every_variant_against_the_service_as_built() -> None:
+    """The batch section drives the cancel function's service from outside (its seed-style variant
+    swaps the QFPay client); a refactor of the service must break this test, not CI's bench."""
+    from tests.local import bench  # noqa: PLC0415
+
+    result = bench._run_worker("batch", bench.QUICK, timeout=600)
+
+    labels = [variant["label"] for variant in result["variants"]]
+    assert labels == [variant.label for variant in bench.BATCH_VARIANTS]
+    assert all(variant["cold10"] > 0 for variant in result["variants"])
