@@ -52,17 +52,21 @@ class Backoff:
         return "RETRY_LATER"
 
     def wait_for_holder(self, message: QueueMessage, busy: OrderBusy) -> str:
-        """Another attempt holds the order: send the message back, due when the holder's lease
-        runs out, without spending one of its receives. Waiting for a duplicate is not a failure
-        of this message (a holder waiting for the merchant's budget, or one that died holding its
-        lease, can outlast five backoffs)."""
+        """Another attempt holds the order: send the message back, without spending one of its
+        receives, to look again after a growing, jittered delay that never runs past the holder's
+        lease. Waiting for a duplicate is not a failure of this message (a holder waiting for the
+        merchant's budget, or one that died holding its lease, can outlast five backoffs), and
+        most holders finish in seconds, long before their lease ends."""
         now = self.clock()
-        held_until = busy.held_until
-        wait = max(0.0, held_until - now) if held_until is not None else self.settings.retry_base_delay
-        delay = math.ceil(wait + random.uniform(1, 2))  # noqa: S311 - jitter, not security
+        step = min(
+            self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** min(message.requeues, 16)
+        )
+        lease_left = busy.held_until - now if busy.held_until is not None else step
+        wait = max(0.0, min(step, lease_left))
+        delay = math.ceil(wait + random.uniform(0, 1))  # noqa: S311 - jitter, not security
         first = message.first_attempt_at if message.first_attempt_at is not None else now
         try:
-            self.redelivery.requeue(message.queue_arn, message.body, delay, first, message.requeues)
+            self.redelivery.requeue(message.queue_arn, message.body, delay, first, message.requeues + 1)
         except Exception:
             logger.exception("could not send the message back; SQS delivers it again")
             self.back_off(message, message.receive_count, throttled=False)
