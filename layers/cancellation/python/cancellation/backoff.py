@@ -38,13 +38,7 @@ class Backoff:
             ceiling = min(self.settings.retry_max_delay, 900, base * 2 ** min(message.requeues, 16))
             delay = math.ceil(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not security
             requeues = message.requeues + 1
-        first = message.first_attempt_at if message.first_attempt_at is not None else now
-        try:
-            self.redelivery.requeue(message.queue_arn, message.body, delay, first, requeues)
-        except Exception:
-            logger.exception("could not send the message back; SQS delivers it again")
-            self.back_off(message, message.receive_count, throttled=exc.throttled)
-            raise exc from None
+        self._requeue(message, delay, requeues, exc, throttled=exc.throttled)
         logger.warning(
             "cancel will be retried",
             extra={"reason": str(exc), "retry_in_seconds": delay, "requeues": requeues},
@@ -64,15 +58,22 @@ class Backoff:
         lease_left = busy.held_until - now if busy.held_until is not None else step
         wait = max(0.0, min(step, lease_left))
         delay = math.ceil(wait + random.uniform(0, 1))  # noqa: S311 - jitter, not security
-        first = message.first_attempt_at if message.first_attempt_at is not None else now
-        try:
-            self.redelivery.requeue(message.queue_arn, message.body, delay, first, message.requeues + 1)
-        except Exception:
-            logger.exception("could not send the message back; SQS delivers it again")
-            self.back_off(message, message.receive_count, throttled=False)
-            raise busy from None
+        self._requeue(message, delay, message.requeues + 1, busy, throttled=False)
         logger.info("order held by another attempt; looking again", extra={"retry_in_seconds": delay})
         return "RETRY_LATER"
+
+    def _requeue(
+        self, message: QueueMessage, delay: int, requeues: int, reason: Exception, *, throttled: bool
+    ) -> None:
+        """Send the message again as a new one (its receives unspent); if SQS refuses, fall back to
+        a backoff by receive count and raise ``reason``, so the original is delivered again."""
+        first = message.first_attempt_at if message.first_attempt_at is not None else self.clock()
+        try:
+            self.redelivery.requeue(message.queue_arn, message.body, delay, first, requeues)
+        except Exception:
+            logger.exception("could not send the message back; SQS delivers it again")
+            self.back_off(message, message.receive_count, throttled=throttled)
+            raise reason from None
 
     def receives_left(self, message: QueueMessage) -> int:
         return max(0, self.settings.max_receive_count - message.receive_count)
