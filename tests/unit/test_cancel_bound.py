@@ -20,7 +20,17 @@ from cancellation.qfpay import QFPayAmbiguous
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy, PollSchedule
 
-from tests.unit.fakes import NOW, ORDER, Clock, FakeQFPay, as_dict, cancel_answer, enquiry_shows
+from tests.unit.fakes import (
+    NOW,
+    ORDER,
+    Clock,
+    FakeQFPay,
+    as_dict,
+    cancel_answer,
+    enquiry_answer,
+    enquiry_shows,
+    payment_row,
+)
 
 LOOP = LoopPolicy(PollSchedule(first_wait=3, max_wait=60, factor=2.0), deadline_seconds=900)
 
@@ -93,3 +103,25 @@ def test_a_refused_first_cancel_leaves_the_loop_its_one_resend():
     state = turn(turn(state, loop, NOW + 30), loop, NOW + 60)
     assert loop.names == ["enquiry", "reversal", "enquiry"]
     assert (state["resent"], state["reversal_pending"]) == (True, True)
+
+
+def test_after_an_earlier_attempt_may_have_sent_a_payment_qfpay_does_not_know_is_sent_the_cancel():
+    """An earlier attempt's cancel went unanswered (it crashed), and QFPay's Enquiry then has no
+    row naming the order at all. QFPay answers a cancel of a payment it does not know 1268 and does
+    nothing, so no cancel of ours can be pending: this message is sent, and QFPay's refusal is its
+    answer, the same one every message making that request gets (not an UNKNOWN from the loop
+    beside another message's REJECTED)."""
+    fake = FakeQFPay(enquiry=[enquiry_answer()], reversal=[cancel_answer("1268", syssn="")])
+    detail = decide(fake, earlier_sends=1)["outcome"]
+    assert fake.names == ["enquiry", "reversal"]
+    assert (detail["status"], detail["respcd"]) == ("REJECTED", "1268")
+
+
+def test_after_an_earlier_attempt_may_have_sent_our_own_reversal_row_alone_still_blocks_a_resend():
+    """A row naming the order (here a reversal of it, not the payment's row) shows QFPay knows the
+    payment: an earlier cancel may be processing, so nothing is sent."""
+    reversal_row = payment_row(syssn="20261126000300020099999999", order_type="refund", respcd="1143")
+    fake = FakeQFPay(enquiry=[enquiry_answer(reversal_row)])
+    state = decide(fake, earlier_sends=1)["handoff"]["input"]
+    assert fake.names == ["enquiry"]
+    assert state["cancel_may_take_effect"] is True

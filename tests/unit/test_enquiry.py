@@ -262,8 +262,16 @@ def test_paid_row_with_nothing_of_ours_pending_needs_refund():
 @pytest.mark.parametrize("data", [[], None])
 def test_no_rows_means_not_found_and_not_live(data):
     finding = read_enquiry(answer(data=data), ORDER)
-    assert finding == Finding(None, "QFPay has no record of the transaction", found=False)
+    assert finding == Finding(
+        None, "QFPay has no record of the transaction", found=False, unknown_to_qfpay=True
+    )
     assert not finding.live
+
+
+def test_a_row_naming_the_order_without_its_payment_row_is_not_unknown_to_qfpay():
+    refund = {"syssn": "20261126000300020099999999", "orig_syssn": ORDER.syssn, "order_type": "refund"}
+    finding = read_enquiry(answer(data=[refund]), ORDER)
+    assert (finding.found, finding.unknown_to_qfpay) == (False, False)
 
 
 def test_missing_data_means_not_found():

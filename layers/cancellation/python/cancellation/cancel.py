@@ -282,11 +282,13 @@ class CancelAttempt:
             return self._handoff(
                 endpoint, None, respcd=None, resperr=finding.reason, pending=True, attempts=0
             )
-        if self.earlier_sends:
+        if self.earlier_sends and not finding.unknown_to_qfpay:
             # An earlier attempt's cancel may have reached QFPay, unanswered here: it may still be
             # processing (a processing reversal looks like a live payment). The loop decides.
             reason = f"{self.earlier_sends} earlier cancel requests may have reached QFPay"
             return self._handoff(endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0)
+        # Nothing of ours pending, or QFPay knows nothing of the payment after our earlier cancels
+        # left (it answers a cancel of a payment it does not know 1268 and does nothing): send.
         return None
 
     def _confirm(

@@ -51,6 +51,9 @@ class Finding(NamedTuple):
     payment: Mapping[str, Any] | None = None  # the payment's row, as QFPay showed it
     # Completed, and neither cancelled nor refunded at all: what a first cancel may still undo.
     paid_untouched: bool = False
+    # No row of the answer names the order (no payment, refund or reversal of it): QFPay does not
+    # know the payment, so no cancel of ours can be taking effect on it.
+    unknown_to_qfpay: bool = False
 
     @property
     def amount(self) -> QFPayAmount | None:
@@ -112,7 +115,9 @@ def read_enquiry(
     rows = [row for row in data if isinstance(row, Mapping)]
     payment = _original_payment(rows, order, reversal_syssn)
     if payment is None:
-        return Finding(None, "QFPay has no record of the transaction", found=False)
+        known = any(_names(row, order) for row in rows)
+        reason = "QFPay has no record of the transaction"
+        return Finding(None, reason, found=False, unknown_to_qfpay=not known)
     row_respcd = _text(payment.get("respcd"))
     problem = _unreadable(payment) or _unreadable_refunds(rows, payment)
     if problem is not None:
@@ -251,6 +256,14 @@ def _original_payment(
         ):
             return row
     return None
+
+
+def _names(row: Mapping[str, Any], order: Order) -> bool:
+    """The row is about the order: its payment, or a refund or reversal naming it."""
+    return bool(
+        (order.syssn and order.syssn in (row.get("syssn"), row.get("orig_syssn")))
+        or (order.out_trade_no and row.get("out_trade_no") == order.out_trade_no)
+    )
 
 
 def _row_of(rows: Sequence[Mapping[str, Any]], syssn: str | None) -> Mapping[str, Any] | None:
