@@ -14,7 +14,6 @@ token is in the outcome, its message id in the reason.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.aws import (
     CallerNotifier,
-    Claim,
     DecisionLedger,
     EnquiryLoopStarter,
     LedgerStage,
@@ -55,7 +53,8 @@ class DeadLetterService:
     def __init__(self, settings: DeadLetterSettings, deps: DeadLetterDependencies) -> None:
         self.settings = settings
         self.deps = deps
-        self._callers = CallerAnswers(ExactlyOnce(deps.ledger, deps.clock), deps.notifier, deps.loop_starter)
+        self._once = ExactlyOnce(deps.ledger, deps.clock)
+        self._callers = CallerAnswers(self._once, deps.notifier, deps.loop_starter)
         self._pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="dead-letter")
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -95,7 +94,7 @@ class DeadLetterService:
             raise OrderBusy(f"another attempt holds the order ({found[0]})")
         if found is not None and found[0] in (LedgerStage.DECIDED, LedgerStage.DELIVERED):
             # The order is decided: that decision is its one outcome, and this caller's answer.
-            owner, decision, status = order.identity, *self._order_decision(order_key, lease_until)
+            owner, decision, status = order.identity, *self._order_decision(order, lease_until)
         else:
             # Nobody decided the order: the dead message's own UNKNOWN (see module docstring).
             owner = f"{order.identity}|message={message.message_id}"
@@ -107,14 +106,13 @@ class DeadLetterService:
             self._callers.answer_once(owner, order.task_token, decision, lease_until, last_receive=True)
         return status
 
-    def _order_decision(self, key: str, lease_until: float) -> tuple[Decision, str]:
+    def _order_decision(self, order: Order, lease_until: float) -> tuple[Decision, str]:
         """The order's recorded decision, delivered here if its delivery was abandoned."""
-        holder = os.urandom(16).hex()
-        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until)
-        decision = claim.decision
-        if decision is None:  # a decided record always holds its decision
+
+        def recorded(*_: object) -> Decision:  # a decided record always holds its decision
             raise OrderBusy("the order's record holds no decision")
-        return self._deliver_held(key, holder, claim, decision)
+
+        return self._once.run_once(order.identity, lease_until, self._deliver, recorded)
 
     def _message_unknown(
         self, order: Order, message: QueueMessage, owner: str, lease_until: float
@@ -134,22 +132,8 @@ class DeadLetterService:
             now=self.deps.clock(),
             decided_by="cancel-function",
         )
-        key, holder = f"cancel#{owner}", os.urandom(16).hex()
         own: OutcomeDecision = {"outcome": unknown}
-        claim = self.deps.ledger.claim(key, holder, self.deps.clock(), lease_until, own)
-        return self._deliver_held(key, holder, claim, claim.decision or own)
-
-    def _deliver_held(self, key: str, holder: str, claim: Claim, decision: Decision) -> tuple[Decision, str]:
-        """Deliver ``decision`` under this attempt's lease, unless the record says it was."""
-        if claim.stage == LedgerStage.DELIVERED:
-            return decision, str(claim.result)
-        try:
-            status = self._deliver(decision)
-        except Exception:
-            self.deps.ledger.release(key, holder)
-            raise
-        self.deps.ledger.record_delivered(key, holder, status)
-        return decision, status
+        return self._once.run_once(owner, lease_until, self._deliver, lambda *_: own, known=True)
 
     def _deliver(self, decision: Decision) -> str:
         if "outcome" in decision:
