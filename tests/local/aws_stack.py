@@ -595,6 +595,13 @@ def _register_outputs(
         cloudformation.create_stack(StackName=stack_name, TemplateBody=json.dumps(body))
 
 
+# The local world's payments carry fixed dates (November 2026), so that every run is the same.
+# Its decision ledger remembers orders for ten years, so that they stay recent payments: one older
+# than the ledger's memory is asked about before its cancel (docs/ledger.md), which the tests of
+# that rule set up on purpose with the deployed 48 h.
+LOCAL_LEDGER_EXPIRY_SECONDS = str(3650 * 86400)
+
+
 def create_stack(
     *,
     template_path: Path,
@@ -805,6 +812,7 @@ def create_stack(
         merged = _function_settings(template, logical_id, resolver)
         environment = dict(merged["Environment"])
         environment["QFPAY_BASE_URL"] = qfpay_base_url
+        environment["LEDGER_EXPIRY_SECONDS"] = LOCAL_LEDGER_EXPIRY_SECONDS
         environment.update(env_overrides or {})
         environments[logical_id] = environment
         settings[logical_id] = merged

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
@@ -161,6 +161,20 @@ def request_id(order: Order, endpoint: Endpoint | None) -> str:
     return outcome_id(f"{order.identity}|request={request}")
 
 
+# QFPay's txdtm is the merchant's local time, which may run up to 14 h ahead of UTC (UTC+14).
+MERCHANT_CLOCK_AHEAD = timedelta(hours=14)
+# The ledger's memory is counted this much short: clocks (the merchant's, QFPay's, ours) disagree.
+LEDGER_MEMORY_MARGIN = timedelta(hours=1)
+
+
+def may_outlive_the_ledger(order: Order, now: float, ledger_expiry: float) -> bool:
+    """The payment may be older than the decision ledger remembers: a record of an earlier attempt
+    at it (written after the payment was made) may have expired and been swept, so that nothing
+    here tells whether a cancel was sent for it. The payment is read as old as its txdtm allows."""
+    placed = datetime.strptime(order.txdtm, TXDTM_FORMAT).replace(tzinfo=UTC) - MERCHANT_CLOCK_AHEAD
+    return now - placed.timestamp() >= ledger_expiry - LEDGER_MEMORY_MARGIN.total_seconds()
+
+
 # Cancel requests that may reach QFPay for one order, in total: the first, and at most one more,
 # only after QFPay refused the first (nothing of ours can take effect) and an Enquiry then showed
 # the payment still live. A cancel that may have reached QFPay unanswered forbids any other: QFPay
@@ -172,6 +186,8 @@ class CancelAttempt:
     """Deciding one order. ``redelivered``: an earlier attempt may already have reached QFPay.
     ``earlier_sends``: cancels that earlier attempts may have sent (their answers unknown here).
     ``count_send``: called just before the cancel leaves, to record that it may reach QFPay.
+    ``ledger_expiry``: how long the decision ledger remembers an order (None: not known here, the
+    payment's age is not looked at).
     (A plain class: a dataclass costs every cold start ~0.5 ms to create.)"""
 
     def __init__(
@@ -187,6 +203,7 @@ class CancelAttempt:
         first_attempt_at: float | None = None,
         seen: Mapping[str, Any] | None = None,
         count_send: Callable[[], None] | None = None,
+        ledger_expiry: float | None = None,
     ) -> None:
         self.order = order
         self.qfpay = qfpay
@@ -202,6 +219,7 @@ class CancelAttempt:
         self.seen = seen
         self._amount: QFPayAmount | None = None  # QFPay's figures, once seen
         self.count_send = count_send
+        self.ledger_expiry = ledger_expiry
 
     def decide(self) -> Decision:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
@@ -209,12 +227,14 @@ class CancelAttempt:
         endpoint = self.routing.endpoint_for(self.order.pay_type)
         # An attempt before this one (a crash, a redelivery) may have sent a cancel.
         earlier = self.redelivered or bool(self.earlier_sends)
+        # Or one may have, and its record expired since: the payment is older than the ledger's memory.
+        forgotten = not earlier and self._forgotten()
         # QFPay's record is read before the cancel only where it is needed: an earlier attempt may
         # have cancelled, or the message named the payment by out_trade_no alone (looked up to learn
-        # its syssn: ``seen``). A first message naming the syssn costs no extra request; QFPay
-        # checks the cancel's txamt against the payment itself (1266).
-        if earlier or self.seen is not None or self.order.syssn is None:
-            decided = self._ask_first(endpoint, earlier)
+        # its syssn: ``seen``). A first message naming the syssn of a recent payment costs no extra
+        # request; QFPay checks the cancel's txamt against the payment itself (1266).
+        if earlier or forgotten or self.seen is not None or self.order.syssn is None:
+            decided = self._ask_first(endpoint, earlier, forgotten=forgotten)
             if decided is not None:
                 return decided
         if self.count_send is not None:
@@ -250,9 +270,15 @@ class CancelAttempt:
             decision["request"] = True  # the message's own; see REQUEST_STATUSES
         return decision
 
-    def _ask_first(self, endpoint: Endpoint, earlier: bool) -> Decision | None:
+    def _forgotten(self) -> bool:
+        if self.ledger_expiry is None:
+            return False
+        return may_outlive_the_ledger(self.order, self.clock(), self.ledger_expiry)
+
+    def _ask_first(self, endpoint: Endpoint, earlier: bool, *, forgotten: bool = False) -> Decision | None:
         """QFPay's record before the cancel (``seen``, or asked now). A decision, or None: send one.
-        ``earlier``: a crashed or timed-out earlier run may have cancelled already."""
+        ``earlier``: a crashed or timed-out earlier run may have cancelled already. ``forgotten``:
+        one may have, longer ago than the ledger remembers (so nothing of it is still pending)."""
         if self.seen is not None:
             finding = self._read(self.seen, None, cancel_pending=earlier)
         else:
@@ -274,6 +300,28 @@ class CancelAttempt:
             return decision
         if finding.status is not None and not finding.paid_untouched:
             return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
+        if forgotten and finding.paid_untouched:
+            # A paid row does not show that a cancel sent before the ledger's memory was refused;
+            # only a live one clears a cancel. The Enquiry shows the refund case: none is sent.
+            reason = (
+                f"{finding.reason}; the payment is older than the decision ledger remembers, so a "
+                "cancel may have been sent for it before: none is sent on a paid row"
+            )
+            return self._outcome(
+                finding.status or Status.REFUND_REQUIRED, reason, endpoint, respcd=finding.respcd
+            )
+        if forgotten and finding.found and not finding.live:
+            # A row we cannot read. Nothing of ours can still be pending after that long: the loop
+            # asks, and may send the one cancel once QFPay shows the payment live.
+            return self._handoff(
+                endpoint,
+                None,
+                respcd=None,
+                resperr=finding.reason,
+                pending=False,
+                may_take_effect=False,
+                attempts=0,
+            )
         # A completed payment nothing has cancelled or refunded (only read so when nothing of ours
         # is pending) still gets the first cancel: it may still undo it, and QFPay's answer decides.
         if earlier and finding.found and not finding.live:

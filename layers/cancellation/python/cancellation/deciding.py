@@ -97,6 +97,7 @@ class OrderDecider:
             first_attempt_at=message.first_attempt_at,
             seen=seen,
             count_send=sends,
+            ledger_expiry=self.settings.ledger_expiry,
         )
         try:
             decision = attempt.decide()

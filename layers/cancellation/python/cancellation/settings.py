@@ -62,6 +62,8 @@ CANCEL_FUNCTION_TIMEOUT = 90
 POLL_FUNCTION_TIMEOUT = 60
 # The order queue's VisibilityTimeout (ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS).
 ORDER_QUEUE_VISIBILITY_TIMEOUT = 570
+# How long the decision ledger may remember an order (LEDGER_EXPIRY_SECONDS), at most: ten years.
+MAX_LEDGER_EXPIRY_SECONDS = 3650 * 86400
 
 
 class CancelSettings(NamedTuple):
@@ -293,7 +295,7 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         loop=LoopPolicy(
             schedule, read.integer("POLL_DEADLINE_SECONDS", 900, 5, MAX_DEADLINE_SECONDS), horizon
         ),
-        ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
+        ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, MAX_LEDGER_EXPIRY_SECONDS),
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 900),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
@@ -355,7 +357,7 @@ def dead_letter_settings(env: Mapping[str, str]) -> DeadLetterSettings:
         event_bus_name=read.text("EVENT_BUS_NAME"),
         state_machine_arn=read.text("STATE_MACHINE_ARN"),
         ledger_table=read.text("LEDGER_TABLE"),
-        ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, 30 * 86400),
+        ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, MAX_LEDGER_EXPIRY_SECONDS),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
     )
     read.done()

@@ -1,0 +1,85 @@
+"""After the decision ledger forgot an order: the cancel function against moto (the real ledger)
+and the QFPay stand-in over real HTTP.
+
+The ledger's record of an order expires (``LEDGER_EXPIRY_SECONDS``, 48 h deployed). A message for
+the order after its record was swept (a dead letter redriven, a late duplicate, a re-request)
+must not send a second cancel without asking QFPay first: its payment is older than the ledger
+remembers, so the Transaction Enquiry goes first, and a payment QFPay shows cancelled gets no
+cancel (docs/ledger.md).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import boto3
+
+from tests.conftest import PipelineFactory
+from tests.local.pipeline import Pipeline
+from tests.local.qfpay_standin import Transaction
+
+SYSSN = "20261126000101000888"
+# The deployed memory: the stand-in's payments, dated November 2026, are older than that.
+DEPLOYED_MEMORY = {"LEDGER_EXPIRY_SECONDS": str(48 * 3600)}
+
+
+def order_message() -> dict[str, Any]:
+    return {
+        "syssn": SYSSN,
+        "out_trade_no": "FORGOTTEN-1",
+        "txamt": 1250,
+        "txdtm": "2026-11-26 11:00:00",
+        "pay_type": "800101",
+        "txcurrcd": "HKD",
+    }
+
+
+def outcomes_of(pipeline: Pipeline, expected: int, timeout: float) -> list[dict[str, Any]]:
+    """Every outcome event published (repeats included), waiting for ``expected`` of them."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < expected and time.monotonic() < deadline:
+        seen += pipeline.stack.read_outcomes(wait_seconds=0.5)
+    return seen
+
+
+def forget_the_order(pipeline: Pipeline) -> list[str]:
+    """Remove the ledger's order records, as DynamoDB's TTL sweep does after their expiry."""
+    dynamodb = boto3.client("dynamodb")
+    table = pipeline.stack.table_name
+    ids = [str(item["id"]["S"]) for item in dynamodb.scan(TableName=table)["Items"]]
+    forgotten = [i for i in ids if i.startswith("cancel#")]
+    for key in forgotten:
+        dynamodb.delete_item(TableName=table, Key={"id": {"S": key}})
+    return forgotten
+
+
+def test_a_message_after_the_ledger_forgot_a_cancelled_payment_sends_no_second_cancel(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    txn = Transaction(
+        syssn=SYSSN,
+        out_trade_no="FORGOTTEN-1",
+        txamt=1250,
+        txdtm="2026-11-26 11:00:00",
+        pay_type="800101",
+        txcurrcd="HKD",
+    )
+    with pipeline_factory([txn], env_overrides=DEPLOYED_MEMORY) as pipeline:
+        pipeline.send(order_message())
+        [first] = outcomes_of(pipeline, 1, timeout=30)
+        assert first["status"] == "CANCELLED"
+        assert forget_the_order(pipeline)  # the order's record existed, and is gone
+        pipeline.send(order_message())  # a late duplicate, a redrive: a new message
+        [second] = outcomes_of(pipeline, 1, timeout=30)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+        applied = pipeline.qfpay.cancellations_applied(SYSSN)
+        enquiries = pipeline.qfpay.count("/trade/v1/query", SYSSN)
+    assert (reversals, applied) == (1, 1)
+    # QFPay's word, from the Enquiry asked before anything was sent.
+    assert second["status"] == "CANCELLED"
+    assert "Enquiry" in second["reason"]
+    assert second["attempts"] == 0
+    assert second["outcome_id"] == first["outcome_id"]
+    assert enquiries >= 3  # the first message's look and confirmation, the second's look
