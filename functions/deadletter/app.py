@@ -1,6 +1,7 @@
 """Dead-letter function: order messages the cancel function could not process (the order queue's
 DLQ) -> the order's recorded outcome, or an UNKNOWN of the message's own with the reason, and an
-answer to a task-token caller. Never calls QFPay."""
+answer to a task-token caller. Asks QFPay only the Enquiry that names a payment given by
+out_trade_no; never sends a cancel."""
 
 from __future__ import annotations
 

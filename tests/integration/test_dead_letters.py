@@ -134,3 +134,59 @@ def test_a_dead_letter_of_an_order_already_decided_gets_that_outcome_not_unknown
     assert (heard["status"], heard["outcome_id"]) == ("CANCELLED", first["outcome_id"])
     assert again == []
     assert reversals == 1
+
+
+def test_a_dead_letter_naming_only_out_trade_no_is_the_same_order_as_its_payment(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """One payment, one outcome identity (docs/contracts.md): the order was decided (CANCELLED,
+    recorded under its syssn); a message naming it by out_trade_no alone, carrying a caller's
+    token, dead-lettered. DeadLetterFunction looks the payment up as the cancel function does (one
+    Transaction Enquiry, read-only) and finds the order's outcome: the caller hears it, under the
+    same outcome_id, and no UNKNOWN of a different identity is published."""
+    order, txn = order_and_txn(33)
+    by_number = {**order, "syssn": None}  # the caller workflow sends every field
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        [first] = pipeline.collect_outcomes(1, timeout=30)
+        with dead_letter_delivery(pipeline):
+            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, by_number), timeout=60)
+            again = pipeline.stack.read_outcomes(wait_seconds=3)
+        reversals = pipeline.qfpay.count("reversal")
+    assert first["status"] == "CANCELLED"
+    assert caller["status"] == "SUCCEEDED", caller
+    heard = json.loads(caller["output"])["outcome"]
+    assert (heard["status"], heard["outcome_id"], heard["syssn"]) == (
+        "CANCELLED",
+        first["outcome_id"],
+        order["syssn"],
+    )
+    assert again == []  # the order's outcome was delivered already
+    assert reversals == 1
+
+
+def test_a_dead_letter_naming_only_out_trade_no_when_qfpay_cannot_be_asked_is_still_settled(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay refuses our signature (its key changed, the secret did not): the payment cannot be
+    looked up. The dead letter still ends in an explained UNKNOWN of its own, named by what the
+    message gives (mchid + out_trade_no), and its caller is told; nothing is sent to QFPay but
+    the Enquiry."""
+    order, txn = order_and_txn(34)
+    by_number = {**order, "syssn": None}  # the caller workflow sends every field
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.qfpay.set_merchant(
+            Merchant(app_code=pipeline.merchant.app_code, client_key="ROTATED-AT-QFPAY")
+        )
+        with dead_letter_delivery(pipeline):
+            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, by_number), timeout=60)
+            outcomes = pipeline.stack.read_outcomes(wait_seconds=10, expected=1)
+            assert wait_for(lambda: pipeline.dead_letters_count() == 0, timeout=10)
+        endpoints = {call.endpoint for call in pipeline.qfpay.calls}
+    assert caller["status"] == "FAILED", caller
+    (outcome,) = outcomes
+    assert outcome["status"] == "UNKNOWN"
+    assert "could not be looked up" in outcome["reason"]
+    assert "dead-lettered" in outcome["reason"]
+    assert (outcome["out_trade_no"], outcome["syssn"]) == (order["out_trade_no"], None)
+    assert endpoints <= {"/trade/v1/query"}

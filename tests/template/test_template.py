@@ -1393,7 +1393,7 @@ def test_only_the_functions_read_the_merchants_secret(cfn: dict[str, Any]) -> No
     def call(action: str, principal: str) -> Request:
         return Request(action, secret, principal_arn=principal)
 
-    for role in ("CancelFunctionRole", "PollFunctionRole"):
+    for role in ("CancelFunctionRole", "PollFunctionRole", "DeadLetterFunctionRole"):
         assert decide(statements, call("secretsmanager:GetSecretValue", _arn(resolver, role))) == "Neither"
     for principal in (STRANGER, ADMIN, _arn(resolver, "CancellationStateMachineRole")):
         assert decide(statements, call("secretsmanager:GetSecretValue", principal)) == "Deny", principal
@@ -1439,6 +1439,8 @@ def test_each_role_statement_names_its_resource(cfn: dict[str, Any]) -> None:
         },
         "DeadLetterFunctionRole": {
             "WriteOwnLogs": [arn("DeadLetterFunctionLogGroup")],
+            "ReadQFPayCredentials": [r.resources["QFPayCredentialsSecret"]["Ref"]],
+            "DecryptQFPayCredentials": [arn("QFPaySecretKey")],
             "ReceiveDeadLetters": [arn("OrderTimeoutDeadLetterQueue")],
             "UseDataKey": [arn("DataEncryptionKey")],
             "DecisionLedger": [arn("IdempotencyTable")],
@@ -1478,7 +1480,7 @@ def test_the_secrets_key_is_decrypted_only_through_secrets_manager(cfn: dict[str
     ):
         resolver = _evaluated(cfn, parameters)
         key_arn = key if key.startswith("arn:") else _arn(resolver, key)
-        for role in ("CancelFunctionRole", "PollFunctionRole"):
+        for role in ("CancelFunctionRole", "PollFunctionRole", "DeadLetterFunctionRole"):
             properties = resolver.resolve(cfn["Resources"][role]["Properties"])
             statements = properties["Policies"][0]["PolicyDocument"]["Statement"]
             (decrypt,) = [s for s in statements if s["Sid"] == "DecryptQFPayCredentials"]
@@ -1578,12 +1580,14 @@ def test_the_cancel_function_may_read_and_start_a_loop_that_follows_an_ended_one
     assert decide(statements, Request("states:DescribeExecution", other)) == "Neither"
 
 
-def test_dead_letters_are_settled_by_a_function_of_their_own_that_cannot_reach_qfpay(
+def test_dead_letters_are_settled_by_a_function_of_their_own_that_only_looks_payments_up(
     cfn: dict[str, Any],
 ) -> None:
     """OrderTimeoutDeadLetterQueue feeds DeadLetterFunction (SAM's event source mapping, with
     batch item failures): an order message that dead-lettered ends in an outcome and its caller is
-    answered. Its role holds nothing that reaches QFPay (no secret) and nothing on the order queue."""
+    answered. Its role reads the merchant's secret (to look a payment named by out_trade_no up
+    with QFPay's Enquiry; its code never sends a cancel) and holds nothing on the order queue. Its
+    Timeout fits the look-up, and the DLQ's visibility timeout is six times that."""
     resources = cfn["Resources"]
     (mapping,) = [
         m["Properties"]
@@ -1604,6 +1608,7 @@ def test_dead_letters_are_settled_by_a_function_of_their_own_that_cannot_reach_q
             "sqs:GetQueueAttributes",
             "kms:Decrypt",
             "kms:GenerateDataKey",
+            "secretsmanager:GetSecretValue",
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
@@ -1620,6 +1625,9 @@ def test_dead_letters_are_settled_by_a_function_of_their_own_that_cannot_reach_q
     # SAM adds no managed policy to an explicit role.
     assert "ManagedPolicyArns" not in resources["DeadLetterFunctionRole"]["Properties"]
     environment = function["Environment"]["Variables"]
+    assert environment["FUNCTION_TIMEOUT_SECONDS"] == str(function["Timeout"])
+    dlq = resources["OrderTimeoutDeadLetterQueue"]["Properties"]
+    assert dlq["VisibilityTimeout"] >= 6 * function["Timeout"]
     assert environment["ORDER_QUEUE_MAX_RECEIVE_COUNT"] == str(
         resources["OrderTimeoutQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
     )

@@ -99,9 +99,14 @@ def test_a_poll_function_timeout_shorter_than_one_turn_is_refused():
     assert poll_settings({**POLL_ENV, "FUNCTION_TIMEOUT_SECONDS": "60"}).timeouts.read == 10
 
 
-def test_the_dead_letter_function_needs_no_qfpay_settings():
-    env = {name: CANCEL_ENV[name] for name in ("EVENT_BUS_NAME", "STATE_MACHINE_ARN", "LEDGER_TABLE")}
-    settings = dead_letter_settings({**env, "ORDER_QUEUE_MAX_RECEIVE_COUNT": "7"})
+def test_the_dead_letter_functions_look_up_must_fit_its_timeout():
+    """It asks QFPay one Enquiry (re-sent once after 1108) to name a payment given by out_trade_no."""
+    settings = dead_letter_settings({**CANCEL_ENV, "ORDER_QUEUE_MAX_RECEIVE_COUNT": "7"})
     assert (settings.event_bus_name, settings.max_receive_count) == ("payment-outcomes", 7)
+    assert settings.qfpay.secret_id == CANCEL_ENV["QFPAY_SECRET_ID"]
+    with pytest.raises(ConfigurationError) as caught:
+        dead_letter_settings({**CANCEL_ENV, "FUNCTION_TIMEOUT_SECONDS": "30"})
+    assert "one dead letter's look-up" in str(caught.value)
+    assert "= 31.1 s" in str(caught.value)  # 2 x (3.05 + 10 + 1) + 3
     with pytest.raises(ConfigurationError, match="LEDGER_TABLE is required"):
-        dead_letter_settings({"EVENT_BUS_NAME": "b", "STATE_MACHINE_ARN": "s"})
+        dead_letter_settings({k: v for k, v in CANCEL_ENV.items() if k != "LEDGER_TABLE"})

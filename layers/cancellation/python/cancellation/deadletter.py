@@ -2,14 +2,21 @@
 every receive the order queue allows) still ends in an explained outcome, and its task-token
 caller is answered.
 
-It never calls QFPay and never sends a cancel. It reads what the decision ledger knows of the
-order. A decision recorded for the order is the order's one outcome: delivered here if its
-delivery was abandoned (published, or its loop started), and the caller answered from it. An order
-nobody decided gets an ``UNKNOWN`` outcome of this message's own (an ``outcome_id`` of its own,
-recorded under the message, like QFPay refusing one message's request): reconciliation re-checks
-it with the Transaction Enquiry, and the order stays open, so a message sent again once the cause
-is fixed is decided as usual. The dead message is then consumed: everything in it but the task
-token is in the outcome, its message id in the reason.
+It never sends a cancel. A message naming the payment only by ``out_trade_no`` is first looked
+up as the cancel function does (:func:`~cancellation.cancel.first_look`, one Transaction Enquiry,
+read-only), so that the order is named by its payment's ``syssn``, as its other messages are (one
+payment, one outcome identity); if QFPay cannot be asked, or its record disagrees with the
+message, the order keeps the name the message gives (``mchid`` + ``out_trade_no``), and the reason
+says why.
+
+It then reads what the decision ledger knows of the order. A decision recorded for the order is
+the order's one outcome: delivered here if its delivery was abandoned (published, or its loop
+started), and the caller answered from it. An order nobody decided gets an ``UNKNOWN`` outcome
+of this message's own (an ``outcome_id`` of its own, recorded under the message, like QFPay
+refusing one message's request): reconciliation re-checks it with the Transaction Enquiry, and
+the order stays open, so a message sent again once the cause is fixed is decided as usual. The
+dead message is then consumed: everything in it but the task token is in the outcome, its message
+id in the reason.
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ from cancellation.aws import (
     OutcomePublisher,
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
+from cancellation.budget import spend_until
 from cancellation.callers import CallerAnswers
+from cancellation.cancel import RetryLater, disagreement, first_look
+from cancellation.enquiry import read_enquiry
 from cancellation.exactly_once import ExactlyOnce
 from cancellation.models import Decision, OutcomeDecision
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import Status, build_outcome, outcome_id, rejection_of
+from cancellation.qfpay import QFPayClient, QFPayError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -49,16 +60,25 @@ class DeadLetterDependencies(NamedTuple):
     clock: Callable[[], float] = time.time
 
 
+# Dead letters settled at once (the batch size): each may wait for one Enquiry.
+DEAD_LETTER_CONCURRENCY = 10
+
+
 class DeadLetterService:
-    def __init__(self, settings: DeadLetterSettings, deps: DeadLetterDependencies) -> None:
+    def __init__(
+        self, settings: DeadLetterSettings, deps: DeadLetterDependencies, qfpay: QFPayClient
+    ) -> None:
         self.settings = settings
         self.deps = deps
+        self.qfpay = qfpay  # the look-up's Enquiry only
         self._once = ExactlyOnce(deps.ledger, deps.clock)
         self._callers = CallerAnswers(self._once, deps.notifier, deps.loop_starter)
-        self._pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="dead-letter")
+        self._pool = ThreadPoolExecutor(max_workers=DEAD_LETTER_CONCURRENCY, thread_name_prefix="dead-letter")
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         lease_until = self.deps.clock() + context.get_remaining_time_in_millis() / 1000
+        # A look-up must start early enough to be answered and the message settled in time.
+        spend_until.set(lease_until - self.settings.qfpay.timeouts.read - 2)
 
         def process(message: QueueMessage) -> str:
             return self.process_record(message, lease_until)
@@ -75,8 +95,9 @@ class DeadLetterService:
                 order = parse_order_message(message.body)
             except InvalidOrder as invalid:
                 return self._invalid(message, invalid)
+            order, unnamed = self._named(order)
             logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
-            return self._settle(order, message, lease_until)
+            return self._settle(order, message, lease_until, unnamed)
         except OrderBusy:
             logger.info("order held by another attempt; the dead letter is looked at again")
             raise
@@ -86,7 +107,22 @@ class DeadLetterService:
         finally:
             logger.thread_safe_remove_keys(["message_id", "order", "correlation_id", "caller"])
 
-    def _settle(self, order: Order, message: QueueMessage, lease_until: float) -> str:
+    def _named(self, order: Order) -> tuple[Order, str | None]:
+        """The order named by its payment (QFPay's syssn), as the cancel function names it; or, if
+        the message names only out_trade_no and that look-up fails, as the message names it, with
+        why (for the outcome's reason)."""
+        if order.syssn is not None:
+            return order, None
+        try:
+            look = first_look(self.qfpay, order)
+            disagrees = disagreement(order, read_enquiry(look.answer, order))
+        except (RetryLater, QFPayError, ValueError) as exc:
+            return order, f"QFPay's Enquiry could not be asked ({exc})"
+        if disagrees is not None:
+            return order, f"the message disagrees with QFPay's record ({disagrees})"
+        return look.order, None
+
+    def _settle(self, order: Order, message: QueueMessage, lease_until: float, unnamed: str | None) -> str:
         now = self.deps.clock()
         order_key = f"cancel#{order.identity}"
         found = self.deps.ledger.stage_of(order_key, now)
@@ -98,7 +134,7 @@ class DeadLetterService:
         else:
             # Nobody decided the order: the dead message's own UNKNOWN (see module docstring).
             owner = f"{order.identity}|message={message.message_id}"
-            decision, status = self._message_unknown(order, message, owner, lease_until)
+            decision, status = self._message_unknown(order, message, owner, lease_until, unnamed)
         logger.warning("dead-lettered order settled", extra={"status": status})
         if order.task_token:
             # Once per token, as the cancel function answers (it may have answered this one already);
@@ -115,7 +151,7 @@ class DeadLetterService:
         return self._once.run_once(order.identity, lease_until, self._deliver, recorded)
 
     def _message_unknown(
-        self, order: Order, message: QueueMessage, owner: str, lease_until: float
+        self, order: Order, message: QueueMessage, owner: str, lease_until: float, unnamed: str | None
     ) -> tuple[Decision, str]:
         reason = (
             f"the order's message {message.message_id} could not be processed in "
@@ -124,6 +160,11 @@ class DeadLetterService:
             "cancelled: reconciliation re-checks it with the Transaction Enquiry, and the order "
             "stays open for a message sent again"
         )
+        if unnamed is not None:
+            reason += (
+                f"; the payment could not be looked up by its out_trade_no: {unnamed}, so this "
+                "outcome names the order by mchid and out_trade_no"
+            )
         unknown = build_outcome(
             order.to_dict(),
             owner,

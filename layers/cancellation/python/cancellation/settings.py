@@ -54,12 +54,16 @@ class QFPaySettings(NamedTuple):
 # the Enquiry and the loop's one resend.
 CANCEL_REQUESTS_PER_ORDER = 3 * 2
 POLL_REQUESTS_PER_TURN = 2 * 2
+# The dead-letter function, for one message: the Enquiry that looks up a payment named only by
+# out_trade_no.
+DEAD_LETTER_REQUESTS_PER_MESSAGE = 1 * 2
 # Around its QFPay requests an invocation reads the secret and writes the ledger, publishes or
 # starts the loop: time allowed for those AWS calls.
 AWS_CALLS_SECONDS = 3.0
 # The template's Timeout of each function (FUNCTION_TIMEOUT_SECONDS, set from the same value).
 CANCEL_FUNCTION_TIMEOUT = 90
 POLL_FUNCTION_TIMEOUT = 60
+DEAD_LETTER_FUNCTION_TIMEOUT = 60
 # The order queue's VisibilityTimeout (ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS).
 ORDER_QUEUE_VISIBILITY_TIMEOUT = 570
 # How long the decision ledger may remember an order (LEDGER_EXPIRY_SECONDS), at most: ten years.
@@ -346,17 +350,23 @@ class DeadLetterSettings(NamedTuple):
     event_bus_name: str
     state_machine_arn: str
     ledger_table: str
+    qfpay: QFPaySettings  # for the Enquiry that looks up a payment named only by out_trade_no
     ledger_expiry: int = 48 * 3600
     max_receive_count: int = 5  # the order queue's maxReceiveCount: named in the reason
 
 
 def dead_letter_settings(env: Mapping[str, str]) -> DeadLetterSettings:
-    """The dead-letter function's: no QFPay settings (it never calls QFPay)."""
+    """The dead-letter function's: it asks QFPay only the Enquiry that names a payment (never a
+    cancel)."""
     read = _Reader(env)
+    qfpay = _qfpay(read)
+    timeout = read.integer("FUNCTION_TIMEOUT_SECONDS", DEAD_LETTER_FUNCTION_TIMEOUT, 1, 900)
+    _check_requests_fit(read, qfpay, DEAD_LETTER_REQUESTS_PER_MESSAGE, "one dead letter's look-up", timeout)
     settings = DeadLetterSettings(
         event_bus_name=read.text("EVENT_BUS_NAME"),
         state_machine_arn=read.text("STATE_MACHINE_ARN"),
         ledger_table=read.text("LEDGER_TABLE"),
+        qfpay=qfpay,
         ledger_expiry=read.integer("LEDGER_EXPIRY_SECONDS", 48 * 3600, 60, MAX_LEDGER_EXPIRY_SECONDS),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
     )

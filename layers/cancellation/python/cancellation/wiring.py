@@ -106,8 +106,12 @@ def reconciler(settings: ReconcileSettings) -> Reconciler:
 
 
 def dead_letter_service(settings: DeadLetterSettings) -> DeadLetterService:
-    """No QFPay client and no secret: the dead-letter function never calls QFPay."""
-    from cancellation.deadletter import DeadLetterDependencies, DeadLetterService  # noqa: PLC0415 - its handler loads it
+    """Its QFPay client only looks payments up (the dead-letter function never sends a cancel)."""
+    from cancellation.deadletter import (  # noqa: PLC0415 - its handler loads it
+        DEAD_LETTER_CONCURRENCY,
+        DeadLetterDependencies,
+        DeadLetterService,
+    )
 
     sfn = LazyClient("stepfunctions")
     deps = DeadLetterDependencies(
@@ -116,4 +120,8 @@ def dead_letter_service(settings: DeadLetterSettings) -> DeadLetterService:
         notifier=CallerNotifier(sfn),
         ledger=DecisionLedger(settings.ledger_table, settings.ledger_expiry),
     )
-    return DeadLetterService(settings, deps)
+    credentials = QFPayCredentials(settings.qfpay.secret_id, settings.qfpay.secret_max_age)
+    qfpay = qfpay_client(
+        settings.qfpay, credentials, DEAD_LETTER_CONCURRENCY, merchant_budget(settings.qfpay)
+    )
+    return DeadLetterService(settings, deps, qfpay)
