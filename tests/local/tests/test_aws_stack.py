@@ -418,6 +418,7 @@ def test_the_functions_and_the_loop_run_with_the_templates_roles_and_keys(stack:
         roles["CancelFunctionRole"],
         roles["PollFunctionRole"],
         roles["ReconcileFunctionRole"],
+        roles["DeadLetterFunctionRole"],  # its look-up's Enquiry is signed
     ]
 
     bus_policy = json.loads(boto3.client("events").describe_event_bus(Name=stack.bus_name)["Policy"])
