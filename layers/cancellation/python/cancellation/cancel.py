@@ -23,7 +23,15 @@ from cancellation.schedule import LoopPolicy
 from cancellation.signing import signing_string
 
 if TYPE_CHECKING:
-    from cancellation.models import Decision, Endpoint, Handoff, HandoffDecision, LoopState, OutcomeDecision
+    from cancellation.models import (
+        Decision,
+        Endpoint,
+        Handoff,
+        HandoffDecision,
+        LoopClock,
+        LoopState,
+        OutcomeDecision,
+    )
 
 
 class RetryLater(Exception):
@@ -152,6 +160,19 @@ def successor_name(handoff: Handoff) -> str:
     """The execution that follows an order's loop which ended without an outcome: named by the
     hand-off (its time), so each such hand-off has its own and a replay of it finds the same one."""
     return f"{handoff['name']}-{int(float(handoff['input']['started_at']))}"
+
+
+def loop_clock(now: float, length: float) -> LoopClock:
+    """When the loop starts and by when it must decide. Set when the hand-off is decided and again,
+    by :func:`started_now`, when its loop is started."""
+    return {"started_at": now, "deadline_at": now + length}
+
+
+def started_now(state: LoopState, now: float) -> LoopState:
+    """The hand-off's state for a loop started at ``now``: the loop's time counts from its start,
+    so a hand-off delivered late (replayed after a crash, or from a dead letter) keeps its length,
+    not a deadline mostly spent."""
+    return {**state, **loop_clock(now, state["deadline_at"] - state["started_at"])}
 
 
 def request_id(order: Order, endpoint: Endpoint | None) -> str:
@@ -421,6 +442,7 @@ class CancelAttempt:
     ) -> HandoffDecision:
         now = self.clock()
         schedule = self.loop.schedule
+        clock = loop_clock(now, self.loop.deadline_seconds)
         state: LoopState = {
             # Lets the state machine describe an outcome by itself if the poll function is broken.
             "outcome_id": outcome_id(self.order.identity),
@@ -442,8 +464,8 @@ class CancelAttempt:
             # A cancel of an earlier attempt may have reached QFPay too: this order's one further
             # cancel is spent, so the loop never resends (see CANCELS_PER_ORDER).
             "resent": self.earlier_sends > 0,
-            "started_at": now,
-            "deadline_at": now + self.loop.deadline_seconds,
+            "started_at": clock["started_at"],
+            "deadline_at": clock["deadline_at"],
             "unreachable_allowance": self._unreachable_allowance(now),
             "wait_seconds": schedule.wait_after(0),
             "schedule": schedule.to_dict(),

@@ -37,7 +37,7 @@ from cancellation.aws import (
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
 from cancellation.callers import CallerAnswers
-from cancellation.cancel import RetryLater, disagreement, first_look
+from cancellation.cancel import RetryLater, disagreement, first_look, started_now
 from cancellation.enquiry import read_enquiry
 from cancellation.exactly_once import ExactlyOnce
 from cancellation.models import Decision, OutcomeDecision
@@ -185,13 +185,7 @@ class DeadLetterService:
         # follows its own resend rule; this function sends nothing).
         handoff = decision["handoff"]
         if self.deps.loop_starter.find(handoff["name"]) is None:
-            state = handoff["input"]
-            # The loop's time counts from its start, as when the cancel function hands it over.
-            now = self.deps.clock()
-            length = state["deadline_at"] - state["started_at"]
-            self.deps.loop_starter.start(
-                handoff["name"], {**state, "started_at": now, "deadline_at": now + length}
-            )
+            self.deps.loop_starter.start(handoff["name"], started_now(handoff["input"], self.deps.clock()))
         return "IN_PROGRESS"
 
     def _invalid(self, message: QueueMessage, invalid: InvalidOrder) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cancellation.aws import EnquiryLoopStarter, LoopResult, OutcomePublisher
-from cancellation.cancel import successor_name
+from cancellation.cancel import started_now, successor_name
 from cancellation.observability import count, count_kind, logger
 
 if TYPE_CHECKING:
@@ -19,24 +19,15 @@ class Delivery:
         publisher: OutcomePublisher,
         loops: EnquiryLoopStarter,
         clock: Callable[[], float],
-        deadline_seconds: int,
     ) -> None:
         self.publisher = publisher
         self.loops = loops
         self.clock = clock
-        self.deadline_seconds = deadline_seconds  # the loop's, from its hand-off
 
     def deliver(self, decision: Decision) -> str:
         if "handoff" in decision:
             handoff = decision["handoff"]
-            # The loop's time counts from the hand-off, not from the decision: a decision replayed
-            # after a crash must not start a loop with its deadline mostly spent.
-            now = self.clock()
-            state: LoopState = {
-                **handoff["input"],
-                "started_at": now,
-                "deadline_at": now + self.deadline_seconds,
-            }
+            state = started_now(handoff["input"], self.clock())
             started = self.loops.start(handoff["name"], state)
             if not started:
                 loop = self.loops.result(handoff["name"])

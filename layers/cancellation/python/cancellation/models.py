@@ -60,6 +60,13 @@ class ScheduleFields(TypedDict):
     late_floor: NotRequired[int]
 
 
+class LoopClock(TypedDict):
+    """When the loop started and by when it must decide (cancel.loop_clock sets both)."""
+
+    started_at: float
+    deadline_at: float
+
+
 class LoopState(TypedDict):
     """The loop's execution input, and the state the poll function receives and returns
     (docs/contracts.md, "Hand-off to the wait-and-poll loop")."""

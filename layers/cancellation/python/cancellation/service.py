@@ -58,9 +58,7 @@ class CancelService:
         self.settings = settings
         self.deps = deps
         self.once = ExactlyOnce(deps.ledger, deps.clock)
-        self.delivery = Delivery(
-            deps.publisher, deps.loop_starter, deps.clock, settings.loop.deadline_seconds
-        )
+        self.delivery = Delivery(deps.publisher, deps.loop_starter, deps.clock)
         self.callers = CallerAnswers(self.once, deps.notifier, deps.loop_starter)
         self.backoff = Backoff(settings, deps.redelivery, deps.clock)
         self.decider = OrderDecider(settings, qfpay, deps.ledger, deps.clock)
