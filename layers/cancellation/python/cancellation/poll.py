@@ -29,7 +29,9 @@ IN_PROGRESS = "IN_PROGRESS"
 
 
 class EnquiryStep:
-    """One turn of the loop. (A plain class: a dataclass costs every cold start ~0.5 ms to create.)"""
+    """One turn of the loop: read the Enquiry and say what comes next. The resend rule is
+    :class:`LoopResend`'s, the deadline's moves :func:`loop_deadline`'s, the outcome
+    :func:`conclude`'s. (A plain class: a dataclass costs every cold start ~0.5 ms to create.)"""
 
     def __init__(
         self,
@@ -42,11 +44,8 @@ class EnquiryStep:
         patience: float = 1.0,
     ) -> None:
         self.qfpay = qfpay
-        self.routing = routing
         self.clock = clock
-        # The longest one cancel request can take (with its 1108 re-read): a resend starts only if
-        # the invocation has that long left, so a turn never times out half-way through one.
-        self.resend_seconds = resend_seconds
+        self.resend = LoopResend(qfpay, routing, clock, resend_seconds)
         self.read_timeout = read_timeout
         # Cancels come before the loop's Enquiries: a turn takes a slot of the merchant's budget
         # only if one is free within this many seconds, unless the loop's deadline is near.
@@ -61,7 +60,7 @@ class EnquiryStep:
         # Anyone who may start the state machine chooses this input: checked before any request.
         order, schedule = read_loop_state(state, self.clock())
         if state.get("task_error"):
-            return self._after_failed_turn(state, order, schedule)
+            return after_failed_turn(state, order, schedule, self.clock())
         deadline = loop_deadline(state)
         started = self.clock()
         urgent = deadline - started <= 2 * schedule.max_wait
@@ -93,8 +92,14 @@ class EnquiryStep:
         finding, reached = self._enquire(order, state)
         state["polls"] = int(state.get("polls", 0)) + 1
         if finding.status is not None:
-            return self._final(
-                state, order, finding.status, finding.reason, respcd=finding.respcd, amount=finding.amount
+            return conclude(
+                state,
+                order,
+                finding.status,
+                finding.reason,
+                now=self.clock(),
+                respcd=finding.respcd,
+                amount=finding.amount,
             )
         if finding.live and cancel_may_take_effect(state):
             # QFPay shows a reversal it is still processing as a live payment: never resent.
@@ -112,46 +117,18 @@ class EnquiryStep:
             deadline = _give_back_unreachable_time(state, now)
         state["asked_at"] = now
         if now >= deadline:
+            reason = f"not confirmed by the deadline: {finding.reason}"
             if not reached and state.get("unreachable_allowance"):
                 reason = (
                     f"QFPay could not be reached until the loop's deadline, moved "
                     f"{int(state['unreachable_seconds'])} s for the outage: {finding.reason}"
                 )
-                return self._final(state, order, Status.UNKNOWN, reason, amount=finding.amount)
-            return self._final(
-                state,
-                order,
-                Status.UNKNOWN,
-                f"not confirmed by the deadline: {finding.reason}",
-                amount=finding.amount,
-            )
-        has_time = remaining_seconds is None or remaining_seconds() >= self.resend_seconds
-        if finding.live and not state.get("reversal_pending") and not state.get("resent") and has_time:
-            decided = self._resend(state, order, finding.amount)
+            return conclude(state, order, Status.UNKNOWN, reason, now=self.clock(), amount=finding.amount)
+        if finding.live and self.resend.allowed(state, remaining_seconds):
+            decided = self.resend.send(state, order, finding.amount)
             if decided is not None:
                 return decided
         wait = schedule.wait_after(state["polls"])
-        state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
-        state["status"] = IN_PROGRESS
-        return state
-
-    def _after_failed_turn(
-        self, state: dict[str, Any], order: Order, schedule: PollSchedule
-    ) -> dict[str, Any]:
-        """The last turn failed (the poll function timed out or crashed). Until the deadline the
-        loop asks again: our own failure is no reason to give up on the order."""
-        task_error = state.pop("task_error")
-        error = task_error.get("Error", "error") if isinstance(task_error, dict) else "error"
-        now, deadline = self.clock(), loop_deadline(state)
-        if now >= deadline:
-            return self._final(
-                state, order, Status.UNKNOWN, f"the enquiry loop failed ({error}); a person must look"
-            )
-        if not state.get("reversal_pending") and not state.get("resent"):
-            # The failed turn may have died after sending the loop's one resend: spent.
-            state["resent"] = True
-        state["last_reason"] = f"a turn of the loop failed ({error}); asking again"
-        wait = schedule.wait_after(int(state.get("polls", 0)))
         state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
         state["status"] = IN_PROGRESS
         return state
@@ -169,11 +146,29 @@ class EnquiryStep:
             return Finding(None, f"Enquiry unavailable ({asked.problem})", found=False), asked.reached
         return asked.finding, True
 
-    def _resend(
-        self, state: dict[str, Any], order: Order, amount: QFPayAmount | None
-    ) -> dict[str, Any] | None:
-        """The Enquiry shows the payment still live and every cancel of ours was refused (none can
-        still take effect): send one more, once per order."""
+
+class LoopResend:
+    """The loop's one further cancel of an order (see cancel.CANCELS_PER_ORDER): sent only when the
+    Enquiry shows the payment still live and no cancel of ours can still take effect."""
+
+    def __init__(
+        self, qfpay: QFPayClient, routing: Routing, clock: Callable[[], float], resend_seconds: float
+    ) -> None:
+        self.qfpay = qfpay
+        self.routing = routing
+        self.clock = clock
+        # The longest one cancel request can take (with its 1108 re-read): a resend starts only if
+        # the invocation has that long left, so a turn never times out half-way through one.
+        self.resend_seconds = resend_seconds
+
+    def allowed(self, state: dict[str, Any], remaining_seconds: Callable[[], float] | None) -> bool:
+        """Nothing of ours pending, the order's one resend unspent, and time for it in this turn."""
+        has_time = remaining_seconds is None or remaining_seconds() >= self.resend_seconds
+        return not state.get("reversal_pending") and not state.get("resent") and has_time
+
+    def send(self, state: dict[str, Any], order: Order, amount: QFPayAmount | None) -> dict[str, Any] | None:
+        """Send it; the final state if QFPay's answer decides the order, else None (the next
+        Enquiry decides)."""
         endpoint = state["endpoint"]
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, order)
@@ -198,45 +193,68 @@ class EnquiryStep:
         )
         if meaning.disposition is Disposition.FINAL and meaning.status not in (None, Status.NOT_CHARGED):
             reason = f"resent {endpoint} answered {respcd}: {meaning.text}"
-            return self._final(
-                state, order, meaning.status or Status.UNKNOWN, reason, respcd=respcd, amount=amount
-            )
+            status = meaning.status or Status.UNKNOWN
+            return conclude(state, order, status, reason, now=self.clock(), respcd=respcd, amount=amount)
         if meaning.disposition is not Disposition.FINAL:
             # 0000 or in progress: our cancel may take effect; the next Enquiry decides.
             state.update(reversal_pending=True, cancel_may_take_effect=True)
         # A refusal ("not charged") changes nothing of ours: the next Enquiry decides.
         return None
 
-    def _final(
-        self,
-        state: dict[str, Any],
-        order: Order,
-        status: Status,
-        reason: str,
-        *,
-        respcd: str | None = None,
-        amount: QFPayAmount | None = None,
-    ) -> dict[str, Any]:
-        state["status"] = status.value
-        count_kind("Outcome", status.value)
-        state["outcome"] = build_outcome(
-            state["order"],
-            order.identity,
-            status,
-            reason,
-            now=self.clock(),
-            decided_by="poll-loop",
-            endpoint=state.get("endpoint"),
-            respcd=respcd or state.get("respcd"),
-            resperr=state.get("resperr"),
-            reversal_syssn=state.get("reversal_syssn"),
-            attempts=int(state.get("attempts", 1)),
-            polls=int(state.get("polls", 0)),
-            resent=bool(state.get("resent")),
-            amount=amount,
+
+def after_failed_turn(
+    state: dict[str, Any], order: Order, schedule: PollSchedule, now: float
+) -> dict[str, Any]:
+    """The last turn failed (the poll function timed out or crashed). Until the deadline the
+    loop asks again: our own failure is no reason to give up on the order."""
+    task_error = state.pop("task_error")
+    error = task_error.get("Error", "error") if isinstance(task_error, dict) else "error"
+    deadline = loop_deadline(state)
+    if now >= deadline:
+        return conclude(
+            state, order, Status.UNKNOWN, f"the enquiry loop failed ({error}); a person must look", now=now
         )
-        state.pop("task_error", None)
-        return state
+    if not state.get("reversal_pending") and not state.get("resent"):
+        # The failed turn may have died after sending the loop's one resend: spent.
+        state["resent"] = True
+    state["last_reason"] = f"a turn of the loop failed ({error}); asking again"
+    wait = schedule.wait_after(int(state.get("polls", 0)))
+    state["wait_seconds"] = max(1, min(wait, int(deadline - now) + 1))
+    state["status"] = IN_PROGRESS
+    return state
+
+
+def conclude(
+    state: dict[str, Any],
+    order: Order,
+    status: Status,
+    reason: str,
+    *,
+    now: float,
+    respcd: str | None = None,
+    amount: QFPayAmount | None = None,
+) -> dict[str, Any]:
+    """The loop's final state: ``status`` and the outcome it publishes."""
+    state["status"] = status.value
+    count_kind("Outcome", status.value)
+    state["outcome"] = build_outcome(
+        state["order"],
+        order.identity,
+        status,
+        reason,
+        now=now,
+        decided_by="poll-loop",
+        endpoint=state.get("endpoint"),
+        respcd=respcd or state.get("respcd"),
+        resperr=state.get("resperr"),
+        reversal_syssn=state.get("reversal_syssn"),
+        attempts=int(state.get("attempts", 1)),
+        polls=int(state.get("polls", 0)),
+        resent=bool(state.get("resent")),
+        amount=amount,
+    )
+    state.pop("task_error", None)
+    return state
 
 
 class InvalidLoopState(ValueError):
