@@ -117,14 +117,14 @@ def test_every_attempt_that_may_send_a_cancel_is_counted_before_it_sends(
     whose decision cannot be stored, is still counted by the next one."""
     first = ledger.claim(KEY, "a", NOW, NOW + 30)
     assert (first.earlier_sends, stored()["sends"]["N"]) == (0, "0")
-    ledger.count_send(KEY, "a")
+    ledger.sends.count(KEY, "a")
     assert stored()["sends"]["N"] == "1"
     with pytest.raises(OrderBusy):
         ledger.claim(KEY, "b", NOW + 10, NOW + 40)
     assert stored()["sends"]["N"] == "1"  # a refused claim counts nothing
     second = ledger.claim(KEY, "c", NOW + 31, NOW + 61)  # "a" died after sending
     assert (second.earlier_attempt, second.earlier_sends, stored()["sends"]["N"]) == (True, 1, "1")
-    ledger.count_send(KEY, "c")
+    ledger.sends.count(KEY, "c")
     ledger.release(KEY, "c")  # e.g. DynamoDB refused its decision
     third = ledger.claim(KEY, "d", NOW + 32, NOW + 62)
     assert (third.earlier_sends, stored()["sends"]["N"]) == (2, "2")
@@ -144,7 +144,7 @@ def test_an_attempt_whose_lease_was_taken_over_cannot_count_a_send(ledger: Decis
     ledger.claim(KEY, "a", NOW, NOW + 30)
     ledger.claim(KEY, "b", NOW + 31, NOW + 61)
     with pytest.raises(OrderBusy):
-        ledger.count_send(KEY, "a")
+        ledger.sends.count(KEY, "a")
     assert stored()["sends"]["N"] == "0"
 
 
@@ -172,8 +172,8 @@ def test_an_attempt_qfpay_showed_did_nothing_is_not_counted(ledger: DecisionLedg
     """A "try later" answer or HTTP 429 proves the cancel did nothing: the next attempt may
     send as if it were the first, so a long run of refusals never exhausts the order's cancels."""
     ledger.claim(KEY, "a", NOW, NOW + 30)
-    ledger.count_send(KEY, "a")
-    ledger.release(KEY, "a", sent_nothing=True)
+    ledger.sends.count(KEY, "a")
+    ledger.sends.release_unsent(KEY, "a")
     assert stored()["sends"]["N"] == "0"
     claim = ledger.claim(KEY, "b", NOW + 1, NOW + 31)
     assert (claim.earlier_attempt, claim.earlier_sends, stored()["sends"]["N"]) == (True, 0, "0")

@@ -227,6 +227,81 @@ class Claim(NamedTuple):
     earlier_sends: int = 0  # cancels that attempts before this one may have sent (0 if none known)
 
 
+class LedgerTable:
+    """The decision ledger's DynamoDB table: every write conditional, every read strongly
+    consistent. A write whose condition fails raises :class:`OrderBusy` (another attempt holds the
+    record), except a new record's, whose caller is told what stands there instead."""
+
+    def __init__(self, table_name: str, dynamodb: Callable[[], Any]) -> None:
+        self._table = table_name
+        self._dynamodb = dynamodb
+
+    def put_new(self, item: dict[str, Any], now: float) -> tuple[bool, dict[str, Any]]:
+        """Write ``item`` where no record lives (absent, or past its TTL and not yet swept).
+        Returns whether it was written, and the record it replaced or that stands in its way."""
+        client = self._dynamodb()
+        try:
+            answer = client.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#id) OR #expiration < :now",
+                ExpressionAttributeNames={"#id": "id", "#expiration": "expiration"},
+                ExpressionAttributeValues={":now": {"N": _number(now)}},
+                ReturnValues="ALL_OLD",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except client.exceptions.ConditionalCheckFailedException as held:
+            return False, held.response.get("Item") or {}
+        return True, answer.get("Attributes") or {}
+
+    def get(self, key: str, *names: str) -> dict[str, Any] | None:
+        """The record's attributes ``names``; None if there is no record."""
+        answer = self._dynamodb().get_item(
+            TableName=self._table,
+            Key={"id": {"S": key}},
+            ConsistentRead=True,
+            ProjectionExpression=", ".join(f"#{name}" for name in names),
+            ExpressionAttributeNames={f"#{name}": name for name in names},
+        )
+        return answer.get("Item") or None
+
+    def update(
+        self, key: str, expression: str, condition: str, names: dict[str, str], values: dict[str, Any]
+    ) -> None:
+        """Apply ``expression`` if ``condition`` holds, else :class:`OrderBusy`."""
+        client = self._dynamodb()
+        try:
+            client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": key}},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            raise OrderBusy("another attempt took the order over") from None
+
+    def set(
+        self, key: str, condition: str, names: dict[str, str], values: dict[str, Any], **attributes: str
+    ) -> None:
+        """SET ``attributes`` if ``condition`` (with its ``names`` and ``values``) holds."""
+        self.update(
+            key,
+            "SET " + ", ".join(f"#{name} = :{name}" for name in attributes),
+            condition,
+            {**names, **{f"#{name}": name for name in attributes}},
+            {
+                **values,
+                **{f":{name}": {"N" if name in _NUMBERS else "S": v} for name, v in attributes.items()},
+            },
+        )
+
+    def set_held(self, key: str, holder: str, **attributes: str) -> None:
+        """SET ``attributes`` if ``holder`` still holds the record's lease."""
+        self.set(key, "#holder = :holder", {"#holder": "holder"}, {":holder": {"S": holder}}, **attributes)
+
+
 class DecisionLedger:
     """One record per order in the decision ledger table, through three stages (:class:`LedgerStage`):
     DECIDING (an attempt holds a lease and may call QFPay), DECIDED (the decision is stored, its
@@ -234,18 +309,15 @@ class DecisionLedger:
     invocation died) or was released (its attempt failed) is taken over by the next attempt, which
     carries on where the other stopped: deciding again, knowing an earlier attempt may have sent a
     cancel, or delivering the stored decision. Four writes on the usual path: claim, the cancel's
-    count, decision, delivered. Records expire (TTL ``expiration``) after ``expiry_seconds``.
-
-    ``sends`` counts the attempts that sent a cancel, or may have: written just before the request
-    leaves (:meth:`count_send`), so an attempt that dies after sending, or whose decision DynamoDB
-    refuses, is counted all the same, and one that died before sending is not."""
+    count (:class:`CancelCount`, ``sends``), decision, delivered. Records expire (TTL
+    ``expiration``) after ``expiry_seconds``."""
 
     def __init__(
         self, table_name: str, expiry_seconds: int, dynamodb: Callable[[], Any] | None = None
     ) -> None:
-        self._table = table_name
         self._expiry = expiry_seconds
-        self._dynamodb = dynamodb or LazyClient("dynamodb")
+        self._table = LedgerTable(table_name, dynamodb or LazyClient("dynamodb"))
+        self.sends = CancelCount(self._table)
 
     def claim(
         self, key: str, holder: str, now: float, lease_until: float, decision: Decision | None = None
@@ -263,26 +335,14 @@ class DecisionLedger:
         if decision is not None:
             item["decision"] = {"S": _json(decision)}
         else:
-            item["sends"] = {"N": "0"}  # counted when a cancel is about to leave (count_send)
-        client = self._dynamodb()
-        try:
-            answer = client.put_item(
-                TableName=self._table,
-                Item=item,
-                # Absent, or past its TTL (not yet swept).
-                ConditionExpression="attribute_not_exists(#id) OR #expiration < :now",
-                ExpressionAttributeNames={"#id": "id", "#expiration": "expiration"},
-                ExpressionAttributeValues={":now": {"N": _number(now)}},
-                ReturnValues="ALL_OLD",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except client.exceptions.ConditionalCheckFailedException as held:
-            old = held.response.get("Item") or {}
+            item["sends"] = {"N": "0"}  # counted when a cancel is about to leave (CancelCount)
+        written, old = self._table.put_new(item, now)
+        if not written:
             if old.get("stage", {}).get("S") == LedgerStage.DECIDING:
                 return self._take_over_decision(key, holder, now, lease_until, old)
             return self._claim_delivery(key, holder, now, lease_until, old)
         # A record past its expiry still tells that an attempt came before (the Enquiry goes first).
-        return Claim(stage, decision, None, bool(answer.get("Attributes")))
+        return Claim(stage, decision, None, bool(old))
 
     def _take_over_decision(
         self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
@@ -294,7 +354,7 @@ class DecisionLedger:
             raise OrderBusy("another attempt holds the order (DECIDING)", held_until)
         # A record without the count comes from before it was kept: one cancel may have been sent.
         earlier = int(old.get("sends", {}).get("N", "1"))
-        self._update(
+        self._table.set(
             key,
             "#stage = :deciding AND #lease_until < :now",
             {"#stage": "stage", "#lease_until": "lease_until"},
@@ -318,7 +378,7 @@ class DecisionLedger:
         if stage != LedgerStage.DECIDED or held_until >= now:
             raise OrderBusy(f"another attempt holds the order ({stage})", held_until)
         # Decided, but its delivery was abandoned: this attempt delivers the stored decision.
-        self._update(
+        self._table.set(
             key,
             "#stage = :decided AND #lease_until < :now",
             {"#stage": "stage", "#lease_until": "lease_until"},
@@ -331,108 +391,60 @@ class DecisionLedger:
     def stage_of(self, key: str, now: float) -> tuple[LedgerStage, bool] | None:
         """The record's stage and whether an attempt holds it now (a strongly consistent read);
         None if there is no record."""
-        answer = self._dynamodb().get_item(
-            TableName=self._table,
-            Key={"id": {"S": key}},
-            ConsistentRead=True,
-            ProjectionExpression="#stage, #lease_until",
-            ExpressionAttributeNames={"#stage": "stage", "#lease_until": "lease_until"},
-        )
-        item = answer.get("Item")
-        if not item:
+        item = self._table.get(key, "stage", "lease_until")
+        if item is None:
             return None
         return LedgerStage(item["stage"]["S"]), float(item.get("lease_until", {}).get("N", "0")) >= now
 
     def decision_of(self, key: str) -> Decision | None:
         """The decision recorded under ``key``, if any (a strongly consistent read)."""
-        answer = self._dynamodb().get_item(
-            TableName=self._table,
-            Key={"id": {"S": key}},
-            ConsistentRead=True,
-            ProjectionExpression="#decision",
-            ExpressionAttributeNames={"#decision": "decision"},
-        )
-        item = answer.get("Item") or {}
+        item = self._table.get(key, "decision") or {}
         return json.loads(item["decision"]["S"]) if "decision" in item else None
 
     def record_decision(self, key: str, holder: str, decision: Decision) -> None:
         """Store the decision. :class:`OrderBusy` if this attempt's lease ran out and another took
         the order over (that one decides again, asking the Enquiry first)."""
-        self._held(key, holder, stage=LedgerStage.DECIDED, decision=_json(decision))
+        self._table.set_held(key, holder, stage=LedgerStage.DECIDED, decision=_json(decision))
 
     def record_delivered(self, key: str, holder: str, result: str) -> None:
-        self._held(key, holder, stage=LedgerStage.DELIVERED, result=result)
+        self._table.set_held(key, holder, stage=LedgerStage.DELIVERED, result=result)
 
-    def count_send(self, key: str, holder: str) -> None:
+    def release(self, key: str, holder: str) -> None:
+        """Hand the order back now rather than when the lease runs out: this attempt failed."""
+        self._table.set_held(key, holder, lease_until="0")
+
+
+class CancelCount:
+    """An order record's ``sends``: the attempts that sent a cancel, or may have. Counted just
+    before the request leaves, so an attempt that dies after sending, or whose decision DynamoDB
+    refuses, is counted all the same, and one that died before sending is not."""
+
+    def __init__(self, table: LedgerTable) -> None:
+        self._table = table
+
+    def count(self, key: str, holder: str) -> None:
         """Count this attempt's cancel just before it leaves: from now on the next attempt knows it
         may have reached QFPay. :class:`OrderBusy` if another attempt took the order over (then
         nothing may be sent)."""
-        client = self._dynamodb()
-        try:
-            client.update_item(
-                TableName=self._table,
-                Key={"id": {"S": key}},
-                UpdateExpression="ADD #sends :one",
-                ConditionExpression="#holder = :holder",
-                ExpressionAttributeNames={"#holder": "holder", "#sends": "sends"},
-                ExpressionAttributeValues={":holder": {"S": holder}, ":one": {"N": "1"}},
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            raise OrderBusy("another attempt took the order over") from None
-
-    def release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
-        """Hand the order back now rather than when the lease runs out: this attempt failed.
-        ``sent_nothing``: QFPay showed that this attempt's counted cancel did nothing (a "try
-        later" answer, HTTP 429, no connection), so it no longer counts against the order."""
-        if not sent_nothing:
-            self._held(key, holder, lease_until="0")
-            return
-        client = self._dynamodb()
-        try:
-            client.update_item(
-                TableName=self._table,
-                Key={"id": {"S": key}},
-                UpdateExpression="SET #lease_until = :zero, #sends = #sends - :one",
-                ConditionExpression="#holder = :holder AND #sends >= :one",
-                ExpressionAttributeNames={
-                    "#holder": "holder",
-                    "#lease_until": "lease_until",
-                    "#sends": "sends",
-                },
-                ExpressionAttributeValues={
-                    ":holder": {"S": holder},
-                    ":zero": {"N": "0"},
-                    ":one": {"N": "1"},
-                },
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            raise OrderBusy("another attempt took the order over") from None
-
-    def _held(self, key: str, holder: str, **attributes: str) -> None:
-        self._update(
-            key, "#holder = :holder", {"#holder": "holder"}, {":holder": {"S": holder}}, **attributes
+        self._table.update(
+            key,
+            "ADD #sends :one",
+            "#holder = :holder",
+            {"#holder": "holder", "#sends": "sends"},
+            {":holder": {"S": holder}, ":one": {"N": "1"}},
         )
 
-    def _update(
-        self, key: str, condition: str, names: dict[str, str], values: dict[str, Any], **attributes: str
-    ) -> None:
-        """SET ``attributes`` if ``condition`` (with its ``names`` and ``values``) holds, else
-        :class:`OrderBusy`."""
-        client = self._dynamodb()
-        try:
-            client.update_item(
-                TableName=self._table,
-                Key={"id": {"S": key}},
-                UpdateExpression="SET " + ", ".join(f"#{name} = :{name}" for name in attributes),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={**names, **{f"#{name}": name for name in attributes}},
-                ExpressionAttributeValues={
-                    **values,
-                    **{f":{name}": {"N" if name in _NUMBERS else "S": v} for name, v in attributes.items()},
-                },
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            raise OrderBusy("another attempt took the order over") from None
+    def release_unsent(self, key: str, holder: str) -> None:
+        """:meth:`DecisionLedger.release`, for an attempt whose counted cancel QFPay showed did
+        nothing (a "try later" answer, HTTP 429, no connection): it no longer counts against the
+        order."""
+        self._table.update(
+            key,
+            "SET #lease_until = :zero, #sends = #sends - :one",
+            "#holder = :holder AND #sends >= :one",
+            {"#holder": "holder", "#lease_until": "lease_until", "#sends": "sends"},
+            {":holder": {"S": holder}, ":zero": {"N": "0"}, ":one": {"N": "1"}},
+        )
 
 
 _NUMBERS = frozenset({"lease_until", "sends"})

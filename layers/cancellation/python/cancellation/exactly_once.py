@@ -73,19 +73,22 @@ class ExactlyOnce:
 
     def _release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
         try:
-            self.ledger.release(key, holder, sent_nothing=sent_nothing)
+            if sent_nothing:
+                self.ledger.sends.release_unsent(key, holder)
+            else:
+                self.ledger.release(key, holder)
         except Exception:  # the lease then runs out with the invocation; the retry waits for it
             logger.exception("could not release the order after a failed attempt")
 
 
 class SendCount:
     """Counts this attempt's cancel in the ledger just before it leaves (see
-    :meth:`DecisionLedger.count_send`), and remembers that it did."""
+    :class:`~cancellation.aws.CancelCount`), and remembers that it did."""
 
     def __init__(self, ledger: DecisionLedger, key: str, holder: str) -> None:
         self._ledger, self._key, self._holder = ledger, key, holder
         self.counted = False
 
     def __call__(self) -> None:
-        self._ledger.count_send(self._key, self._holder)
+        self._ledger.sends.count(self._key, self._holder)
         self.counted = True
