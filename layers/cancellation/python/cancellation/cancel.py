@@ -204,11 +204,12 @@ CANCELS_PER_ORDER = 2
 
 
 class CancelAttempt:
-    """Deciding one order. ``redelivered``: an earlier attempt may already have reached QFPay.
-    ``earlier_sends``: cancels that earlier attempts may have sent (their answers unknown here).
-    ``count_send``: called just before the cancel leaves, to record that it may reach QFPay.
-    ``ledger_expiry``: how long the decision ledger remembers an order (None: not known here, the
-    payment's age is not looked at).
+    """Deciding one order: send the cancel and read its answer. QFPay's record before the cancel is
+    :class:`EnquiryFirst`'s to read, the decision :class:`OrderDecisions`' to write.
+    ``redelivered``: an earlier attempt may already have reached QFPay. ``earlier_sends``: cancels
+    that earlier attempts may have sent (their answers unknown here). ``count_send``: called just
+    before the cancel leaves, to record that it may reach QFPay. ``ledger_expiry``: how long the
+    decision ledger remembers an order (None: not known here, the payment's age is not looked at).
     (A plain class: a dataclass costs every cold start ~0.5 ms to create.)"""
 
     def __init__(
@@ -229,18 +230,22 @@ class CancelAttempt:
         self.order = order
         self.qfpay = qfpay
         self.routing = routing
-        self.loop = loop
-        self.clock = clock
         self.redelivered = redelivered
         self.earlier_sends = earlier_sends
-        # When the order was first attempted (its message's first receive): the loop's deadline may
-        # move for QFPay being unreachable only until that time plus the retry horizon.
-        self.first_attempt_at = first_attempt_at
-        # The Enquiry asked just before this attempt claimed the order (first_look), if any.
-        self.seen = seen
-        self._amount: QFPayAmount | None = None  # QFPay's figures, once seen
         self.count_send = count_send
-        self.ledger_expiry = ledger_expiry
+        self.record = OrderRecord(qfpay, order)
+        self.decisions = OrderDecisions(
+            order, self.record, loop, clock, earlier_sends=earlier_sends, first_attempt_at=first_attempt_at
+        )
+        # The Enquiry asked just before this attempt claimed the order (first_look), if any.
+        self.first = EnquiryFirst(
+            order,
+            self.record,
+            self.decisions,
+            earlier_sends=earlier_sends,
+            seen=seen,
+            ledger_expiry=ledger_expiry,
+        )
 
     def decide(self) -> Decision:
         """``{"outcome": detail}`` or ``{"handoff": {"name": ..., "input": ...}}``; an outcome that
@@ -249,13 +254,13 @@ class CancelAttempt:
         # An attempt before this one (a crash, a redelivery) may have sent a cancel.
         earlier = self.redelivered or bool(self.earlier_sends)
         # Or one may have, and its record expired since: the payment is older than the ledger's memory.
-        forgotten = not earlier and self._forgotten()
+        forgotten = not earlier and self.first.forgotten(self.decisions.clock())
         # QFPay's record is read before the cancel only where it is needed: an earlier attempt may
         # have cancelled, or the message named the payment by out_trade_no alone (looked up to learn
         # its syssn: ``seen``). A first message naming the syssn of a recent payment costs no extra
         # request; QFPay checks the cancel's txamt against the payment itself (1266).
-        if earlier or forgotten or self.seen is not None or self.order.syssn is None:
-            decided = self._ask_first(endpoint, earlier, forgotten=forgotten)
+        if earlier or forgotten or self.first.seen is not None or self.order.syssn is None:
+            decided = self.first.decide(endpoint, earlier, forgotten=forgotten)
             if decided is not None:
                 return decided
         if self.count_send is not None:
@@ -267,7 +272,7 @@ class CancelAttempt:
         except QFPayUnavailable as exc:
             raise RetryLater(str(exc), throttled=exc.http_status == 429) from None
         except QFPayAmbiguous as exc:
-            return self._handoff(endpoint, None, respcd=None, resperr=str(exc), pending=False)
+            return self.decisions.handoff(endpoint, None, respcd=None, resperr=str(exc), pending=False)
         respcd = str(answer.get("respcd") or "")
         resperr = answer_text(answer)
         own_syssn = text_of(answer.get("syssn"))
@@ -276,7 +281,7 @@ class CancelAttempt:
         if meaning.disposition is Disposition.DONE:
             return self._confirm(endpoint, facts, pending=True)
         if meaning.disposition is Disposition.IN_PROGRESS:
-            return self._handoff(endpoint, own_syssn, respcd=respcd, resperr=resperr, pending=True)
+            return self.decisions.handoff(endpoint, own_syssn, respcd=respcd, resperr=resperr, pending=True)
         if meaning.disposition is Disposition.RETRY_LATER:
             raise RetryLater(f"QFPay answered {respcd} ({meaning.text})")
         if meaning.status is Status.NOT_CHARGED:
@@ -284,27 +289,79 @@ class CancelAttempt:
             # refused, so nothing of ours is pending; the Enquiry decides.
             return self._confirm(endpoint, facts, pending=False, answered=meaning.text)
         status = meaning.status or Status.UNKNOWN
-        decision = self._outcome(
+        decision = self.decisions.outcome(
             status, f"{endpoint} answered {respcd}: {meaning.text}", endpoint, attempts=1, **facts
         )
         if status in REQUEST_STATUSES:
             decision["request"] = True  # the message's own; see REQUEST_STATUSES
         return decision
 
-    def _forgotten(self) -> bool:
+    def _confirm(
+        self, endpoint: Endpoint, facts: dict[str, Any], *, pending: bool, answered: str | None = None
+    ) -> Decision:
+        """QFPay's word is not proof: one Enquiry decides; anything it leaves open (not visible yet,
+        still live, a row we cannot read, Enquiry unavailable, no budget for it now) goes to the
+        loop to decide. ``pending``: our cancel may still take effect; ``answered``: what a
+        refusal said."""
+        try:
+            finding = self.record.enquire(facts["reversal_syssn"], cancel_pending=pending)
+        except BudgetExhausted:
+            finding = None  # the loop asks when the merchant's budget allows
+        if finding is not None and finding.status is not None:
+            reason = finding.reason
+            if answered is not None:
+                reason = f"{endpoint} answered {facts['respcd']} ({answered}); {reason}"
+            return self.decisions.outcome(finding.status, reason, endpoint, attempts=1, **facts)
+        return self.decisions.handoff(
+            endpoint,
+            facts["reversal_syssn"],
+            respcd=facts["respcd"],
+            resperr=facts["resperr"],
+            pending=pending,
+            may_take_effect=pending,
+        )
+
+    def give_up(self, reason: str) -> OutcomeDecision:
+        """QFPay could not be asked for the whole retry horizon: an explained UNKNOWN outcome."""
+        return self.decisions.outcome(Status.UNKNOWN, reason, self.routing.endpoint_for(self.order.pay_type))
+
+
+class EnquiryFirst:
+    """QFPay's record of the order read before its cancel (``seen``: an Enquiry already asked, or
+    asked now): whether it decides the order without a cancel, and whether one may be sent."""
+
+    def __init__(
+        self,
+        order: Order,
+        record: OrderRecord,
+        decisions: OrderDecisions,
+        *,
+        earlier_sends: int,
+        seen: Mapping[str, Any] | None,
+        ledger_expiry: float | None,
+    ) -> None:
+        self.order = order
+        self.record = record
+        self.decisions = decisions
+        self.earlier_sends = earlier_sends
+        self.seen = seen
+        self.ledger_expiry = ledger_expiry
+
+    def forgotten(self, now: float) -> bool:
+        """An earlier attempt may have sent a cancel longer ago than the ledger remembers."""
         if self.ledger_expiry is None:
             return False
-        return may_outlive_the_ledger(self.order, self.clock(), self.ledger_expiry)
+        return may_outlive_the_ledger(self.order, now, self.ledger_expiry)
 
-    def _ask_first(self, endpoint: Endpoint, earlier: bool, *, forgotten: bool = False) -> Decision | None:
-        """QFPay's record before the cancel (``seen``, or asked now). A decision, or None: send one.
-        ``earlier``: a crashed or timed-out earlier run may have cancelled already. ``forgotten``:
-        one may have, longer ago than the ledger remembers (so nothing of it is still pending)."""
+    def decide(self, endpoint: Endpoint, earlier: bool, *, forgotten: bool = False) -> Decision | None:
+        """A decision, or None: send one. ``earlier``: a crashed or timed-out earlier run may have
+        cancelled already. ``forgotten``: one may have, longer ago than the ledger remembers (so
+        nothing of it is still pending)."""
         if self.seen is not None:
-            finding = self._read(self.seen, None, cancel_pending=earlier)
+            finding = self.record.read(self.seen, None, cancel_pending=earlier)
         else:
             try:
-                found = self._enquire(None, cancel_pending=earlier)
+                found = self.record.enquire(None, cancel_pending=earlier)
             except BudgetExhausted as spent:
                 raise _budget_spent(spent) from None
             if found is None:
@@ -314,13 +371,13 @@ class CancelAttempt:
         if disagrees is not None:
             # This message's claim, not the payment's state: refused before anything is sent, and
             # the message's own (REQUEST_STATUSES), so a genuine message is decided on its own.
-            decision = self._outcome(
+            decision = self.decisions.outcome(
                 Status.REJECTED, f"the message disagrees with QFPay's record: {disagrees}", endpoint
             )
             decision["request"] = True
             return decision
         if finding.status is not None and not finding.paid_untouched:
-            return self._outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
+            return self.decisions.outcome(finding.status, finding.reason, endpoint, respcd=finding.respcd)
         if forgotten and finding.paid_untouched:
             # A paid row does not show that a cancel sent before the ledger's memory was refused;
             # only a live one clears a cancel. The Enquiry shows the refund case: none is sent.
@@ -328,13 +385,13 @@ class CancelAttempt:
                 f"{finding.reason}; the payment is older than the decision ledger remembers, so a "
                 "cancel may have been sent for it before: none is sent on a paid row"
             )
-            return self._outcome(
+            return self.decisions.outcome(
                 finding.status or Status.REFUND_REQUIRED, reason, endpoint, respcd=finding.respcd
             )
         if forgotten and finding.found and not finding.live:
             # A row we cannot read. Nothing of ours can still be pending after that long: the loop
             # asks, and may send the one cancel once QFPay shows the payment live.
-            return self._handoff(
+            return self.decisions.handoff(
                 endpoint,
                 None,
                 respcd=None,
@@ -348,44 +405,31 @@ class CancelAttempt:
         if earlier and finding.found and not finding.live:
             # Paid while the earlier cancel may still take effect, or a row we cannot read:
             # sending would decide nothing more; the loop decides by the Enquiry.
-            return self._handoff(
+            return self.decisions.handoff(
                 endpoint, None, respcd=None, resperr=finding.reason, pending=True, attempts=0
             )
         if self.earlier_sends and not finding.unknown_to_qfpay:
             # An earlier attempt's cancel may have reached QFPay, unanswered here: it may still be
             # processing (a processing reversal looks like a live payment). The loop decides.
             reason = f"{self.earlier_sends} earlier cancel requests may have reached QFPay"
-            return self._handoff(endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0)
+            return self.decisions.handoff(
+                endpoint, None, respcd=None, resperr=reason, pending=True, attempts=0
+            )
         # Nothing of ours pending, or QFPay knows nothing of the payment after our earlier cancels
         # left (it answers a cancel of a payment it does not know 1268 and does nothing): send.
         return None
 
-    def _confirm(
-        self, endpoint: Endpoint, facts: dict[str, Any], *, pending: bool, answered: str | None = None
-    ) -> Decision:
-        """QFPay's word is not proof: one Enquiry decides; anything it leaves open (not visible yet,
-        still live, a row we cannot read, Enquiry unavailable, no budget for it now) goes to the
-        loop to decide. ``pending``: our cancel may still take effect; ``answered``: what a
-        refusal said."""
-        try:
-            finding = self._enquire(facts["reversal_syssn"], cancel_pending=pending)
-        except BudgetExhausted:
-            finding = None  # the loop asks when the merchant's budget allows
-        if finding is not None and finding.status is not None:
-            reason = finding.reason
-            if answered is not None:
-                reason = f"{endpoint} answered {facts['respcd']} ({answered}); {reason}"
-            return self._outcome(finding.status, reason, endpoint, attempts=1, **facts)
-        return self._handoff(
-            endpoint,
-            facts["reversal_syssn"],
-            respcd=facts["respcd"],
-            resperr=facts["resperr"],
-            pending=pending,
-            may_take_effect=pending,
-        )
 
-    def _enquire(self, reversal_syssn: str | None, *, cancel_pending: bool) -> Finding | None:
+class OrderRecord:
+    """QFPay's record of one order through the Transaction Enquiry; keeps QFPay's figures of the
+    payment (``amount``) once seen, for the outcome."""
+
+    def __init__(self, qfpay: QFPayClient, order: Order) -> None:
+        self.qfpay = qfpay
+        self.order = order
+        self.amount: QFPayAmount | None = None
+
+    def enquire(self, reversal_syssn: str | None, *, cancel_pending: bool) -> Finding | None:
         """None: no answer we can read. :class:`BudgetExhausted` passes: the caller decides when
         to ask again."""
         try:
@@ -395,23 +439,41 @@ class CancelAttempt:
         except ValueError:  # a request that could not be made is no answer either
             return None
         if asked.finding is not None:
-            self._amount = asked.finding.amount or self._amount
+            self.amount = asked.finding.amount or self.amount
         return asked.finding
 
-    def _read(
-        self, answer: Mapping[str, Any], reversal_syssn: str | None, *, cancel_pending: bool
-    ) -> Finding:
+    def read(self, answer: Mapping[str, Any], reversal_syssn: str | None, *, cancel_pending: bool) -> Finding:
         finding = read_enquiry(
             answer, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
         )
-        self._amount = finding.amount or self._amount
+        self.amount = finding.amount or self.amount
         return finding
 
-    def give_up(self, reason: str) -> OutcomeDecision:
-        """QFPay could not be asked for the whole retry horizon: an explained UNKNOWN outcome."""
-        return self._outcome(Status.UNKNOWN, reason, self.routing.endpoint_for(self.order.pay_type))
 
-    def _outcome(
+class OrderDecisions:
+    """What an attempt decides for its order, written out: an outcome, or the hand-off to the
+    wait-and-poll loop with the loop's starting state (docs/contracts.md)."""
+
+    def __init__(
+        self,
+        order: Order,
+        record: OrderRecord,
+        loop: LoopPolicy,
+        clock: Callable[[], float],
+        *,
+        earlier_sends: int,
+        first_attempt_at: float | None,
+    ) -> None:
+        self.order = order
+        self.record = record
+        self.loop = loop
+        self.clock = clock
+        self.earlier_sends = earlier_sends
+        # When the order was first attempted (its message's first receive): the loop's deadline may
+        # move for QFPay being unreachable only until that time plus the retry horizon.
+        self.first_attempt_at = first_attempt_at
+
+    def outcome(
         self, status: Status, reason: str, endpoint: Endpoint, *, attempts: int = 0, **facts: Any
     ) -> OutcomeDecision:
         order = self.order
@@ -424,12 +486,12 @@ class CancelAttempt:
             decided_by="cancel-function",
             endpoint=endpoint,
             attempts=attempts,
-            amount=self._amount,
+            amount=self.record.amount,
             **facts,
         )
         return {"outcome": detail}
 
-    def _handoff(
+    def handoff(
         self,
         endpoint: Endpoint,
         reversal_syssn: str | None,
