@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
@@ -147,6 +147,9 @@ def revision_entry(outcome: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Reconciler:
+    """The reconcile function's work: a pass over the due outcomes (or one of them), a person's
+    resolution. Enrolling outcomes is :class:`Enrolment`'s job, checking one :class:`OutcomeCheck`'s."""
+
     ledger: ReconciliationLedger
     publisher: OutcomePublisher
     enquire: Callable[[Mapping[str, Any]], Finding]
@@ -154,6 +157,12 @@ class Reconciler:
     schedule: ReconcileSchedule = DEFAULT_RECONCILE_SCHEDULE
     batch_limit: int = 200
     clock: Callable[[], float] = time.time
+    enrolment: Enrolment = field(init=False)
+    check: OutcomeCheck = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.enrolment = Enrolment(self.ledger, self.intake, self.schedule, self.clock)
+        self.check = OutcomeCheck(self.ledger, self.publisher, self.enquire, self.schedule, self.clock)
 
     def handle(self, event: Any, time_left: Callable[[], float]) -> dict[str, Any]:
         """The function's event: a pass or one order (:meth:`run`), or ``{"resolve": {"outcome_id",
@@ -178,12 +187,12 @@ class Reconciler:
         whatever its due time. ``time_left``: seconds before the invocation must stop starting checks."""
         if isinstance(event, dict) and isinstance(event.get("outcome_id"), str):
             return self.check_one(event["outcome_id"])
-        self.enrol_waiting(time_left)
+        self.enrolment.enrol_waiting(time_left)
         summary = PassSummary(checked=0, resolved=0, still_unknown=0)
         for record in self.ledger.due(self.clock(), self.batch_limit):
             if time_left() <= 0:
                 break  # the next scheduled pass carries on; nothing is lost
-            self._count(summary, self._check(record))
+            self._count(summary, self.check.run(record))
         logger.info("reconciliation pass", extra=dict(summary))
         return summary
 
@@ -194,8 +203,31 @@ class Reconciler:
             raise LookupError(f"no reconciliation record for outcome_id {outcome_id}")
         if record.stage == ReconciliationStage.RESOLVED:
             raise ValueError(f"outcome {outcome_id} is already resolved ({record.outcome['status']})")
-        self._count(summary, self._check(record))
+        self._count(summary, self.check.run(record))
         return summary
+
+    @staticmethod
+    def _count(summary: PassSummary, result: str) -> None:
+        if result == "skipped":
+            return
+        summary["checked"] += 1
+        summary["resolved" if result == "resolved" else "still_unknown"] += 1
+
+
+class Enrolment:
+    """Outcomes to reconcile, from the intake queue onto the due list (or a person's attention)."""
+
+    def __init__(
+        self,
+        ledger: ReconciliationLedger,
+        intake: OutcomeIntake | None,
+        schedule: ReconcileSchedule,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ledger = ledger
+        self.intake = intake
+        self.schedule = schedule
+        self.clock = clock
 
     def enrol_waiting(self, time_left: Callable[[], float]) -> int:
         """Move every outcome waiting in the intake queue onto the due (or attention) list."""
@@ -236,7 +268,26 @@ class Reconciler:
             count("NeedsAttention")
         return added
 
-    def _check(self, record: ReconciliationRecord) -> str:
+
+class OutcomeCheck:
+    """One Enquiry for one enrolled outcome, and what it changes: a correction published, or the
+    next check scheduled (or a person's attention)."""
+
+    def __init__(
+        self,
+        ledger: ReconciliationLedger,
+        publisher: OutcomePublisher,
+        enquire: Callable[[Mapping[str, Any]], Finding],
+        schedule: ReconcileSchedule,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ledger = ledger
+        self.publisher = publisher
+        self.enquire = enquire
+        self.schedule = schedule
+        self.clock = clock
+
+    def run(self, record: ReconciliationRecord) -> str:
         """One Enquiry for one record: 'resolved', 'unknown', or 'skipped' (someone else has it)."""
         logger.append_keys(correlation_id=record.outcome_id)
         try:
@@ -308,13 +359,6 @@ class Reconciler:
             stage, due_at = ReconciliationStage.DUE, due
         self.ledger.save(record._replace(stage=stage, due_at=due_at, checks=checks, last_finding=reason))
         return "unknown"
-
-    @staticmethod
-    def _count(summary: PassSummary, result: str) -> None:
-        if result == "skipped":
-            return
-        summary["checked"] += 1
-        summary["resolved" if result == "resolved" else "still_unknown"] += 1
 
 
 def resolve_by_hand(
