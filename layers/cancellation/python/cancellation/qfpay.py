@@ -207,16 +207,16 @@ class QFPayClient:
         url = self._base_url + path
         timeout = urllib3.Timeout(connect=self._timeouts.connect, read=self._timeouts.read)
         started = time.monotonic()
+        body: str | None = None
+        if method == "GET":
+            url = f"{url}?{form}"
+        else:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = form
         try:
-            if method == "GET":
-                response = self._http.request(
-                    "GET", f"{url}?{form}", headers=headers, timeout=timeout, retries=False, redirect=False
-                )
-            else:
-                headers["Content-Type"] = "application/x-www-form-urlencoded"
-                response = self._http.request(
-                    method, url, body=form, headers=headers, timeout=timeout, retries=False, redirect=False
-                )
+            response = self._http.request(
+                method, url, body=body, headers=headers, timeout=timeout, retries=False, redirect=False
+            )
         except (ConnectTimeoutError, SSLError):
             # Includes refused connections and unknown hosts: no byte of the request was sent.
             raise QFPayUnavailable(f"{path}: could not connect") from None
@@ -230,36 +230,40 @@ class QFPayClient:
                 self._observe_latency(time.monotonic() - started)
         if response.status == 429 and self._budget is not None:
             self._budget.throttled(mchid, credentials.app_code)  # the whole merchant backs off
-        return self._read(path, response, credentials)
+        return read_answer(
+            path, response, credentials.client_key, verify_signature=self._verify_response_signature
+        )
 
-    def _read(
-        self, path: str, response: urllib3.BaseHTTPResponse, credentials: Credentials
-    ) -> dict[str, Any]:
-        status = response.status
-        if status == 429:
-            # QFPay's documented rate limit: refused before anything happened.
-            raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
-        if status != 200:
-            # A gateway's 502/504, a 500, or a status QFPay does not document may come after QFPay
-            # acted on the request: nothing proves it did not, so it is no answer at all.
-            raise QFPayAmbiguous(f"{path}: HTTP {status}")
-        if self._verify_response_signature:
-            signature = response.headers.get("X-QF-SIGN")
-            if signature is None:
-                # Anyone on the way can strip a header: an unsigned answer proves nothing.
-                raise ResponseSignatureInvalid(f"{path}: answer has no X-QF-SIGN")
-            expected = response_signature(response.data, credentials.client_key)
-            # As bytes: compare_digest refuses str holding anything but ASCII.
-            given = signature.upper().encode("utf-8", errors="replace")
-            if not hmac.compare_digest(given, expected.encode("ascii")):
-                raise ResponseSignatureInvalid(f"{path}: response signature does not match")
-        try:
-            answer = json.loads(response.data)
-        except ValueError:
-            raise AnswerUnreadable(f"{path}: answer is not JSON") from None
-        if not isinstance(answer, dict):
-            raise AnswerUnreadable(f"{path}: answer is not a JSON object")
-        return {
-            key: (str(value) if key == "respcd" and value is not None else value)
-            for key, value in answer.items()
-        }
+
+def read_answer(
+    path: str, response: urllib3.BaseHTTPResponse, client_key: str, *, verify_signature: bool
+) -> dict[str, Any]:
+    """QFPay's answer to one request, or why it is none: refused (429), ambiguous (any other
+    status but 200), unsigned or wrongly signed (``verify_signature``), or not a JSON object."""
+    status = response.status
+    if status == 429:
+        # QFPay's documented rate limit: refused before anything happened.
+        raise QFPayUnavailable(f"{path}: HTTP {status}", http_status=status)
+    if status != 200:
+        # A gateway's 502/504, a 500, or a status QFPay does not document may come after QFPay
+        # acted on the request: nothing proves it did not, so it is no answer at all.
+        raise QFPayAmbiguous(f"{path}: HTTP {status}")
+    if verify_signature:
+        signature = response.headers.get("X-QF-SIGN")
+        if signature is None:
+            # Anyone on the way can strip a header: an unsigned answer proves nothing.
+            raise ResponseSignatureInvalid(f"{path}: answer has no X-QF-SIGN")
+        expected = response_signature(response.data, client_key)
+        # As bytes: compare_digest refuses str holding anything but ASCII.
+        given = signature.upper().encode("utf-8", errors="replace")
+        if not hmac.compare_digest(given, expected.encode("ascii")):
+            raise ResponseSignatureInvalid(f"{path}: response signature does not match")
+    try:
+        answer = json.loads(response.data)
+    except ValueError:
+        raise AnswerUnreadable(f"{path}: answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise AnswerUnreadable(f"{path}: answer is not a JSON object")
+    return {
+        key: (str(value) if key == "respcd" and value is not None else value) for key, value in answer.items()
+    }
