@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cancellation.aws import Claim, DecisionLedger
 from cancellation.batch import QueueMessage
-from cancellation.cancel import CancelAttempt, FirstLook, RetryLater, batch_look, request_id
+from cancellation.cancel import CancelAttempt, FirstLook, RetryLater, batch_look, first_look, request_id
 from cancellation.observability import count_kind, logger
 from cancellation.orders import Order, parse_order_message
 from cancellation.qfpay import QFPayClient
@@ -18,6 +18,33 @@ from cancellation.settings import CancelSettings
 if TYPE_CHECKING:
     from cancellation.exactly_once import SendCount
     from cancellation.models import Decision
+
+
+def look_up_together(qfpay: QFPayClient, messages: list[QueueMessage]) -> dict[str, FirstLook | RetryLater]:
+    """The orders of this batch named only by out_trade_no, looked up with one Enquiry per
+    merchant (``batch_look``) rather than one each: by message id. An order left out (alone
+    for its merchant, or its query could not hold its rows) looks for itself."""
+    by_merchant: dict[str | None, list[tuple[str, Order]]] = {}
+    for message in messages:
+        try:
+            order = parse_order_message(message.body)
+        except Exception:  # noqa: S112 - its own thread rejects it (or fails it alone)
+            continue
+        if order.syssn is None and order.out_trade_no:
+            by_merchant.setdefault(order.mchid, []).append((message.message_id, order))
+    looks: dict[str, FirstLook | RetryLater] = {}
+    for named in by_merchant.values():
+        if len(named) < 2:
+            continue  # its own look is the same one request
+        try:
+            found = batch_look(qfpay, [order for _, order in named])
+        except Exception:  # never the batch's failure: each order then looks for itself
+            logger.exception("the batch's look-up failed; each order looks itself up")
+            continue
+        for (message_id, _), look in zip(named, found, strict=True):
+            if look is not None:
+                looks[message_id] = look
+    return looks
 
 
 class OrderDecider:
@@ -33,31 +60,25 @@ class OrderDecider:
         self.ledger = ledger
         self.clock = clock
 
-    def look_up_together(self, messages: list[QueueMessage]) -> dict[str, FirstLook | RetryLater]:
-        """The orders of this batch named only by out_trade_no, looked up with one Enquiry per
-        merchant (``batch_look``) rather than one each: by message id. An order left out (alone
-        for its merchant, or its query could not hold its rows) looks for itself."""
-        by_merchant: dict[str | None, list[tuple[str, Order]]] = {}
-        for message in messages:
-            try:
-                order = parse_order_message(message.body)
-            except Exception:  # noqa: S112 - its own thread rejects it (or fails it alone)
-                continue
-            if order.syssn is None and order.out_trade_no:
-                by_merchant.setdefault(order.mchid, []).append((message.message_id, order))
-        looks: dict[str, FirstLook | RetryLater] = {}
-        for named in by_merchant.values():
-            if len(named) < 2:
-                continue  # its own look is the same one request
-            try:
-                found = batch_look(self.qfpay, [order for _, order in named])
-            except Exception:  # never the batch's failure: each order then looks for itself
-                logger.exception("the batch's look-up failed; each order looks itself up")
-                continue
-            for (message_id, _), look in zip(named, found, strict=True):
-                if look is not None:
-                    looks[message_id] = look
-        return looks
+    def named_by_qfpay(
+        self, order: Order, message: QueueMessage, looked: FirstLook | RetryLater | None
+    ) -> tuple[Order, Mapping[str, Any] | None]:
+        """An order named by out_trade_no alone, named by QFPay's record of the payment (its syssn),
+        so that every naming of one payment is one order; with the Enquiry's answer that named it.
+        Read-only, before anything is held. ``looked``: the batch's look-up (or why it failed)."""
+        if order.syssn is not None:
+            return order, None
+        try:
+            if isinstance(looked, RetryLater):
+                raise looked
+            look = looked if looked is not None else first_look(self.qfpay, order)
+        except RetryLater as exc:
+            if not self.past_horizon(message, exc):
+                raise
+            # QFPay unreachable for the whole horizon: the attempt asks once more and ends the
+            # order, explained (CancelAttempt.give_up).
+            return order, None
+        return look.order, look.answer
 
     def past_horizon(self, message: QueueMessage, exc: RetryLater) -> bool:
         """QFPay has been unreachable since the message's first attempt for longer than the retry

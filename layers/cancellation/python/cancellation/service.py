@@ -10,7 +10,7 @@ goes back to SQS (:mod:`~cancellation.backoff`). This class only orchestrates th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,8 +26,8 @@ from cancellation.backoff import Backoff
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
 from cancellation.callers import AwaitingLoop, CallerAnswers, caller_hold_seconds
-from cancellation.cancel import FirstLook, RetryLater, first_look
-from cancellation.deciding import OrderDecider
+from cancellation.cancel import FirstLook, RetryLater
+from cancellation.deciding import OrderDecider, look_up_together
 from cancellation.delivery import Delivery
 from cancellation.exactly_once import ExactlyOnce
 from cancellation.observability import count, logger
@@ -73,7 +73,7 @@ class CancelService:
         spend_until.set(lease_until - self.settings.qfpay.timeouts.read - 2)
 
         messages = queue_messages(event)
-        looks = self.decider.look_up_together(messages)
+        looks = look_up_together(self.decider.qfpay, messages)
 
         def process(message: QueueMessage) -> str:
             return self.process_record(message, lease_until, looks.get(message.message_id))
@@ -106,20 +106,7 @@ class CancelService:
             return self._reject(message, invalid, lease_until)
         receive_count = message.receive_count
         try:
-            seen: Mapping[str, Any] | None = None
-            if order.syssn is None:
-                # Named by out_trade_no alone: QFPay's record names the payment (its syssn), so
-                # that every naming of one payment is one order. Read-only, before anything is held.
-                try:
-                    if isinstance(looked, RetryLater):
-                        raise looked
-                    look = looked if looked is not None else first_look(self.decider.qfpay, order)
-                    order, seen = look.order, look.answer
-                except RetryLater as exc:
-                    if not self.decider.past_horizon(message, exc):
-                        raise
-                    # QFPay unreachable for the whole horizon: the attempt asks once more and
-                    # ends the order, explained (CancelAttempt.give_up).
+            order, seen = self.decider.named_by_qfpay(order, message, looked)
             # Where a decision that belongs to this message alone is kept (see
             # cancel.REQUEST_STATUSES). The message, not its content: the same fields sent before
             # QFPay knew the payment (1268) and again after must not share that refusal.
