@@ -354,15 +354,7 @@ class DecisionLedger:
             raise OrderBusy("another attempt holds the order (DECIDING)", held_until)
         # A record without the count comes from before it was kept: one cancel may have been sent.
         earlier = int(old.get("sends", {}).get("N", "1"))
-        self._table.set(
-            key,
-            "#stage = :deciding AND #lease_until < :now",
-            {"#stage": "stage", "#lease_until": "lease_until"},
-            {":deciding": {"S": LedgerStage.DECIDING}, ":now": {"N": _number(now)}},
-            holder=holder,
-            lease_until=_number(lease_until),
-            sends=str(earlier),
-        )
+        self._take_over(key, LedgerStage.DECIDING, holder, now, lease_until, sends=str(earlier))
         return Claim(LedgerStage.DECIDING, None, None, earlier_attempt=True, earlier_sends=earlier)
 
     def _claim_delivery(
@@ -378,15 +370,23 @@ class DecisionLedger:
         if stage != LedgerStage.DECIDED or held_until >= now:
             raise OrderBusy(f"another attempt holds the order ({stage})", held_until)
         # Decided, but its delivery was abandoned: this attempt delivers the stored decision.
+        self._take_over(key, LedgerStage.DECIDED, holder, now, lease_until)
+        return Claim(LedgerStage.DECIDED, decision, None, earlier_attempt=True)
+
+    def _take_over(
+        self, key: str, stage: LedgerStage, holder: str, now: float, lease_until: float, **attributes: str
+    ) -> None:
+        """Take the lease of a record still at ``stage`` whose lease ran out (or was released);
+        :class:`OrderBusy` if another attempt took it first."""
         self._table.set(
             key,
-            "#stage = :decided AND #lease_until < :now",
+            "#stage = :stage AND #lease_until < :now",
             {"#stage": "stage", "#lease_until": "lease_until"},
-            {":decided": {"S": LedgerStage.DECIDED}, ":now": {"N": _number(now)}},
+            {":stage": {"S": stage}, ":now": {"N": _number(now)}},
             holder=holder,
             lease_until=_number(lease_until),
+            **attributes,
         )
-        return Claim(LedgerStage.DECIDED, decision, None, earlier_attempt=True)
 
     def stage_of(self, key: str, now: float) -> tuple[LedgerStage, bool] | None:
         """The record's stage and whether an attempt holds it now (a strongly consistent read);
