@@ -253,16 +253,9 @@ class CancelAttempt:
         endpoint = self.routing.endpoint_for(self.order.pay_type)
         # An attempt before this one (a crash, a redelivery) may have sent a cancel.
         earlier = self.redelivered or bool(self.earlier_sends)
-        # Or one may have, and its record expired since: the payment is older than the ledger's memory.
-        forgotten = not earlier and self.first.forgotten(self.decisions.clock())
-        # QFPay's record is read before the cancel only where it is needed: an earlier attempt may
-        # have cancelled, or the message named the payment by out_trade_no alone (looked up to learn
-        # its syssn: ``seen``). A first message naming the syssn of a recent payment costs no extra
-        # request; QFPay checks the cancel's txamt against the payment itself (1266).
-        if earlier or forgotten or self.first.seen is not None or self.order.syssn is None:
-            decided = self.first.decide(endpoint, earlier, forgotten=forgotten)
-            if decided is not None:
-                return decided
+        decided = self.first.decide(endpoint, earlier, now=self.decisions.clock())
+        if decided is not None:
+            return decided
         if self.count_send is not None:
             self.count_send()  # from here on, a later attempt knows this cancel may have reached QFPay
         try:
@@ -347,16 +340,22 @@ class EnquiryFirst:
         self.seen = seen
         self.ledger_expiry = ledger_expiry
 
-    def forgotten(self, now: float) -> bool:
-        """An earlier attempt may have sent a cancel longer ago than the ledger remembers."""
-        if self.ledger_expiry is None:
-            return False
-        return may_outlive_the_ledger(self.order, now, self.ledger_expiry)
-
-    def decide(self, endpoint: Endpoint, earlier: bool, *, forgotten: bool = False) -> Decision | None:
+    def decide(self, endpoint: Endpoint, earlier: bool, *, now: float) -> Decision | None:
         """A decision, or None: send one. ``earlier``: a crashed or timed-out earlier run may have
-        cancelled already. ``forgotten``: one may have, longer ago than the ledger remembers (so
-        nothing of it is still pending)."""
+        cancelled already."""
+        # Or one may have, and its record expired since: the payment is older than the ledger's
+        # memory (so nothing of it is still pending).
+        forgotten = (
+            not earlier
+            and self.ledger_expiry is not None
+            and may_outlive_the_ledger(self.order, now, self.ledger_expiry)
+        )
+        # QFPay's record is read before the cancel only where it is needed: an earlier attempt may
+        # have cancelled, or the message named the payment by out_trade_no alone (looked up to learn
+        # its syssn: ``seen``). A first message naming the syssn of a recent payment costs no extra
+        # request; QFPay checks the cancel's txamt against the payment itself (1266).
+        if not (earlier or forgotten or self.seen is not None or self.order.syssn is None):
+            return None
         if self.seen is not None:
             finding = self.record.read(self.seen, None, cancel_pending=earlier)
         else:
