@@ -71,8 +71,7 @@ class DeadLetterService:
         self.settings = settings
         self.deps = deps
         self.qfpay = qfpay  # the look-up's Enquiry only
-        self._once = ExactlyOnce(deps.ledger, deps.clock)
-        self._callers = CallerAnswers(self._once, deps.notifier, deps.loop_starter)
+        self._orders = DeadOrders(settings, deps)
         self._pool = ThreadPoolExecutor(max_workers=DEAD_LETTER_CONCURRENCY, thread_name_prefix="dead-letter")
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -97,7 +96,7 @@ class DeadLetterService:
                 return self._invalid(message, invalid)
             order, unnamed = self._named(order)
             logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
-            return self._settle(order, message, lease_until, unnamed)
+            return self._orders.settle(order, message, lease_until, unnamed)
         except OrderBusy:
             logger.info("order held by another attempt; the dead letter is looked at again")
             raise
@@ -122,7 +121,28 @@ class DeadLetterService:
             return order, f"the message disagrees with QFPay's record ({disagrees})"
         return look.order, None
 
-    def _settle(self, order: Order, message: QueueMessage, lease_until: float, unnamed: str | None) -> str:
+    def _invalid(self, message: QueueMessage, invalid: InvalidOrder) -> str:
+        """Not an order: its rejection (keyed by the message) is published again, and a caller
+        whose token could be read is told."""
+        ids = invalid.identifiers
+        detail = rejection_of(invalid, now=self.deps.clock(), message_id=message.message_id)
+        self.deps.publisher.publish(detail)
+        if ids.get("task_token"):
+            self.deps.notifier.notify(ids["task_token"], detail)
+        return str(detail["status"])
+
+
+class DeadOrders:
+    """Settling a dead-lettered order through the decision ledger: its recorded decision (delivered
+    here if its delivery was abandoned), else the message's own UNKNOWN; its caller answered."""
+
+    def __init__(self, settings: DeadLetterSettings, deps: DeadLetterDependencies) -> None:
+        self.settings = settings
+        self.deps = deps
+        self._once = ExactlyOnce(deps.ledger, deps.clock)
+        self._callers = CallerAnswers(self._once, deps.notifier, deps.loop_starter)
+
+    def settle(self, order: Order, message: QueueMessage, lease_until: float, unnamed: str | None) -> str:
         now = self.deps.clock()
         order_key = f"cancel#{order.identity}"
         found = self.deps.ledger.stage_of(order_key, now)
@@ -187,13 +207,3 @@ class DeadLetterService:
         if self.deps.loop_starter.find(handoff["name"]) is None:
             self.deps.loop_starter.start(handoff["name"], started_now(handoff["input"], self.deps.clock()))
         return "IN_PROGRESS"
-
-    def _invalid(self, message: QueueMessage, invalid: InvalidOrder) -> str:
-        """Not an order: its rejection (keyed by the message) is published again, and a caller
-        whose token could be read is told."""
-        ids = invalid.identifiers
-        detail = rejection_of(invalid, now=self.deps.clock(), message_id=message.message_id)
-        self.deps.publisher.publish(detail)
-        if ids.get("task_token"):
-            self.deps.notifier.notify(ids["task_token"], detail)
-        return str(detail["status"])
