@@ -190,3 +190,28 @@ def test_a_dead_letter_naming_only_out_trade_no_when_qfpay_cannot_be_asked_is_st
     assert "dead-lettered" in outcome["reason"]
     assert (outcome["out_trade_no"], outcome["syssn"]) == (order["out_trade_no"], None)
     assert endpoints <= {"/trade/v1/query"}
+
+
+def test_a_dead_letter_whose_amount_disagrees_with_qfpays_record_is_not_given_the_payments_outcome(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The payment was cancelled; a dead letter naming it by out_trade_no claims another amount.
+    One bad message decides nothing for the genuine order and is told nothing of it: it keeps the
+    identity it gives and ends in an explained UNKNOWN of its own; its caller is told so."""
+    order, txn = order_and_txn(35)
+    wrong = {**order, "syssn": None, "txamt": order["txamt"] + 1}
+    with pipeline_factory([txn]) as pipeline:
+        pipeline.send(order)
+        [first] = pipeline.collect_outcomes(1, timeout=30)
+        with dead_letter_delivery(pipeline):
+            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, wrong), timeout=60)
+            outcomes = pipeline.stack.read_outcomes(wait_seconds=10, expected=1)
+        reversals = pipeline.qfpay.count("reversal")
+    assert first["status"] == "CANCELLED"
+    assert caller["status"] == "FAILED", caller
+    (outcome,) = outcomes
+    assert outcome["status"] == "UNKNOWN"
+    assert outcome["outcome_id"] != first["outcome_id"]
+    assert "disagrees with QFPay's record" in outcome["reason"]
+    assert outcome["syssn"] is None
+    assert reversals == 1
