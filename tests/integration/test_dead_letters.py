@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import boto3
+import pytest
 
 from tests.conftest import PipelineFactory
 from tests.integration.test_cancel_integration import FAST_RETRIES, order_and_txn, wait_for
@@ -113,44 +114,24 @@ def test_an_order_that_dead_letters_ends_unknown_and_its_caller_is_told(
     assert pipeline.qfpay.cancellations_applied(txn.syssn) == 1
 
 
+@pytest.mark.parametrize("by_syssn", [True, False], ids=["named by syssn", "named by out_trade_no alone"])
 def test_a_dead_letter_of_an_order_already_decided_gets_that_outcome_not_unknown(
-    pipeline_factory: PipelineFactory,
+    pipeline_factory: PipelineFactory, by_syssn: bool
 ) -> None:
     """One message of the order was decided (CANCELLED); another one, carrying a caller's token,
-    dead-lettered. The order keeps its one outcome: the caller hears CANCELLED (SendTaskSuccess),
-    and nothing more is published (the outcome was delivered already; no UNKNOWN)."""
-    order, txn = order_and_txn(32)
+    dead-lettered. The order keeps its one outcome: the caller hears CANCELLED (SendTaskSuccess)
+    under the same outcome_id, and nothing more is published (the outcome was delivered already;
+    no UNKNOWN). One payment, one outcome identity (docs/contracts.md): a dead letter naming the
+    payment by out_trade_no alone is looked up as the cancel function does (one Transaction
+    Enquiry, read-only) and is the same order."""
+    order, txn = order_and_txn(32 if by_syssn else 33)
+    dead = order if by_syssn else {**order, "syssn": None}  # the caller workflow sends every field
     with pipeline_factory([txn]) as pipeline:
         pipeline.send(order)
         [first] = pipeline.collect_outcomes(1, timeout=30)
         with dead_letter_delivery(pipeline):
             # The caller's message lands in the DLQ itself, as after five failed receives.
-            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, order), timeout=60)
-            again = pipeline.stack.read_outcomes(wait_seconds=3)
-        reversals = pipeline.qfpay.count("reversal")
-    assert first["status"] == "CANCELLED"
-    assert caller["status"] == "SUCCEEDED", caller
-    heard = json.loads(caller["output"])["outcome"]
-    assert (heard["status"], heard["outcome_id"]) == ("CANCELLED", first["outcome_id"])
-    assert again == []
-    assert reversals == 1
-
-
-def test_a_dead_letter_naming_only_out_trade_no_is_the_same_order_as_its_payment(
-    pipeline_factory: PipelineFactory,
-) -> None:
-    """One payment, one outcome identity (docs/contracts.md): the order was decided (CANCELLED,
-    recorded under its syssn); a message naming it by out_trade_no alone, carrying a caller's
-    token, dead-lettered. DeadLetterFunction looks the payment up as the cancel function does (one
-    Transaction Enquiry, read-only) and finds the order's outcome: the caller hears it, under the
-    same outcome_id, and no UNKNOWN of a different identity is published."""
-    order, txn = order_and_txn(33)
-    by_number = {**order, "syssn": None}  # the caller workflow sends every field
-    with pipeline_factory([txn]) as pipeline:
-        pipeline.send(order)
-        [first] = pipeline.collect_outcomes(1, timeout=30)
-        with dead_letter_delivery(pipeline):
-            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, by_number), timeout=60)
+            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, dead), timeout=60)
             again = pipeline.stack.read_outcomes(wait_seconds=3)
         reversals = pipeline.qfpay.count("reversal")
     assert first["status"] == "CANCELLED"
@@ -161,7 +142,7 @@ def test_a_dead_letter_naming_only_out_trade_no_is_the_same_order_as_its_payment
         first["outcome_id"],
         order["syssn"],
     )
-    assert again == []  # the order's outcome was delivered already
+    assert again == []
     assert reversals == 1
 
 
