@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jsonschema
 import pytest
 from cancellation.budget import BudgetExhausted
-from cancellation.cancel import CancelAttempt, RetryLater, execution_name
+from cancellation.cancel import CancelAttempt, RetryLater, execution_name, started_now
 from cancellation.orders import Order, parse_order_message
 from cancellation.outcomes import outcome_id
 from cancellation.poll import EnquiryStep
@@ -36,6 +36,9 @@ from tests.unit.fakes import (
     enquiry_shows,
     payment_row,
 )
+
+if TYPE_CHECKING:
+    from cancellation.models import LoopState
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "events" / "schemas" / "payment-cancellation-outcome.schema.json").read_text())
@@ -464,6 +467,16 @@ def test_handoff_deadline_and_first_wait_follow_the_loop_policy():
     assert state["deadline_at"] == 1800000120.5
     assert state["wait_seconds"] == 5
     assert state["schedule"] == {"first_wait": 5, "max_wait": 30, "factor": 1.5}
+
+
+def test_a_handoff_started_late_gets_the_loops_whole_length_not_its_decisions_deadline():
+    """A decision replayed after a crash, or delivered by the dead-letter function, starts its loop
+    later than it was decided: the loop's time counts from its start."""
+    loop = LoopPolicy(PollSchedule(first_wait=5, max_wait=30, factor=1.5), deadline_seconds=120)
+    state = handoff_of(decide(FakeQFPay(reversal=[cancel_answer("1143")]), loop=loop, now=1800000000.5))
+    started = started_now(cast("LoopState", state), 1800000100.5)
+    assert (started["started_at"], started["deadline_at"]) == (1800000100.5, 1800000220.5)
+    assert {**started, "started_at": 0, "deadline_at": 0} == {**state, "started_at": 0, "deadline_at": 0}
 
 
 def test_execution_name_is_equal_for_duplicates():
