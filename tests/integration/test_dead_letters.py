@@ -196,3 +196,30 @@ def test_a_dead_letter_whose_amount_disagrees_with_qfpays_record_is_not_given_th
     assert "disagrees with QFPay's record" in outcome["reason"]
     assert outcome["syssn"] is None
     assert reversals == 1
+
+
+def test_a_dead_letter_naming_only_out_trade_no_when_the_secret_cannot_be_read_is_still_settled(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The merchant's secret cannot be read as credentials (here an operator pasted the client key
+    alone, not the JSON object; a missing secret or a key policy refusing the role fails alike):
+    the cancel function cannot process the order's message, which dead-letters. The dead-letter
+    function's look-up needs that same secret. It must still settle the dead letter: an explained
+    UNKNOWN of its own, its caller told, and no secret in the outcome."""
+    order, txn = order_and_txn(36)
+    by_number = {**order, "syssn": None}  # the caller workflow sends every field
+    with pipeline_factory([txn]) as pipeline:
+        boto3.client("secretsmanager").put_secret_value(
+            SecretId=pipeline.stack.secret_id, SecretString=pipeline.merchant.client_key
+        )
+        with dead_letter_delivery(pipeline):
+            caller = finished(start_caller(pipeline, pipeline.stack.dlq_url, by_number), timeout=40)
+            outcomes = pipeline.stack.read_outcomes(wait_seconds=5, expected=1)
+        calls = pipeline.qfpay.calls
+    assert caller["status"] == "FAILED", caller  # answered (not left RUNNING)
+    (outcome,) = outcomes
+    assert outcome["status"] == "UNKNOWN"
+    assert "could not be looked up" in outcome["reason"]
+    assert (outcome["out_trade_no"], outcome["syssn"]) == (order["out_trade_no"], None)
+    assert pipeline.merchant.client_key not in json.dumps(outcome)
+    assert calls == []  # nothing reached QFPay

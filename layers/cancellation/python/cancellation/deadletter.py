@@ -117,6 +117,13 @@ class DeadLetterService:
             disagrees = disagreement(order, read_enquiry(look.answer, order))
         except (RetryLater, QFPayError, ValueError) as exc:
             return order, f"QFPay's Enquiry could not be asked ({exc})"
+        except Exception as exc:  # the look-up only names the order
+            # The merchant's secret unreadable (missing, not JSON, its key refusing us) is a common
+            # reason a message dead-lettered: the look-up needs the same secret, and must never
+            # keep the dead letter from settling. Only the error's type is told (it came from the
+            # credentials' path).
+            logger.warning("dead letter's look-up failed", extra={"error": type(exc).__name__})
+            return order, f"QFPay's Enquiry could not be asked ({type(exc).__name__})"
         if disagrees is not None:
             return order, f"the message disagrees with QFPay's record ({disagrees})"
         return look.order, None
