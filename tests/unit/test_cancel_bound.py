@@ -125,3 +125,53 @@ def test_after_an_earlier_attempt_may_have_sent_our_own_reversal_row_alone_still
     state = decide(fake, earlier_sends=1)["handoff"]["input"]
     assert fake.names == ["enquiry"]
     assert state["cancel_may_take_effect"] is True
+
+
+class WindowedQFPay(FakeQFPay):
+    """QFPay as it documents its Enquiry: asked without a syssn, it searches only between
+    ``start_time`` and ``end_time``, on the row's ``sysdtm`` (QFPay's own clock), not on ``txdtm``."""
+
+    def __init__(self, row: dict[str, Any], **scripts: Any) -> None:
+        super().__init__(**scripts)
+        self.row = row
+
+    def enquiry(self, params: Any) -> dict[str, Any]:
+        self.calls.append(("enquiry", dict(params), None))
+        if params.get("syssn"):
+            found = self.row["syssn"] in str(params["syssn"]).split(",")
+        else:
+            found = self.row["out_trade_no"] in str(params.get("out_trade_no") or "").split(",") and (
+                str(params["start_time"]) <= self.row["sysdtm"] <= str(params["end_time"])
+            )
+        return enquiry_answer(self.row) if found else enquiry_answer()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "defect: unknown_to_qfpay is read from an Enquiry by out_trade_no, which QFPay searches "
+        "only in the time window given (on sysdtm, its own clock); the window is built from the "
+        "message's txdtm, so a payment whose sysdtm is over a day from it shows no row although "
+        "QFPay knows it, and a second cancel is sent while the first may be processing"
+    ),
+)
+def test_a_window_that_misses_the_payment_is_not_proof_that_qfpay_does_not_know_it():
+    """The message names the payment by out_trade_no alone, and its txdtm (the merchant's clock)
+    is three days before QFPay's sysdtm of the payment. An earlier attempt's cancel went unanswered
+    (QFPay finds a payment by its out_trade_no whatever the window): QFPay is reversing it and the
+    row reads in progress. The Enquiry asked now searches a window that misses the row: an empty
+    answer there says nothing of what QFPay knows, so no second cancel may be sent."""
+    order = ORDER._replace(syssn=None)
+    row = payment_row(respcd="1143", sysdtm="2026-11-29 10:00:01")
+    fake = WindowedQFPay(row, reversal=[cancel_answer("1143")])
+    attempt = CancelAttempt(
+        order=order,
+        qfpay=fake.as_client(),
+        routing=Routing(),
+        loop=LOOP,
+        clock=Clock(NOW),
+        earlier_sends=1,
+    )
+    decision = as_dict(attempt.decide())
+    assert fake.names == ["enquiry"]  # asked, sent nothing
+    assert decision["handoff"]["input"]["cancel_may_take_effect"] is True
