@@ -146,15 +146,6 @@ class WindowedQFPay(FakeQFPay):
         return enquiry_answer(self.row) if found else enquiry_answer()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: unknown_to_qfpay is read from an Enquiry by out_trade_no, which QFPay searches "
-        "only in the time window given (on sysdtm, its own clock); the window is built from the "
-        "message's txdtm, so a payment whose sysdtm is over a day from it shows no row although "
-        "QFPay knows it, and a second cancel is sent while the first may be processing"
-    ),
-)
 def test_a_window_that_misses_the_payment_is_not_proof_that_qfpay_does_not_know_it():
     """The message names the payment by out_trade_no alone, and its txdtm (the merchant's clock)
     is three days before QFPay's sysdtm of the payment. An earlier attempt's cancel went unanswered

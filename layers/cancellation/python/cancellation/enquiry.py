@@ -51,8 +51,10 @@ class Finding(NamedTuple):
     payment: Mapping[str, Any] | None = None  # the payment's row, as QFPay showed it
     # Completed, and neither cancelled nor refunded at all: what a first cancel may still undo.
     paid_untouched: bool = False
-    # No row of the answer names the order (no payment, refund or reversal of it): QFPay does not
-    # know the payment, so no cancel of ours can be taking effect on it.
+    # Asked by syssn (QFPay then searches every date), no row of the answer names the order (no
+    # payment, refund or reversal of it): QFPay does not know the payment, so no cancel of ours can
+    # be taking effect on it. Never read from a query by out_trade_no: QFPay searches that only in
+    # the time window given, which a payment made at another time than the message says escapes.
     unknown_to_qfpay: bool = False
 
     @property
@@ -115,7 +117,7 @@ def read_enquiry(
     rows = [row for row in data if isinstance(row, Mapping)]
     payment = _original_payment(rows, order, reversal_syssn)
     if payment is None:
-        known = any(_names(row, order) for row in rows)
+        known = any(_names(row, order) for row in rows) or not order.syssn
         reason = "QFPay has no record of the transaction"
         return Finding(None, reason, found=False, unknown_to_qfpay=not known)
     row_respcd = _text(payment.get("respcd"))
