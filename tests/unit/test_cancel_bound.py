@@ -166,3 +166,23 @@ def test_a_window_that_misses_the_payment_is_not_proof_that_qfpay_does_not_know_
     decision = as_dict(attempt.decide())
     assert fake.names == ["enquiry"]  # asked, sent nothing
     assert decision["handoff"]["input"]["cancel_may_take_effect"] is True
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"respcd": "0000", "resperr": "", "respmsg": ""},  # no data at all
+        {**enquiry_answer(), "data": None},
+        {**enquiry_answer(), "data": ["20261126000101000001"]},  # rows that are not objects
+    ],
+    ids=["no data", "data null", "rows not objects"],
+)
+def test_after_an_earlier_attempt_may_have_sent_an_enquiry_we_cannot_read_is_not_an_unknown_payment(answer):
+    """QFPay's Enquiry answers with ``data``, a list of row objects. An answer without one (or with
+    rows that are not objects) says nothing of what QFPay knows: it is not the empty list of a
+    payment QFPay does not know, so the earlier attempt's cancel may still be processing and
+    nothing is sent."""
+    fake = FakeQFPay(enquiry=[answer], reversal=[cancel_answer("1143")])
+    state = decide(fake, earlier_sends=1)["handoff"]["input"]
+    assert fake.names == ["enquiry"]  # asked, sent nothing
+    assert state["cancel_may_take_effect"] is True

@@ -259,11 +259,13 @@ def test_paid_row_with_nothing_of_ours_pending_needs_refund():
 # --- finding the row ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [[], None])
-def test_no_rows_means_not_found_and_not_live(data):
+# QFPay's empty list of rows shows it does not know the payment; an answer without the list (or
+# with rows that are not objects) shows nothing and is not read as that.
+@pytest.mark.parametrize(("data", "unknown"), [([], True), (None, False), (["not a row"], False)])
+def test_no_rows_means_not_found_and_not_live(data, unknown):
     finding = read_enquiry(answer(data=data), ORDER)
     assert finding == Finding(
-        None, "QFPay has no record of the transaction", found=False, unknown_to_qfpay=True
+        None, "QFPay has no record of the transaction", found=False, unknown_to_qfpay=unknown
     )
     assert not finding.live
 

@@ -111,7 +111,8 @@ def read_enquiry(
         raise ValueError(
             f"enquiry failed: respcd {answer.get('respcd')} {answer.get('resperr') or ''}".strip()
         )
-    data = answer.get("data") or []
+    listed = answer.get("data")
+    data = listed or []
     if not isinstance(data, list):
         raise ValueError("enquiry answer: data is not a list")
     rows = [row for row in data if isinstance(row, Mapping)]
@@ -119,7 +120,10 @@ def read_enquiry(
     if payment is None:
         known = any(_names(row, order) for row in rows) or not order.syssn
         reason = "QFPay has no record of the transaction"
-        return Finding(None, reason, found=False, unknown_to_qfpay=not known)
+        # Only QFPay's list of rows, every one readable, shows what it knows: an answer without
+        # data (or with rows that are not objects) decides nothing, and never allows a cancel.
+        readable = isinstance(listed, list) and len(rows) == len(listed)
+        return Finding(None, reason, found=False, unknown_to_qfpay=readable and not known)
     row_respcd = _text(payment.get("respcd"))
     problem = _unreadable(payment) or _unreadable_refunds(rows, payment)
     if problem is not None:
