@@ -207,7 +207,9 @@ Transaction Enquiry
 Parameters: ``syssn`` and ``out_trade_no`` (comma-separated lists; when both are given a row must
 match both), ``pay_type`` (list), ``respcd`` (filter on the row respcd), ``mchid``, ``page``
 (default 1), ``page_size`` (default 10, at most 100). ``start_time``/``end_time`` are accepted and
-ignored (the ledger has no month boundaries). Non-integer ``page``/``page_size`` -> ``1103``;
+ignored (the ledger has no month boundaries), unless the server's ``search_windows`` is set: then,
+as QFPay documents, a query without ``syssn`` matches only rows whose ``sysdtm`` lies between them.
+Non-integer ``page``/``page_size`` -> ``1103``;
 ``page`` < 1 or ``page_size`` outside 1..100 -> ``1104``. Otherwise the top-level ``respcd`` is
 ``0000`` with ``resperr``, ``respmsg``, ``page``, ``page_size`` (integers) and ``data``: one row per
 matching ORIGINAL transaction (a reversal's own ``syssn`` never appears; QFPay documents no such
@@ -638,6 +640,8 @@ class QFPayStandIn:
         self._host = host
         self._port = port
         self.latency = latency
+        self.search_windows = False
+        """True: an Enquiry without syssn searches only its start_time..end_time, on sysdtm."""
         self.close_methods: tuple[str, ...] = tuple(m.upper() for m in close_methods)
         self._lock = threading.RLock()
         self._ledger: dict[str, Transaction] = {}
@@ -963,12 +967,15 @@ class QFPayStandIn:
         syssns = _split_list(params.get("syssn"))
         outs = _split_list(params.get("out_trade_no"))
         pay_types = _split_list(params.get("pay_type"))
+        windowed = self.search_windows and not syssns
+        start, end = params.get("start_time") or "", params.get("end_time") or "\uffff"
         return [
             t
             for t in self._visible(merchant)
             if (not syssns or t.syssn in syssns)
             and (not outs or t.out_trade_no in outs)
             and (not pay_types or t.pay_type in pay_types)
+            and (not windowed or start <= (t.sysdtm or t.txdtm) <= end)
         ]
 
     def _concerned(self, path: str, params: Mapping[str, str], merchant: Merchant) -> tuple[str, ...]:

@@ -1091,3 +1091,24 @@ def test_anomaly_validation():
         Anomaly("undocumented_row", "txamt")
     with pytest.raises(ValueError, match="500"):
         Fault("applied_then_5xx", status=200)
+
+
+def test_with_search_windows_an_enquiry_without_syssn_searches_only_its_window_on_sysdtm(qf):
+    """QFPay searches start_time..end_time on its own sysdtm; by syssn it ignores them."""
+    txn = make_txn(71, sysdtm="2026-11-29 11:00:00")
+    qf.add(txn)
+    qf.search_windows = True
+    near_txdtm, near_sysdtm = (
+        ("2026-11-25 11:00:00", "2026-11-27 11:00:00"),
+        ("2026-11-28 11:00:00", "2026-11-30 11:00:00"),
+    )
+
+    def rows(window: tuple[str, str], **named: str) -> list[str]:
+        answer = enquire(qf, PLAIN, start_time=window[0], end_time=window[1], **named)
+        return [row["syssn"] for row in answer["data"]]
+
+    assert rows(near_txdtm, out_trade_no=txn.out_trade_no) == []
+    assert rows(near_sysdtm, out_trade_no=txn.out_trade_no) == [txn.syssn]
+    assert rows(near_txdtm, syssn=txn.syssn) == [txn.syssn]
+    qf.search_windows = False  # the default: windows are ignored
+    assert rows(near_txdtm, out_trade_no=txn.out_trade_no) == [txn.syssn]
