@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import boto3
+import pytest
 
 from tests.conftest import PipelineFactory
 from tests.local.pipeline import Pipeline
@@ -83,3 +84,61 @@ def test_a_message_after_the_ledger_forgot_a_cancelled_payment_sends_no_second_c
     assert second["attempts"] == 0
     assert second["outcome_id"] == first["outcome_id"]
     assert enquiries >= 3  # the first message's look and confirmation, the second's look
+
+
+def expire_the_order(pipeline: Pipeline) -> list[str]:
+    """The ledger's order records past their expiry but not yet swept: DynamoDB's TTL deletes an
+    expired item only some time after (AWS: typically within a few days), and reads still see it."""
+    dynamodb = boto3.client("dynamodb")
+    table = pipeline.stack.table_name
+    ids = [str(item["id"]["S"]) for item in dynamodb.scan(TableName=table)["Items"]]
+    expired = [i for i in ids if i.startswith("cancel#")]
+    for key in expired:
+        dynamodb.update_item(
+            TableName=table,
+            Key={"id": {"S": key}},
+            UpdateExpression="SET #expiration = :past",
+            ExpressionAttributeNames={"#expiration": "expiration"},
+            ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 60)}},
+        )
+    return expired
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "defect: a record past its expiry but not yet swept counts as an earlier attempt whose "
+        "cancel may still take effect, so a paid payment 48 h on goes to the loop and ends UNKNOWN "
+        "('a cancel of ours may still take effect') under the outcome_id already published "
+        "REFUND_REQUIRED; once swept, the same message is REFUND_REQUIRED"
+    ),
+)
+def test_a_message_after_the_order_s_record_expired_unswept_is_decided_as_after_the_sweep(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The payment was paid: the first message was REFUND_REQUIRED (its payment already older
+    than the ledger's memory, it asked the Enquiry first). Its record expired (48 h) and DynamoDB
+    has not swept it yet. A late duplicate asks the Enquiry first (it does) and, as once the
+    record is swept, is REFUND_REQUIRED with no cancel: nothing of ours can still be pending after
+    that long, and the order's outcome_id keeps its status."""
+    txn = Transaction(
+        syssn=SYSSN,
+        out_trade_no="FORGOTTEN-1",
+        txamt=1250,
+        txdtm="2026-11-26 11:00:00",
+        pay_type="800101",
+        txcurrcd="HKD",
+        state="paid",
+    )
+    env = {**DEPLOYED_MEMORY, "POLL_DEADLINE_SECONDS": "8"}
+    with pipeline_factory([txn], env_overrides=env) as pipeline:
+        pipeline.send(order_message())
+        [first] = outcomes_of(pipeline, 1, timeout=30)
+        assert first["status"] == "REFUND_REQUIRED"
+        sent = pipeline.qfpay.count("reversal", SYSSN)
+        assert expire_the_order(pipeline)
+        pipeline.send(order_message())  # a late duplicate, 48 h on
+        [second] = outcomes_of(pipeline, 1, timeout=40)
+        sent_again = pipeline.qfpay.count("reversal", SYSSN) - sent
+    assert sent_again == 0
+    assert (second["outcome_id"], second["status"]) == (first["outcome_id"], "REFUND_REQUIRED")
