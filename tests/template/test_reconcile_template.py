@@ -121,7 +121,7 @@ def test_the_needs_attention_alarm_counts_the_metric_the_code_publishes(cfn: dic
 
     metrics.clear_metrics()
     count("NeedsAttention")
-    published = set(metrics.provider.metric_set)
+    published = set(metrics.metric_set)
     metrics.clear_metrics()
     assert published == {alarm["MetricName"]}
     layer = TEMPLATE.parent / "layers" / "cancellation" / "python" / "cancellation"

@@ -996,9 +996,47 @@ def test_the_metric_names_the_alarms_use_are_the_ones_the_code_publishes() -> No
 
     metrics.clear_metrics()
     count_kind("Outcome", "UNKNOWN")
-    published = set(metrics.provider.metric_set)
+    published = set(metrics.metric_set)
     metrics.clear_metrics()
     assert published == {"OutcomeUnknown"}
+
+
+def _alarmed_metrics(cfn: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+    """(MetricName, Dimensions) of every alarm, or alarm's metric-math input, on ``namespace``."""
+    found = []
+    for resource in cfn["Resources"].values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        alarm = resource["Properties"]
+        stats = [m["MetricStat"]["Metric"] for m in alarm.get("Metrics", []) if "MetricStat" in m]
+        found += [m for m in [alarm, *stats] if m.get("Namespace") == namespace]
+    return found
+
+
+def test_every_alarm_on_our_namespace_watches_a_metric_as_the_functions_write_it(
+    sam: dict[str, Any], cfn: dict[str, Any]
+) -> None:
+    """The EMF document the functions write (with the template's variables) names the metric in
+    the alarm's namespace, with the alarm's dimensions and values, and as a count."""
+    from cancellation.emf import Metrics  # noqa: PLC0415
+    from cancellation.observability import count, metrics  # noqa: PLC0415
+
+    variables = sam["Globals"]["Function"]["Environment"]["Variables"]
+    written = Metrics(environ={k: v for k, v in variables.items() if isinstance(v, str)})
+    watched = _alarmed_metrics(cfn, variables["POWERTOOLS_METRICS_NAMESPACE"])
+    assert {m["MetricName"] for m in watched} >= {"OutcomeUnknown", "SignatureRejected", "DeadLettered"}
+    for metric in watched:
+        metrics.clear_metrics()
+        count(metric["MetricName"])
+        [document] = written.documents(metrics.metric_set, 0)
+        metrics.clear_metrics()
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == metric["Namespace"]
+        assert directive["Metrics"] == [{"Name": metric["MetricName"], "Unit": "Count"}]
+        assert directive["Dimensions"] == [[d["Name"] for d in metric["Dimensions"]]]
+        assert {d["Name"]: document[d["Name"]] for d in metric["Dimensions"]} == {
+            d["Name"]: d["Value"] for d in metric["Dimensions"]
+        }
 
 
 # ------------------------------------------------------------------ (d) security scanners

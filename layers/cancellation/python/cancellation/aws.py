@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,8 +30,6 @@ from cancellation.outcomes import (
 from cancellation.qfpay import Credentials
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
     from cancellation.models import Decision, LoopState, OutcomeDetail
 
 _client_lock = threading.Lock()
@@ -177,26 +176,39 @@ class CallerNotifier:
 
 
 class QFPayCredentials:
-    """QFPay credentials from Secrets Manager, cached for ``max_age`` seconds (Powertools parameters)."""
+    """QFPay credentials from Secrets Manager (a JSON SecretString), read again after ``max_age``
+    seconds or when forced (QFPay rejected our signature: the secret may have been rotated)."""
 
-    def __init__(self, secret_id: str, max_age: int, secrets: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        secret_id: str,
+        max_age: int,
+        secrets: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._secret_id = secret_id
         self._max_age = max_age
         self._secrets = secrets or LazyClient("secretsmanager")
-        self._provider: SecretsProvider | None = None
+        self._clock = clock
+        self._cached: tuple[float, Credentials] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, force: bool = False) -> Credentials:
         with self._lock:  # one read per container, not one per concurrent order
-            if self._provider is None:
-                from aws_lambda_powertools.utilities.parameters import SecretsProvider  # noqa: PLC0415
+            if force or self._cached is None or self._clock() - self._cached[0] >= self._max_age:
+                read_at = self._clock()
+                self._cached = (read_at, self._read())
+            return self._cached[1]
 
-                self._provider = SecretsProvider(boto3_client=self._secrets())
-            value = self._provider.get(
-                self._secret_id, transform="json", max_age=self._max_age, force_fetch=force
-            )
+    def _read(self) -> Credentials:
+        text = self._secrets().get_secret_value(SecretId=self._secret_id).get("SecretString")
+        try:
+            value = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            # Not chained: a JSONDecodeError keeps the whole document (the secret) in ``doc``.
+            value = None
         if not isinstance(value, dict):
-            raise ValueError("QFPay secret is not a JSON object")
+            raise ValueError("QFPay secret is not a JSON object") from None
         return Credentials.from_secret(value)
 
 

@@ -1,17 +1,23 @@
-"""Logger, metrics and (when asked for) call tracing, shared by both functions (configured by
-POWERTOOLS_* variables)."""
+"""Logger, metrics and (when asked for) call tracing, shared by the functions (configured by
+POWERTOOLS_* variables). The logger and metrics are our own small writers of the formats
+Powertools wrote (logs.py, emf.py): a cold start with call tracing off never imports Powertools."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from cancellation.emf import Metrics
+from cancellation.logs import Logger
 
 logger = Logger()
-metrics = Metrics()
+
+
+def _metrics_not_written(exc: Exception) -> None:
+    logger.exception("metrics not written", extra={"reason": str(exc)})
+
+
+metrics = Metrics(on_error=_metrics_not_written)
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -36,11 +42,8 @@ def traced(enabled: bool) -> Callable[[Handler], Handler]:
     return capture
 
 
-_metrics_lock = threading.Lock()
-
-
 def count(name: str) -> None:
-    _add_metric(name, MetricUnit.Count, 1)
+    _add_metric(name, "Count", 1)
 
 
 def count_kind(prefix: str, kind: str) -> None:
@@ -50,15 +53,13 @@ def count_kind(prefix: str, kind: str) -> None:
 
 
 def record_latency(name: str, seconds: float) -> None:
-    _add_metric(name, MetricUnit.Milliseconds, round(seconds * 1000, 1))
+    _add_metric(name, "Milliseconds", round(seconds * 1000, 1))
 
 
-def _add_metric(name: str, unit: MetricUnit, value: float) -> None:
-    """A metric never decides an order's fate: Powertools flushes by itself at 100 values of one
-    metric, and a flush that fails (no namespace configured) must not fail the order with it."""
+def _add_metric(name: str, unit: str, value: float) -> None:
+    """A metric never decides an order's fate: the 100th value of one metric is written at once
+    (EMF's limit), and a write that fails (no namespace configured) must not fail the order."""
     try:
-        # Orders of a batch run on several threads; Powertools' metric set is a plain dict.
-        with _metrics_lock:
-            metrics.add_metric(name=name, unit=unit, value=value)
+        metrics.add_metric(name=name, unit=unit, value=value)
     except Exception:
         logger.exception("metric not recorded", extra={"metric": name})
