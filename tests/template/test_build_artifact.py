@@ -293,8 +293,11 @@ def test_each_function_imports_from_the_artifact_alone(
     origins: dict[str, str] = found["origins"]
     layer_dir, code_dir = str(layer.resolve()), str(code.resolve())
     assert origins["app"] == str((code / "app.py").resolve())
-    for package in ("cancellation", "aws_lambda_powertools", "urllib3"):
+    # Powertools only for call tracing (its Tracer): our own logs, metrics and secret cache otherwise.
+    from_layer = ("cancellation", "urllib3", *(("aws_lambda_powertools",) if tracing == "on" else ()))
+    for package in from_layer:
         assert origins[package].startswith(layer_dir + "/"), package
+    assert ("aws_lambda_powertools" in origins) == (tracing == "on")
     for package in ("boto3", "botocore"):
         assert origins[package].startswith(found["prefix"] + "/"), f"{package} is not the runtime's"
     allowed = (layer_dir + "/", code_dir + "/", found["prefix"] + "/", found["base"] + "/")
