@@ -579,3 +579,50 @@ def test_an_order_held_by_another_attempt_waits_for_its_lease_without_spending_r
     assert dead == 0
     assert [o["status"] for o in outcomes] == ["CANCELLED"]
     assert reversals == 1
+
+
+def test_an_attempt_that_could_not_read_the_secret_sent_nothing_and_leaves_the_order_its_cancel(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The merchant's secret cannot be read as credentials when the cancel is about to leave (here
+    it is not JSON; Secrets Manager or KMS refusing the read fails alike): no byte reaches QFPay.
+    Once the secret is right, the message's next receive must send the order's cancel, not take
+    that attempt for a cancel that may be processing (after which it would never send one and the
+    order would end UNKNOWN at the loop's deadline)."""
+    from tests.local.sqs_delivery import build_record  # noqa: PLC0415
+
+    order, txn = order_and_txn(61)
+    sqs, lam = boto3.client("sqs"), boto3.client("lambda")
+    with pipeline_factory([txn], env_overrides={"POLL_DEADLINE_SECONDS": "8"}) as pipeline:
+        pipeline.source.stop()  # this test is the event source
+        stack = pipeline.stack
+        boto3.client("secretsmanager").put_secret_value(
+            SecretId=stack.secret_id, SecretString=pipeline.merchant.client_key
+        )
+        pipeline.send(order)
+
+        def receive_and_invoke() -> dict[str, Any]:
+            received: list[dict[str, Any]] = []
+            while not received:
+                received = sqs.receive_message(
+                    QueueUrl=stack.queue_url, AttributeNames=["All"], WaitTimeSeconds=2
+                ).get("Messages", [])
+            event = {"Records": [build_record(received[0], stack.queue_arn, "ap-east-1")]}
+            answer = lam.invoke(FunctionName=stack.cancel_function_name, Payload=json.dumps(event))
+            sqs.change_message_visibility(  # as SQS returns a failed message, without the wait
+                QueueUrl=stack.queue_url, ReceiptHandle=received[0]["ReceiptHandle"], VisibilityTimeout=0
+            )
+            failures: dict[str, Any] = json.loads(answer["Payload"].read())
+            return failures
+
+        first = receive_and_invoke()
+        calls_while_unreadable = list(pipeline.qfpay.calls)
+        pipeline.rotate_credentials(pipeline.merchant.client_key)  # the secret is right again
+        receive_and_invoke()
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert len(first["batchItemFailures"]) == 1  # the first attempt failed, nothing decided
+    assert calls_while_unreadable == []  # and reached nothing at QFPay
+    (outcome,) = outcomes
+    assert outcome["status"] == "CANCELLED", outcome["reason"]
+    assert applied == 1

@@ -7,7 +7,8 @@ Failures are split by what they tell us about QFPay's side:
 - ``QFPayAmbiguous``: the request may have reached QFPay (read timeout, connection dropped after
   sending, any HTTP status but 200 and 429, an answer that is not JSON): never resend blindly;
   the Transaction Enquiry decides.
-- ``CredentialsRejected``: QFPay rejected our signature even after the secret was re-read.
+- ``CredentialsRejected``: QFPay rejected our signature even after the secret was re-read;
+  ``CredentialsUnreadable``, the secret could not be read at all (nothing was sent).
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ class CredentialsRejected(QFPayError):
     pass
 
 
+class CredentialsUnreadable(CredentialsRejected):
+    """The merchant's secret could not be read as credentials (missing, not JSON, its key or
+    Secrets Manager refusing): read before any byte of the request, so nothing was sent."""
+
+
 class AnswerUnreadable(QFPayAmbiguous):
     """QFPay (or whoever answered in its name) answered, in a form we cannot read or trust."""
 
@@ -171,7 +177,7 @@ class QFPayClient:
             except ResponseSignatureInvalid:
                 # A key rotated since we cached it fails the answer's signature before its 1108 can
                 # be read. Read-only, so asking again with the secret re-read is safe (never a cancel).
-                answer = self._send("POST", ENQUIRY_PATH, params, self._credentials(True))
+                answer = self._send("POST", ENQUIRY_PATH, params, self._read_credentials(True))
                 if answer.get("respcd") == "1108":
                     raise CredentialsRejected(
                         f"QFPay rejected the signature on {ENQUIRY_PATH} twice"
@@ -183,13 +189,22 @@ class QFPayClient:
             raise QFPayUnavailable(f"enquiry: {exc}") from None
 
     def call(self, method: str, path: str, params: Mapping[str, str | None]) -> dict[str, Any]:
-        answer = self._send(method, path, params, self._credentials(False))
+        answer = self._send(method, path, params, self._read_credentials(False))
         if answer.get("respcd") == "1108":
             # The key may have been rotated since we cached it: re-read once, then fail loudly.
-            answer = self._send(method, path, params, self._credentials(True))
+            answer = self._send(method, path, params, self._read_credentials(True))
             if answer.get("respcd") == "1108":
                 raise CredentialsRejected(f"QFPay rejected the signature on {path} twice (respcd 1108)")
         return answer
+
+    def _read_credentials(self, force: bool) -> Credentials:
+        try:
+            return self._credentials(force)
+        except Exception as exc:
+            # Only the error's type: its text came from the secret's path.
+            raise CredentialsUnreadable(
+                f"the merchant's secret could not be read as credentials ({type(exc).__name__})"
+            ) from None
 
     def _send(
         self, method: str, path: str, params: Mapping[str, str | None], credentials: Credentials

@@ -33,7 +33,7 @@ from cancellation.exactly_once import ExactlyOnce
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, parse_order_message
 from cancellation.outcomes import outcome_id, rejection_of
-from cancellation.qfpay import CredentialsRejected, QFPayClient
+from cancellation.qfpay import CredentialsRejected, CredentialsUnreadable, QFPayClient
 from cancellation.settings import CancelSettings
 
 if TYPE_CHECKING:
@@ -152,11 +152,19 @@ class CancelService:
         except OrderBusy as busy:
             # Another attempt holds this order (a duplicate in this batch or another poller's).
             return self.backoff.wait_for_holder(message, busy)
-        except CredentialsRejected:
+        except CredentialsRejected as refused:
             # A configuration error must not drop orders: retried slowly, then the DLQ, and alarmed.
-            count("SignatureRejected")
+            unreadable = isinstance(refused, CredentialsUnreadable)
+            if not unreadable:
+                count("SignatureRejected")
             self.backoff.back_off(message, receive_count, throttled=False)
-            logger.error("QFPay rejected our signature after the secret was re-read")
+            if unreadable:
+                logger.error(
+                    "the merchant's secret could not be read; nothing was sent",
+                    extra={"reason": str(refused)},
+                )
+            else:
+                logger.error("QFPay rejected our signature after the secret was re-read")
             raise
 
     def _reject(self, message: QueueMessage, invalid: InvalidOrder, lease_until: float) -> str:
