@@ -186,3 +186,18 @@ def test_after_an_earlier_attempt_may_have_sent_an_enquiry_we_cannot_read_is_not
     state = decide(fake, earlier_sends=1)["handoff"]["input"]
     assert fake.names == ["enquiry"]  # asked, sent nothing
     assert state["cancel_may_take_effect"] is True
+
+
+def test_a_cancel_that_left_and_whose_confirming_enquiry_has_no_credentials_goes_to_the_loop():
+    """The reversal was answered 0000; the Enquiry confirming it could not be signed (the secret
+    unreadable, or QFPay refusing the signature after a re-read). That cancel left: the attempt
+    must not fail as if nothing had been sent (its count would be handed back, and the next
+    attempt could send a second cancel while the first processes). The loop asks instead."""
+    from cancellation.qfpay import CredentialsUnreadable  # noqa: PLC0415
+
+    fake = FakeQFPay(
+        reversal=[cancel_answer("0000")], enquiry=[CredentialsUnreadable("the secret could not be read")]
+    )
+    state = decide(fake, earlier_sends=0)["handoff"]["input"]
+    assert fake.names == ["reversal", "enquiry"]
+    assert (state["reversal_pending"], state["cancel_may_take_effect"]) == (True, True)

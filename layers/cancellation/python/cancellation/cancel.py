@@ -15,7 +15,7 @@ from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import ENQUIRY_WINDOW, Finding, enquiry_params, read_enquiry
 from cancellation.orders import TXDTM_FORMAT, Order, valid_syssn
 from cancellation.outcomes import QFPayAmount, Status, build_outcome, outcome_id
-from cancellation.qfpay import QFPayAmbiguous, QFPayClient, QFPayUnavailable
+from cancellation.qfpay import CredentialsRejected, QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_params, send_cancel, text_of
 from cancellation.respcd import Disposition, meaning_of_cancel_answer
 from cancellation.routing import Routing
@@ -435,7 +435,8 @@ class OrderRecord:
             asked = ask_enquiry(
                 self.qfpay, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
             )
-        except ValueError:  # a request that could not be made is no answer either
+        except (ValueError, CredentialsRejected):  # a request that could not be made is no answer either
+            # (after a cancel that left, the loop then asks; the cancel stays counted)
             return None
         if asked.finding is not None:
             self.amount = asked.finding.amount or self.amount

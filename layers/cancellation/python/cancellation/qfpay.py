@@ -200,6 +200,8 @@ class QFPayClient:
     def _read_credentials(self, force: bool) -> Credentials:
         try:
             return self._credentials(force)
+        except ValueError as exc:  # Credentials' own checks: they name the field, never its value
+            raise CredentialsUnreadable(f"the merchant's secret cannot be used: {exc}") from None
         except Exception as exc:
             # Only the error's type: its text came from the secret's path.
             raise CredentialsUnreadable(
