@@ -300,6 +300,9 @@ class CancelAttempt:
             finding = self.record.enquire(facts["reversal_syssn"], cancel_pending=pending)
         except BudgetExhausted:
             finding = None  # the loop asks when the merchant's budget allows
+        except CredentialsRejected:
+            # Our cancel left: failing now would hand its count back as if nothing had been sent.
+            finding = None
         if finding is not None and finding.status is not None:
             reason = finding.reason
             if answered is not None:
@@ -435,8 +438,7 @@ class OrderRecord:
             asked = ask_enquiry(
                 self.qfpay, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
             )
-        except (ValueError, CredentialsRejected):  # a request that could not be made is no answer either
-            # (after a cancel that left, the loop then asks; the cancel stays counted)
+        except ValueError:  # a request that could not be made is no answer either
             return None
         if asked.finding is not None:
             self.amount = asked.finding.amount or self.amount
