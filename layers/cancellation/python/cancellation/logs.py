@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TextIO, TypeVar, cast, overload
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -100,7 +100,7 @@ class Logger:
     AWS_LAMBDA_LOG_LEVEL) as Powertools' was; the stdlib logger it writes through is named after
     the service."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, stream: Any = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
         environ = os.environ if environ is None else environ
         self.service = environ.get("POWERTOOLS_SERVICE_NAME") or "service_undefined"
         self.registered_formatter = JsonFormatter(self.service)
