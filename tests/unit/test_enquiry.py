@@ -271,7 +271,7 @@ def test_no_rows_means_not_found_and_not_live(data, unknown):
 
 
 def test_a_row_naming_the_order_without_its_payment_row_is_not_unknown_to_qfpay():
-    refund = {"syssn": "20261126000300020099999999", "orig_syssn": ORDER.syssn, "order_type": "refund"}
+    refund = {"syssn": "20261126000300020099999999", "origssn": ORDER.syssn, "order_type": "refund"}
     finding = read_enquiry(answer(data=[refund]), ORDER)
     assert (finding.found, finding.unknown_to_qfpay) == (False, False)
 

@@ -265,9 +265,10 @@ def _original_payment(
 
 
 def _names(row: Mapping[str, Any], order: Order) -> bool:
+    # Enquiry rows name a refund's payment `origssn`; a cancel's own answer says `orig_syssn`.
     """The row is about the order: its payment, or a refund or reversal naming it."""
     return bool(
-        (order.syssn and order.syssn in (row.get("syssn"), row.get("orig_syssn")))
+        (order.syssn and order.syssn in (row.get("syssn"), row.get("origssn"), row.get("orig_syssn")))
         or (order.out_trade_no and row.get("out_trade_no") == order.out_trade_no)
     )
 
