@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import boto3
-import pytest
 
 from tests.conftest import PipelineFactory
 from tests.local.pipeline import Pipeline
@@ -104,15 +103,6 @@ def expire_the_order(pipeline: Pipeline) -> list[str]:
     return expired
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a record past its expiry but not yet swept counts as an earlier attempt whose "
-        "cancel may still take effect, so a paid payment 48 h on goes to the loop and ends UNKNOWN "
-        "('a cancel of ours may still take effect') under the outcome_id already published "
-        "REFUND_REQUIRED; once swept, the same message is REFUND_REQUIRED"
-    ),
-)
 def test_a_message_after_the_order_s_record_expired_unswept_is_decided_as_after_the_sweep(
     pipeline_factory: PipelineFactory,
 ) -> None:

@@ -106,8 +106,9 @@ def test_a_record_past_its_expiry_counts_as_absent(ledger: DecisionLedger) -> No
     ledger.record_delivered(KEY, "a", "CANCELLED")
     later = NOW + EXPIRY + 1
     claim = ledger.claim(KEY, "b", later, later + 30)
-    # Decided again, but knowing an attempt came before: it asks the Enquiry before any cancel.
-    assert (claim.stage, claim.earlier_attempt) == (DECIDING, True)
+    # Decided again as after the sweep (nothing of its attempts can still be pending), knowing the
+    # ledger forgot the order: it asks the Enquiry before any cancel, whatever the txdtm says.
+    assert (claim.stage, claim.earlier_attempt, claim.forgotten) == (DECIDING, False, True)
 
 
 def test_every_attempt_that_may_send_a_cancel_is_counted_before_it_sends(

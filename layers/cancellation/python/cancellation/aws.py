@@ -237,6 +237,9 @@ class Claim(NamedTuple):
     result: str | None  # the delivered decision's status, once DELIVERED
     earlier_attempt: bool  # an attempt before this one started deciding and may have reached QFPay
     earlier_sends: int = 0  # cancels that attempts before this one may have sent (0 if none known)
+    # The order's record had expired (not yet swept by DynamoDB's TTL): attempts came before, all
+    # longer ago than the ledger remembers, so nothing of theirs can still be pending.
+    forgotten: bool = False
 
 
 class LedgerTable:
@@ -353,8 +356,9 @@ class DecisionLedger:
             if old.get("stage", {}).get("S") == LedgerStage.DECIDING:
                 return self._take_over_decision(key, holder, now, lease_until, old)
             return self._claim_delivery(key, holder, now, lease_until, old)
-        # A record past its expiry still tells that an attempt came before (the Enquiry goes first).
-        return Claim(stage, decision, None, bool(old))
+        # A record past its expiry (DynamoDB sweeps late) is read as swept, except that it proves the
+        # ledger forgot the order whatever the message's txdtm says (the Enquiry goes first).
+        return Claim(stage, decision, None, earlier_attempt=False, forgotten=bool(old))
 
     def _take_over_decision(
         self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]

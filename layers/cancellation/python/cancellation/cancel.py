@@ -210,6 +210,7 @@ class CancelAttempt:
     that earlier attempts may have sent (their answers unknown here). ``count_send``: called just
     before the cancel leaves, to record that it may reach QFPay. ``ledger_expiry``: how long the
     decision ledger remembers an order (None: not known here, the payment's age is not looked at).
+    ``forgotten``: the ledger held an expired record of the order (see :class:`EnquiryFirst`).
     (A plain class: a dataclass costs every cold start ~0.5 ms to create.)"""
 
     def __init__(
@@ -226,6 +227,7 @@ class CancelAttempt:
         seen: Mapping[str, Any] | None = None,
         count_send: Callable[[], None] | None = None,
         ledger_expiry: float | None = None,
+        forgotten: bool = False,
     ) -> None:
         self.order = order
         self.qfpay = qfpay
@@ -245,6 +247,7 @@ class CancelAttempt:
             earlier_sends=earlier_sends,
             seen=seen,
             ledger_expiry=ledger_expiry,
+            forgotten=forgotten,
         )
 
     def decide(self) -> Decision:
@@ -335,6 +338,7 @@ class EnquiryFirst:
         earlier_sends: int,
         seen: Mapping[str, Any] | None,
         ledger_expiry: float | None,
+        forgotten: bool = False,
     ) -> None:
         self.order = order
         self.record = record
@@ -342,16 +346,18 @@ class EnquiryFirst:
         self.earlier_sends = earlier_sends
         self.seen = seen
         self.ledger_expiry = ledger_expiry
+        self.forgotten = forgotten  # the ledger's record of the order had expired
 
     def decide(self, endpoint: Endpoint, earlier: bool, *, now: float) -> Decision | None:
         """A decision, or None: send one. ``earlier``: a crashed or timed-out earlier run may have
         cancelled already."""
-        # Or one may have, and its record expired since: the payment is older than the ledger's
-        # memory (so nothing of it is still pending).
-        forgotten = (
-            not earlier
-            and self.ledger_expiry is not None
-            and may_outlive_the_ledger(self.order, now, self.ledger_expiry)
+        # Or one may have, longer ago than the ledger remembers (so nothing of it is still pending):
+        # its record expired, or the payment is older than the ledger's memory.
+        forgotten = not earlier and (
+            self.forgotten
+            or (
+                self.ledger_expiry is not None and may_outlive_the_ledger(self.order, now, self.ledger_expiry)
+            )
         )
         # QFPay's record is read before the cancel only where it is needed: an earlier attempt may
         # have cancelled, or the message named the payment by out_trade_no alone (looked up to learn

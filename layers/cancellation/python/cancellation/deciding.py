@@ -119,6 +119,7 @@ class OrderDecider:
             seen=seen,
             count_send=sends,
             ledger_expiry=self.settings.ledger_expiry,
+            forgotten=claim is not None and claim.forgotten,
         )
         try:
             decision = attempt.decide()
