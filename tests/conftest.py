@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -68,3 +69,13 @@ def pipeline_factory(local_aws: LocalAws) -> PipelineFactory:
         return local_pipeline(*args, aws=local_aws, **kwargs)
 
     return start
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float) -> bool:
+    """Polls ``predicate`` every 0.1 s until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import boto3
 import pytest
 
-from tests.conftest import PipelineFactory
+from tests.conftest import PipelineFactory, wait_for
 from tests.e2e.test_secrets_never_leak import recorded_logs  # noqa: F401 - the fixture, shared
-from tests.integration.test_cancel_integration import order_and_txn, wait_for
+from tests.integration.test_cancel_integration import order_and_txn
 
 TOKEN = "CALLER-TOKEN-7f1c0d9e2b4a4c7e9d3b5a1f6e8c2d40"
 

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from cancellation.aws import DecisionLedger
 
-from tests.conftest import PipelineFactory
+from tests.conftest import PipelineFactory, wait_for
 from tests.local import lambda_runtime
 from tests.local.qfpay_standin import Anomaly, Fault, Merchant, Transaction
 
@@ -38,15 +38,6 @@ def order_and_txn(n: int, **script: Any) -> tuple[dict[str, Any], Transaction]:
         **script,
     )
     return order, txn
-
-
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_try_later_is_retried_by_time_not_by_count_then_ends_unknown_and_never_in_the_dlq(

@@ -14,8 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import PipelineFactory
-from tests.integration.test_cancel_integration import FAST_RETRIES, order_and_txn, wait_for
+from tests.conftest import PipelineFactory, wait_for
+from tests.integration.test_cancel_integration import FAST_RETRIES, order_and_txn
 from tests.local.pipeline import Pipeline, caller_definition
 from tests.local.qfpay_standin import Merchant
 from tests.local.sqs_delivery import SqsEventSource

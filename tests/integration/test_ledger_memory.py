@@ -55,17 +55,23 @@ def forget_the_order(pipeline: Pipeline) -> list[str]:
     return forgotten
 
 
+def forgotten_payment(**changes: Any) -> Transaction:
+    """The payment both tests send twice, 48 h apart (its txdtm is fixed; the ledger's memory is not)."""
+    fields: dict[str, Any] = {
+        "syssn": SYSSN,
+        "out_trade_no": "FORGOTTEN-1",
+        "txamt": 1250,
+        "txdtm": "2026-11-26 11:00:00",
+        "pay_type": "800101",
+        "txcurrcd": "HKD",
+    }
+    return Transaction(**{**fields, **changes})
+
+
 def test_a_message_after_the_ledger_forgot_a_cancelled_payment_sends_no_second_cancel(
     pipeline_factory: PipelineFactory,
 ) -> None:
-    txn = Transaction(
-        syssn=SYSSN,
-        out_trade_no="FORGOTTEN-1",
-        txamt=1250,
-        txdtm="2026-11-26 11:00:00",
-        pay_type="800101",
-        txcurrcd="HKD",
-    )
+    txn = forgotten_payment()
     with pipeline_factory([txn], env_overrides=DEPLOYED_MEMORY) as pipeline:
         pipeline.send(order_message())
         [first] = outcomes_of(pipeline, 1, timeout=30)
@@ -111,15 +117,7 @@ def test_a_message_after_the_order_s_record_expired_unswept_is_decided_as_after_
     has not swept it yet. A late duplicate asks the Enquiry first (it does) and, as once the
     record is swept, is REFUND_REQUIRED with no cancel: nothing of ours can still be pending after
     that long, and the order's outcome_id keeps its status."""
-    txn = Transaction(
-        syssn=SYSSN,
-        out_trade_no="FORGOTTEN-1",
-        txamt=1250,
-        txdtm="2026-11-26 11:00:00",
-        pay_type="800101",
-        txcurrcd="HKD",
-        state="paid",
-    )
+    txn = forgotten_payment(state="paid")
     env = {**DEPLOYED_MEMORY, "POLL_DEADLINE_SECONDS": "8"}
     with pipeline_factory([txn], env_overrides=env) as pipeline:
         pipeline.send(order_message())

@@ -10,13 +10,12 @@ decision ledger and state machine) and the QFPay stand-in over real HTTP.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import boto3
 import pytest
 
-from tests.conftest import PipelineFactory
+from tests.conftest import PipelineFactory, wait_for
 from tests.local.pipeline import Pipeline
 from tests.local.qfpay_standin import Merchant, Transaction
 from tests.local.sqs_delivery import build_record
@@ -39,15 +38,6 @@ def transaction(**script: Any) -> Transaction:
 
 def message(**fields: Any) -> dict[str, Any]:
     return {"txamt": 1250, "txdtm": "2026-11-26 11:00:00", "pay_type": "800101", "txcurrcd": "HKD", **fields}
-
-
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 FAST_RETRIES = {"RETRY_BASE_DELAY_SECONDS": "1", "RETRY_MAX_DELAY_SECONDS": "4"}

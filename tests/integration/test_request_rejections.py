@@ -14,9 +14,9 @@ from typing import Any
 
 import boto3
 
-from tests.conftest import PipelineFactory
+from tests.conftest import PipelineFactory, wait_for
 from tests.e2e.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
-from tests.integration.test_cancel_integration import order_and_txn, wait_for
+from tests.integration.test_cancel_integration import order_and_txn
 from tests.local.pipeline import Pipeline
 from tests.local.sqs_delivery import build_record
 
