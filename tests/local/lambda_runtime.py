@@ -17,8 +17,17 @@ it in this process, the way the Lambda Python runtime would:
   ``get_remaining_time_in_millis()`` counting down from the function's ``Timeout``);
 * the result comes back as JSON bytes; an exception comes back as the runtime reports it
   (``X-Amz-Function-Error: Unhandled`` and ``{"errorType", "errorMessage", "requestId",
-  "stackTrace"}``); a handler that ran longer than its ``Timeout`` is reported as
-  ``Sandbox.Timedout`` (its side effects cannot be undone here) and gets a fresh cold start.
+  "stackTrace"}``);
+* the deadline, as Lambda enforces it: Lambda ends an invocation that runs longer than its
+  ``Timeout`` (nothing of it runs afterwards) and throws its execution environment away. Here
+  the handler runs in a thread of its own; once ``Timeout`` seconds have passed since it was
+  called, the caller is answered ``Sandbox.Timedout`` at once, the sandbox is thrown away (the
+  next invocation is a cold start), and the invocation dies as a crashed one does (below):
+  none of its threads sends another request, and an answer still on the wire is thrown away
+  (the far end did the work). A thread cannot be ended from outside, so the handler's thread
+  runs on until its next outbound request (where it gets :class:`SandboxKilled`) or its end,
+  with its result dropped: only what it does without a request (local files, logs) outlives
+  the deadline.
 
 Crash injection (:func:`inject_crashes`, for soak tests): a plan chooses invocations that die
 mid-way, as a sandbox killed by a timeout or by the kernel does. From the planned point on
@@ -29,10 +38,13 @@ its answer thrown away (the far end did the work). So the records that finished 
 the ones in flight stop where they were (their orders held until their leases run out), and
 the rest never start. The invocation is reported as ``Sandbox.Timedout`` after
 holding until the function's deadline, or at once as ``Runtime.ExitError`` (``signal: killed``);
-the sandbox is thrown away. Requests are counted and stopped in
-``urllib3.connectionpool.HTTPConnectionPool.urlopen`` (both requests and botocore send through
-it), patched only while a plan is set; the invocation is known through a ``ContextVar``, which
-asyncio tasks and ``asyncio.to_thread`` copy into the threads that work for it.
+the sandbox is thrown away.
+
+Requests are counted and stopped in ``urllib3.connectionpool.HTTPConnectionPool.urlopen``
+(both our QFPay client and botocore send through it), patched while the runtime is installed;
+outside an invocation the patch only reads a ``ContextVar``. The invocation is known through
+that ``ContextVar``, which asyncio tasks and ``asyncio.to_thread`` copy into the threads that
+work for it.
 
 Unregistered functions keep moto's own behaviour. Every invocation of a registered function
 is recorded (see :func:`invocations`). Safe to use from several threads: the Step Functions
@@ -167,7 +179,7 @@ _module_counter = 0
 
 
 class SandboxKilled(BaseException):
-    """Raised in the threads of an invocation whose sandbox died (crash injection)."""
+    """Raised in the threads of an invocation whose sandbox died (its deadline, or crash injection)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,23 +204,30 @@ CrashPlan = Callable[[str, Any], Crash | None]
 
 
 class _Dying:
-    """The state of one invocation planned to crash, shared by the threads working for it."""
+    """How one invocation dies (at its deadline, or earlier as its crash plans), shared by the
+    threads working for it."""
 
-    def __init__(self, crash: Crash) -> None:
+    def __init__(self, crash: Crash | None, deadline: float) -> None:
         self.crash = crash
+        self.deadline = deadline
+        """``time.monotonic()`` at which the function's ``Timeout`` ends the invocation."""
         self.requests = 0
-        self.dead = crash.after_requests == 0
+        self.dead = crash is not None and crash.after_requests == 0
         self._lock = threading.Lock()
+
+    def past_deadline(self) -> bool:
+        return time.monotonic() >= self.deadline
 
     def check(self) -> None:
         with self._lock:
+            self.dead = self.dead or self.past_deadline()
             if self.dead:
                 raise SandboxKilled("the sandbox died")
 
     def count_request(self) -> None:
         with self._lock:
             self.requests += 1
-            limit = self.crash.after_requests
+            limit = None if self.crash is None else self.crash.after_requests
             self.dead = self.dead or (limit is not None and self.requests >= limit)
         self.check()
 
@@ -224,13 +243,19 @@ _original_urlopen: Callable[..., Any] | None = None
 
 def inject_crashes(plan: CrashPlan | None) -> None:
     """Ask ``plan`` before every invocation of a registered function; None stops injecting."""
-    global _crash_plan, _original_urlopen  # noqa: PLW0603
+    global _crash_plan  # noqa: PLW0603
     with _lock:
         _crash_plan = plan
-        if plan is not None and _original_urlopen is None:
+
+
+def _guard_requests(on: bool) -> None:
+    """Route (or stop routing) every urllib3 request through :func:`_guarded_urlopen`."""
+    global _original_urlopen  # noqa: PLW0603
+    with _lock:
+        if on and _original_urlopen is None:
             _original_urlopen = HTTPConnectionPool.urlopen
             HTTPConnectionPool.urlopen = _guarded_urlopen  # type: ignore[method-assign]
-        elif plan is None and _original_urlopen is not None:
+        elif not on and _original_urlopen is not None:
             HTTPConnectionPool.urlopen = _original_urlopen  # type: ignore[method-assign]
             _original_urlopen = None
 
@@ -240,7 +265,7 @@ def _guarded_urlopen(self: HTTPConnectionPool, *args: Any, **kwargs: Any) -> Any
     dying = _dying.get()
     if dying is None:
         return original(self, *args, **kwargs)
-    dying.check()
+    dying.check()  # dead (its deadline passed, or it crashed): the request never leaves
     try:
         return original(self, *args, **kwargs)
     finally:
@@ -308,7 +333,7 @@ def is_installed() -> bool:
 
 
 def install() -> None:
-    """Patch moto's Docker-free Lambda backend (idempotent)."""
+    """Patch moto's Docker-free Lambda backend, and urllib3 for the deadline (idempotent)."""
     global _original_invoke  # noqa: PLW0603
     with _lock:
         if is_installed():
@@ -319,16 +344,18 @@ def install() -> None:
             raise RuntimeError(f"moto has no {cls.__name__}.{attr} to patch any more")
         _original_invoke = original
         setattr(cls, attr, _hooked_invoke)
+        _guard_requests(True)
 
 
 def uninstall() -> None:
-    """Put moto's own ``invoke`` back (idempotent)."""
+    """Put moto's own ``invoke`` and urllib3's ``urlopen`` back (idempotent)."""
     global _original_invoke  # noqa: PLW0603
     with _lock:
         if is_installed() and _original_invoke is not None:
             cls, attr = PATCH_TARGET
             setattr(cls, attr, _original_invoke)
         _original_invoke = None
+        _guard_requests(False)
 
 
 def _hooked_invoke(  # noqa: PLR0917 - moto calls it with this exact signature
@@ -506,6 +533,54 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+class _HandlerCall:
+    """One call of a handler, in a thread of its own, so that the caller can be answered at
+    the deadline while the handler is still busy (a thread cannot be ended from outside: it
+    dies at its next outbound request, see :class:`_Dying`)."""
+
+    def __init__(
+        self,
+        handler_fn: Callable[[Any, Any], Any],
+        event: Any,
+        context: LambdaContext,
+        dying: _Dying,
+        *,
+        name: str,
+    ) -> None:
+        self._done = threading.Event()
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        # The invocation's ContextVar is set in the context the handler's thread runs in (and
+        # that asyncio copies into the threads working for it), not in the caller's.
+        invocation_context = contextvars.copy_context()
+        invocation_context.run(_dying.set, dying)
+        self._thread = threading.Thread(
+            target=invocation_context.run,
+            args=(self._call, handler_fn, event, context),
+            name=name,
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _call(self, handler_fn: Callable[[Any, Any], Any], event: Any, context: LambdaContext) -> None:
+        try:
+            self._result = handler_fn(event, context)
+        except BaseException as exc:  # handed to the caller, as the runtime sees it
+            self._exception = exc
+        finally:
+            self._done.set()
+
+    def wait(self, deadline: float) -> bool:
+        """True once the handler ended (returned or raised); False if ``deadline`` (monotonic) came first."""
+        return self._done.wait(max(deadline - time.monotonic(), 0))
+
+    def result(self) -> Any:
+        """The handler's result; raises what the handler raised."""
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+
 def _run(
     fn: _Function,
     event: Any,
@@ -515,8 +590,10 @@ def _run(
 ) -> bytes:
     request_id = str(uuid.uuid4())
     context = LambdaContext(**context_args, aws_request_id=request_id)
+    timeout = float(context_args["timeout_seconds"])
     cold = False
     discard = False  # the sandbox died: the next invocation gets a fresh one
+    timed_out = False
     handler_fn: Callable[[Any, Any], Any] | None = None
     result: Any = None
     error: dict[str, Any] | None = None
@@ -535,16 +612,21 @@ def _run(
         with _lock:
             plan = _crash_plan
         crash = plan(fn.name, event) if plan is not None else None
-        dying = _Dying(crash) if crash is not None else None
-        token = _dying.set(dying)
+        dying = _Dying(crash, deadline=t0 + timeout)
+        call = _HandlerCall(handler_fn, event, context, dying, name=f"lambda-{fn.name}-{request_id[:8]}")
         try:
-            result = handler_fn(event, context)
-            if dying is not None:  # it did not die on the way: it dies now, the result lost
+            if not call.wait(dying.deadline):
+                # Lambda ends the invocation here; its thread dies at its next request.
                 dying.kill()
-                raise SandboxKilled("the sandbox died after the handler returned")
+                timed_out = True
+            else:
+                result = call.result()
+                if crash is not None:  # it did not die on the way: it dies now, the result lost
+                    dying.kill()
+                    raise SandboxKilled("the sandbox died after the handler returned")
         except SandboxKilled:
             discard = True
-            if crash is not None and crash.error_type == "Runtime.ExitError":
+            if crash is not None and crash.error_type == "Runtime.ExitError" and not dying.past_deadline():
                 error = {
                     "errorMessage": (
                         f"RequestId: {request_id} Error: Runtime exited with error: signal: killed"
@@ -552,7 +634,7 @@ def _run(
                     "errorType": "Runtime.ExitError",
                 }
             else:  # hung until the deadline: reported as the timeout below
-                time.sleep(context.get_remaining_time_in_millis() / 1000 + 0.01)
+                time.sleep(max(dying.deadline - time.monotonic(), 0) + 0.01)
         except Exception as exc:
             error = _error_object(exc)
         except SystemExit as exc:  # the runtime process would exit: a fresh sandbox next time
@@ -563,12 +645,9 @@ def _run(
                 "errorType": "Runtime.ExitError",
             }
             discard = True
-        finally:
-            _dying.reset(token)
         elapsed = time.monotonic() - t0
 
-    timeout = float(context_args["timeout_seconds"])
-    if elapsed > timeout:
+    if timed_out or elapsed > timeout:
         error = {
             "errorMessage": (
                 f"{datetime.now(UTC).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} "
@@ -576,6 +655,7 @@ def _run(
             ),
             "errorType": "Sandbox.Timedout",
         }
+        result = None
         discard = True  # Lambda throws the timed-out sandbox away
     if handler_fn is not None and not discard:
         _release(fn, handler_fn)

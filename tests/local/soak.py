@@ -27,6 +27,8 @@ were, their orders held (their leases) until the invocation's deadline.
 The invocation is reported ``Sandbox.Timedout`` (held until the function's timeout) or
 ``Runtime.ExitError`` (``signal: killed``), the sandbox is thrown away, nothing of the batch is
 deleted, and every message of it comes back after the queue's visibility timeout, as with Lambda.
+An invocation that simply runs past its timeout (under load) stops at its deadline the same way,
+crash plan or not: nothing of it reaches QFPay or AWS after its deadline.
 
 Deployed, the queue's visibility timeout (210 s) is several times the function's timeout (30 s),
 so a redelivered message finds the crashed attempt's lease run out. The soak keeps

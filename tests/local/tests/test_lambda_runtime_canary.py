@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
 from moto.awslambda.utils import get_backend
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
+from tests.conftest import wait_for
 from tests.local import lambda_runtime
 from tests.local.moto_server import LocalAws
 
@@ -298,6 +302,98 @@ def test_a_handler_running_past_its_timeout_is_reported_as_timed_out(aws: LocalA
 
     assert invoke("slow", {"sleep": 0}) == (None, "finished")
     assert [i.cold_start for i in lambda_runtime.invocations("slow")] == [True, True]
+
+
+LATE_HANDLER = """
+import os
+import time
+from pathlib import Path
+
+import urllib3
+
+POOL = urllib3.PoolManager()
+
+
+def lambda_handler(event, context):
+    time.sleep(event["sleep"])
+    try:
+        POOL.request("GET", os.environ["TARGET"] + event["path"], timeout=10, retries=False)
+        what_happened = "answered"
+    except BaseException as exc:
+        what_happened = type(exc).__name__
+        raise
+    finally:
+        Path(os.environ["MARKER"]).write_text(what_happened)
+    return "answered"
+"""
+
+
+class _FarEnd(BaseHTTPRequestHandler):
+    """Records every request on arrival; ``/slow...`` answers only after ``SLOW_SECONDS``."""
+
+    seen: ClassVar[list[str]] = []
+    SLOW_SECONDS = 1.5
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        if self.path.startswith("/slow"):
+            time.sleep(self.SLOW_SECONDS)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent."""
+
+
+@pytest.fixture
+def late(aws: LocalAws, tmp_path: Path) -> Iterator[Path]:
+    """A function with a 1 s Timeout that sleeps, then sends one request; yields its marker
+    file, where the handler writes what its request ended in (``answered`` or the exception)."""
+    _FarEnd.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FarEnd)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    marker = tmp_path / "marker"
+    environment = {"TARGET": f"http://127.0.0.1:{server.server_address[1]}", "MARKER": str(marker)}
+    aws.create_function(
+        "late", write_function(tmp_path / "late", LATE_HANDLER), "app.lambda_handler", environment, timeout=1
+    )
+    yield marker
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_timed_out_invocation_sends_nothing_after_its_deadline(late: Path) -> None:
+    """Like Lambda, which ends a timed-out invocation: nothing of it runs after the deadline."""
+    started = time.monotonic()
+    error, result = invoke("late", {"sleep": 2.5, "path": "/after-the-deadline"})
+    answered_after = time.monotonic() - started
+
+    assert (error, result["errorType"]) == ("Unhandled", "Sandbox.Timedout")
+    assert "Task timed out after 1.00 seconds" in result["errorMessage"]
+    assert answered_after < 2.5  # at the deadline, not once the handler got round to returning
+    # The handler went on sleeping here (a thread cannot be ended from outside), but its request
+    # never left: it died where it would have sent.
+    assert wait_for(late.exists, 10)
+    assert late.read_text() == "SandboxKilled"
+    assert _FarEnd.seen == []
+    assert lambda_runtime.invocations("late")[-1].error == "Sandbox.Timedout"
+
+    # Lambda throws the timed-out sandbox away: the next invocation is a cold start, and lives.
+    assert invoke("late", {"sleep": 0, "path": "/next"}) == (None, "answered")
+    assert _FarEnd.seen == ["/next"]
+    assert [i.cold_start for i in lambda_runtime.invocations("late")] == [True, True]
+
+
+def test_a_request_on_the_wire_at_the_deadline_is_done_but_its_answer_is_lost(late: Path) -> None:
+    error, result = invoke("late", {"sleep": 0, "path": "/slow"})
+
+    assert (error, result["errorType"]) == ("Unhandled", "Sandbox.Timedout")
+    assert _FarEnd.seen == ["/slow"]  # the far end got it (and did its work)
+    assert wait_for(late.exists, 10)
+    assert late.read_text() == "SandboxKilled"  # the answer never reached the handler
 
 
 def test_the_moto_task_token_fixes_are_in_place(aws: LocalAws) -> None:

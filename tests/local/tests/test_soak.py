@@ -378,14 +378,20 @@ def invoke(client: Any, paths: list[str]) -> tuple[str | None, Any]:
     return answer.get("FunctionError"), json.loads(answer["Payload"].read())
 
 
-def test_urllib_is_not_patched_without_a_plan(crashing_function):
-    original = HTTPConnectionPool.urlopen
+def test_urllib_is_guarded_while_the_runtime_is_installed_plan_or_not(crashing_function):
+    """Every invocation dies at its deadline, so requests are guarded without a crash plan too."""
+    guarded = HTTPConnectionPool.urlopen
+    assert guarded is lambda_runtime._guarded_urlopen
     assert invoke(crashing_function, ["/a"]) == (None, ["okok"])
-    assert HTTPConnectionPool.urlopen is original
     lambda_runtime.inject_crashes(lambda name, event: None)
-    assert HTTPConnectionPool.urlopen is not original
     lambda_runtime.inject_crashes(None)
-    assert HTTPConnectionPool.urlopen is original
+    assert HTTPConnectionPool.urlopen is guarded
+    lambda_runtime.uninstall()
+    try:
+        assert HTTPConnectionPool.urlopen is not guarded
+    finally:
+        lambda_runtime.install()
+    assert HTTPConnectionPool.urlopen is guarded
 
 
 def test_a_crash_after_k_requests_stops_every_thread_and_exits(crashing_function):
