@@ -96,7 +96,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import boto3
 from aws_lambda_powertools.utilities.batch.base import BasePartialProcessor
@@ -626,6 +626,19 @@ def _row_proves(status: str, row: Mapping[str, Any]) -> bool:
     return cancel in _STILL_CHARGED_FLAGS or (cancel == "0" and respcd == "0000")
 
 
+class OutcomeSeen(NamedTuple):
+    """One outcome event of an order, as a finding shows it (where an identity came from)."""
+
+    outcome_id: str
+    status: str
+    decided_by: str
+    reason: str
+
+    def describe(self) -> str:
+        reason = " ".join(self.reason.split())  # one line in the report
+        return f"{self.outcome_id[:8]} {self.status} by {self.decided_by}: {reason[:120]}"
+
+
 @dataclass
 class OrderEvidence:
     """Everything known about one order at the end of the soak."""
@@ -645,6 +658,10 @@ class OrderEvidence:
     """The ``outcome_id`` of every outcome event seen for the order."""
     one_identity: bool = True
     """False for a message that names no valid order (its REJECTED is keyed by the message)."""
+    outcomes: list[OutcomeSeen] = field(default_factory=list)
+    """Every outcome event seen for the order, in arrival order (for the report's findings)."""
+    history: str = ""
+    """For the report only: the order's faults, QFPay calls, crashes and duplicates."""
 
 
 @dataclass
@@ -670,11 +687,13 @@ def judge(evidence: Sequence[OrderEvidence], rules: Collection[str] = STRICT_RUL
     for order in evidence:
         label = f"{order.key} ({order.category})"
         if not order.statuses and not order.dead_lettered:
-            verdict.lost.append(f"{label}: no outcome and nothing in the DLQ")
+            verdict.lost.append(f"{label}: no outcome and nothing in the DLQ{_outcome_events(order)}")
             verdict.count(order.category, "lost")
         elif "one_outcome_identity" in rules and order.one_identity and len(set(order.outcome_ids)) > 1:
             ids = ", ".join(sorted(set(order.outcome_ids)))
-            verdict.lost.append(f"{label}: one payment, several outcome identities ({ids})")
+            verdict.lost.append(
+                f"{label}: one payment, several outcome identities ({ids}){_outcome_events(order)}"
+            )
             verdict.count(order.category, "lost")
         if order.ledger.applied > 1:
             verdict.double_reversals.append(f"{label}: {order.ledger.applied} cancellations applied")
@@ -1176,6 +1195,14 @@ def _queue_depth(sqs: Any, queue_url: str) -> int:
     return sum(int(attributes.get(name, 0)) for name in names)
 
 
+def _outcome_events(order: OrderEvidence) -> str:
+    """What a lost order's line adds: each of its outcome events, then what happened to it."""
+    if not order.outcomes and not order.history:
+        return ""
+    events = " | ".join(seen.describe() for seen in order.outcomes) or "none"
+    return f"; outcome events: {events}" + (f"; {order.history}" if order.history else "")
+
+
 # --------------------------------------------------------------------------- evidence and report
 
 
@@ -1193,6 +1220,7 @@ def collect_evidence(run: _Run) -> list[OrderEvidence]:
             calls_of[index].append(call)
     statuses: defaultdict[int, list[str]] = defaultdict(list)
     identities: defaultdict[int, list[str]] = defaultdict(list)
+    seen: defaultdict[int, list[OutcomeSeen]] = defaultdict(list)
     reasons: dict[int, str] = {}
     for detail in run.outcomes:
         # An outcome belongs to the order any of its numbers names (a payment may be named twice).
@@ -1200,8 +1228,17 @@ def collect_evidence(run: _Run) -> list[OrderEvidence]:
         for index in sorted({owner[n] for n in named if n in owner}):
             statuses[index].append(str(detail.get("status")))
             identities[index].append(str(detail.get("outcome_id")))
+            seen[index].append(
+                OutcomeSeen(
+                    str(detail.get("outcome_id")),
+                    str(detail.get("status")),
+                    str(detail.get("decided_by")),
+                    str(detail.get("reason")),
+                )
+            )
             reasons.setdefault(index, f"{detail.get('decided_by')}: {detail.get('reason')}")
     dead_ids = {m["MessageId"] for m in run.dead_letters}
+    history = {order.index: _order_history(order, run, calls_of.get(order.index, [])) for order in run.orders}
     return [
         OrderEvidence(
             key=order.key,
@@ -1212,22 +1249,24 @@ def collect_evidence(run: _Run) -> list[OrderEvidence]:
             ledger=run.ledger.get(order.key, Ledger(exists=False)),
             calls=calls_of.get(order.index, []),
             names=order.names,
-            detail=_order_detail(order, run, calls_of.get(order.index, []), reasons.get(order.index)),
+            detail=f"{reasons.get(order.index) or 'no outcome'}; {history[order.index]}",
             outcome_ids=identities.get(order.index, []),
             one_identity=order.category != "invalid_message",
+            outcomes=seen.get(order.index, []),
+            history=history[order.index],
         )
         for order in run.orders
     ]
 
 
-def _order_detail(order: PlannedOrder, run: _Run, calls: Sequence[Call], reason: str | None) -> str:
+def _order_history(order: PlannedOrder, run: _Run, calls: Sequence[Call]) -> str:
     path = " ".join(
         f"{c.endpoint.rsplit('/', 1)[-1]}:{c.fault or c.respcd or c.http_status}" for c in calls[:12]
     )
     faults = ",".join(run.faults.get(order.key, ())) or "none"
     crashed = any(mid in ids for ids, _ in run.crashes for mid in order.message_ids)
     return (
-        f"{reason or 'no outcome'}; faults {faults}; calls {path or 'none'}"
+        f"faults {faults}; calls {path or 'none'}"
         + ("; in a crashed batch" if crashed else "")
         + (f"; duplicated ({order.duplicate})" if order.duplicate else "")
     )

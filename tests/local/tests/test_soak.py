@@ -28,7 +28,15 @@ from urllib3.connectionpool import HTTPConnectionPool
 from tests.local import lambda_runtime, soak
 from tests.local.moto_server import LocalAws
 from tests.local.qfpay_standin import Call, Transaction
-from tests.local.soak import Ledger, OrderEvidence, SoakConfig, contradiction, judge, undocumented_cancels
+from tests.local.soak import (
+    Ledger,
+    OrderEvidence,
+    OutcomeSeen,
+    SoakConfig,
+    contradiction,
+    judge,
+    undocumented_cancels,
+)
 
 SYSSN = "20261126000100020000000001"
 REVERSAL = "/trade/v1/reversal"
@@ -649,6 +657,36 @@ def test_one_payment_with_two_outcome_identities_counts_as_lost():
     assert judge([evidence(outcome_ids=["m1", "m2"], one_identity=False)]).lost == []
 
 
+def test_a_lost_line_shows_where_each_outcome_identity_came_from():
+    """Each outcome event of the order: its outcome_id's first 8 characters, status, who decided, why."""
+    refused = "QFPay refused the reversal (1294): " + "the payment is under risk control; " * 6
+    split = evidence(
+        statuses=["UNKNOWN", "UNKNOWN"],
+        outcome_ids=["0123456789abcdef-request", "fedcba9876543210-order"],
+        outcomes=[
+            OutcomeSeen("0123456789abcdef-request", "UNKNOWN", "cancel-function", refused),
+            OutcomeSeen(
+                "fedcba9876543210-order", "UNKNOWN", "poll-loop", "a cancel of ours may still be\nprocessing"
+            ),
+        ],
+    )
+    (line,) = judge([split]).lost
+    assert line.startswith("ORDER-1 (unpaid): one payment, several outcome identities (")
+    assert "01234567 UNKNOWN by cancel-function: QFPay refused the reversal (1294): the payment" in line
+    assert refused[:120] in line
+    assert refused[:121] not in line  # the reason is cut at 120 characters
+    assert "fedcba98 UNKNOWN by poll-loop: a cancel of ours may still be processing" in line
+    assert line.index("01234567 UNKNOWN") < line.index("fedcba98 UNKNOWN")  # in arrival order
+
+
+def test_a_lost_line_without_an_outcome_says_what_happened_to_the_order():
+    lost = evidence(statuses=[], calls=[], history="faults http_5xx; calls reversal:502")
+    assert judge([lost]).lost == [
+        "ORDER-1 (unpaid): no outcome and nothing in the DLQ; outcome events: none; faults http_5xx; "
+        "calls reversal:502"
+    ]
+
+
 def test_findings_are_counted_per_category():
     verdict = judge(
         [
@@ -747,16 +785,34 @@ def test_an_aliased_payment_is_one_order_to_the_judge():
     run = soak._Run(SoakConfig(n=1), [order], calls=calls)
     run.ledger[order.key] = Ledger(True, "unpaid", cancel=1, applied=1)
     run.outcomes = [
-        {"out_trade_no": txn.out_trade_no, "syssn": None, "status": "CANCELLED", "outcome_id": "by-out"},
-        {"out_trade_no": None, "syssn": txn.syssn, "status": "NOT_CHARGED", "outcome_id": "by-syssn"},
+        {
+            "out_trade_no": txn.out_trade_no,
+            "syssn": None,
+            "status": "CANCELLED",
+            "outcome_id": "by-out-trade-no",
+            "decided_by": "cancel-function",
+            "reason": "QFPay confirmed the reversal",
+        },
+        {
+            "out_trade_no": None,
+            "syssn": txn.syssn,
+            "status": "NOT_CHARGED",
+            "outcome_id": "by-syssn",
+            "decided_by": "poll-loop",
+            "reason": "the Enquiry shows the payment closed",
+        },
     ]
     (found,) = soak.collect_evidence(run)
     assert (found.statuses, found.outcome_ids, len(found.calls)) == (
         ["CANCELLED", "NOT_CHARGED"],
-        ["by-out", "by-syssn"],
+        ["by-out-trade-no", "by-syssn"],
         3,
     )
     verdict = judge([found])
-    assert len(verdict.lost) == 1  # two outcome identities for one payment
+    # Two outcome identities for one payment, and where each came from.
+    (lost,) = verdict.lost
+    assert "by-out-t CANCELLED by cancel-function: QFPay confirmed the reversal" in lost
+    assert "by-syssn NOT_CHARGED by poll-loop: the Enquiry shows the payment closed" in lost
+    assert "; faults none; calls reversal:0000 query:0000 reversal:1264; duplicated (later)" in lost
     assert len(verdict.double_reversals) == 1  # the second cancel came after the first took effect
     assert "outcomes disagree" in verdict.contradictions[0]
