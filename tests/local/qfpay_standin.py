@@ -208,7 +208,11 @@ Parameters: ``syssn`` and ``out_trade_no`` (comma-separated lists; when both are
 match both), ``pay_type`` (list), ``respcd`` (filter on the row respcd), ``mchid``, ``page``
 (default 1), ``page_size`` (default 10, at most 100). ``start_time``/``end_time`` are accepted and
 ignored (the ledger has no month boundaries), unless the server's ``search_windows`` is set: then,
-as QFPay documents, a query without ``syssn`` matches only rows whose ``sysdtm`` lies between them.
+as QFPay documents, a query without ``syssn`` matches only rows whose ``sysdtm`` lies between them,
+and within one calendar month: QFPay searches "one calendar month at most" (by default the current
+one) and does not document what it does with a window crossing into another month, so the stand-in
+takes the strictest reading the docs allow and searches such a window only within ``start_time``'s
+month (``end_time`` is cut at that month's last second).
 Non-integer ``page``/``page_size`` -> ``1103``;
 ``page`` < 1 or ``page_size`` outside 1..100 -> ``1104``. Otherwise the top-level ``respcd`` is
 ``0000`` with ``resperr``, ``respmsg``, ``page``, ``page_size`` (integers) and ``data``: one row per
@@ -255,7 +259,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
@@ -335,6 +339,17 @@ _ROW_RESPCD: dict[str, tuple[str, str]] = {
 _ISSUES_SYSSN = frozenset({"0000", "1143", "1145"})
 _TXDTM = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def _month_end(moment: str) -> str:
+    """The last second of the calendar month of ``moment`` (``YYYY-MM-DD hh:mm:ss``). QFPay searches
+    one calendar month at most and does not say what it does with a window crossing into the next:
+    the strictest reading is that it searches only the month the window starts in."""
+    year, month = int(moment[:4]), int(moment[5:7])
+    following = datetime(year + month // 12, month % 12 + 1, 1)
+    return (following - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+
+
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -641,7 +656,8 @@ class QFPayStandIn:
         self._port = port
         self.latency = latency
         self.search_windows = False
-        """True: an Enquiry without syssn searches only its start_time..end_time, on sysdtm."""
+        """True: an Enquiry without syssn searches only its start_time..end_time, on sysdtm, and
+        never past the end of start_time's calendar month."""
         self.close_methods: tuple[str, ...] = tuple(m.upper() for m in close_methods)
         self._lock = threading.RLock()
         self._ledger: dict[str, Transaction] = {}
@@ -969,6 +985,8 @@ class QFPayStandIn:
         pay_types = _split_list(params.get("pay_type"))
         windowed = self.search_windows and not syssns
         start, end = params.get("start_time") or "", params.get("end_time") or "\uffff"
+        if windowed and _TXDTM.fullmatch(start) and "01" <= start[5:7] <= "12":
+            end = min(end, _month_end(start))
         return [
             t
             for t in self._visible(merchant)

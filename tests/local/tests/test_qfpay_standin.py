@@ -1112,3 +1112,27 @@ def test_with_search_windows_an_enquiry_without_syssn_searches_only_its_window_o
     assert rows(near_txdtm, syssn=txn.syssn) == [txn.syssn]
     qf.search_windows = False  # the default: windows are ignored
     assert rows(near_txdtm, out_trade_no=txn.out_trade_no) == [txn.syssn]
+
+
+def test_with_search_windows_a_window_crossing_a_month_is_searched_only_in_its_first_month(qf):
+    """QFPay searches one calendar month at most: the strictest reading is that a window crossing
+    into the next month is searched only within start_time's month. By syssn no window applies."""
+    early_december = make_txn(72, sysdtm="2026-12-01 00:30:00")
+    late_november = make_txn(73, sysdtm="2026-11-30 23:30:00")
+    for txn in (early_december, late_november):
+        qf.add(txn)
+    qf.search_windows = True
+
+    def rows(start: str, end: str, **named: str) -> list[str]:
+        answer = enquire(qf, PLAIN, start_time=start, end_time=end, **named)
+        return sorted(row["syssn"] for row in answer["data"])
+
+    crossing = ("2026-11-29 23:30:00", "2026-12-01 23:30:00")
+    assert rows(*crossing, out_trade_no=early_december.out_trade_no) == []
+    assert rows(*crossing, out_trade_no=late_november.out_trade_no) == [late_november.syssn]
+    assert rows("2026-12-01 00:00:00", "2026-12-01 23:30:00", out_trade_no=early_december.out_trade_no) == [
+        early_december.syssn
+    ]
+    assert rows(*crossing, syssn=early_december.syssn) == [early_december.syssn]
+    qf.search_windows = False  # the default: windows are ignored
+    assert rows(*crossing, out_trade_no=early_december.out_trade_no) == [early_december.syssn]
