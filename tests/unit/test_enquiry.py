@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import pytest
-from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.enquiry import Finding, enquire, enquiry_queries, merged, month_windows, read_enquiry
 from cancellation.orders import Order
 from cancellation.outcomes import Status
 
@@ -351,18 +352,23 @@ def test_data_that_is_not_a_list_raises():
 
 
 def test_params_ask_for_the_original_and_the_reversal_in_one_syssn():
-    params = enquiry_params(ORDER, REVERSAL_SYSSN)
+    [params] = enquiry_queries(ORDER, REVERSAL_SYSSN)
     assert params["syssn"] == f"{SYSSN},{REVERSAL_SYSSN}"
     assert params["mchid"] == "MCH1"
 
 
 def test_params_without_a_reversal_ask_for_the_original():
-    assert enquiry_params(ORDER)["syssn"] == SYSSN
-    assert enquiry_params(ORDER, "")["syssn"] == SYSSN
+    assert [q["syssn"] for q in enquiry_queries(ORDER)] == [SYSSN]
+    assert [q["syssn"] for q in enquiry_queries(ORDER, "")] == [SYSSN]
+
+
+def test_by_syssn_one_query_without_a_window_whatever_the_date():
+    month_end = ORDER._replace(txdtm="2026-11-30 23:30:00")
+    assert enquiry_queries(month_end) == [{"mchid": "MCH1", "syssn": SYSSN}]
 
 
 def test_params_of_an_order_known_only_by_out_trade_no():
-    params = enquiry_params(ORDER_BY_OUT_TRADE_NO, REVERSAL_SYSSN)
+    [params] = enquiry_queries(ORDER_BY_OUT_TRADE_NO, REVERSAL_SYSSN)
     assert params["out_trade_no"] == OUT_TRADE_NO
     # QFPay filters on every list given: syssn=<reversal> together with out_trade_no=<order> would
     # leave out the original payment's row.
@@ -370,11 +376,89 @@ def test_params_of_an_order_known_only_by_out_trade_no():
     assert params.get("mchid") is None
 
 
-def test_params_by_out_trade_no_cover_the_order_time():
-    order = Order(txamt=1250, txdtm="2026-10-31 23:59:50", out_trade_no=OUT_TRADE_NO)
-    params = enquiry_params(order)
-    start, end = params.get("start_time"), params.get("end_time")
-    assert start is not None
-    assert end is not None
+@pytest.mark.parametrize(
+    ("txdtm", "windows"),
+    [
+        ("2026-11-15 10:00:00", [("2026-11-14 10:00:00", "2026-11-16 10:00:00")]),  # inside November
+        (
+            "2026-11-30 23:30:00",  # a day later is December: November's part, then December's
+            [("2026-11-29 23:30:00", "2026-11-30 23:59:59"), ("2026-12-01 00:00:00", "2026-12-01 23:30:00")],
+        ),
+        (
+            "2026-12-01 00:10:00",  # a day earlier is November
+            [("2026-11-30 00:10:00", "2026-11-30 23:59:59"), ("2026-12-01 00:00:00", "2026-12-02 00:10:00")],
+        ),
+        (
+            "2026-12-31 12:00:00",  # into the next year
+            [("2026-12-30 12:00:00", "2026-12-31 23:59:59"), ("2027-01-01 00:00:00", "2027-01-01 12:00:00")],
+        ),
+        (
+            "2028-02-28 23:00:00",  # a leap year's February ends on the 29th
+            [("2028-02-27 23:00:00", "2028-02-29 23:00:00")],
+        ),
+    ],
+)
+def test_by_out_trade_no_one_query_per_calendar_month_the_window_touches(txdtm, windows):
+    """QFPay searches one calendar month at most: no window we send crosses a month's end, and
+    together they cover a day either side of the order's txdtm."""
+    order = Order(txamt=1250, txdtm=txdtm, out_trade_no=OUT_TRADE_NO, mchid="MCH1")
+    queries = enquiry_queries(order)
+    assert [(q["start_time"], q["end_time"]) for q in queries] == windows
+    assert all(q["out_trade_no"] == OUT_TRADE_NO and q["mchid"] == "MCH1" for q in queries)
+    assert all(str(q["start_time"])[:7] == str(q["end_time"])[:7] for q in queries)
+
+
+def test_month_windows_cut_at_each_month_s_last_second():
     fmt = "%Y-%m-%d %H:%M:%S"
-    assert datetime.strptime(start, fmt) <= datetime.strptime(order.txdtm, fmt) <= datetime.strptime(end, fmt)
+    start, end = datetime.strptime("2026-10-20 08:00:00", fmt), datetime.strptime("2027-01-02 08:00:00", fmt)
+    pieces = [(s.strftime(fmt), e.strftime(fmt)) for s, e in month_windows(start, end)]
+    assert pieces == [
+        ("2026-10-20 08:00:00", "2026-10-31 23:59:59"),
+        ("2026-11-01 00:00:00", "2026-11-30 23:59:59"),
+        ("2026-12-01 00:00:00", "2026-12-31 23:59:59"),
+        ("2027-01-01 00:00:00", "2027-01-02 08:00:00"),
+    ]
+    month_end = datetime.strptime("2026-11-30 23:59:59", fmt)
+    assert month_windows(month_end, month_end) == [(month_end, month_end)]
+
+
+def test_an_enquiry_of_two_months_is_read_as_one_answer_with_the_rows_of_both():
+    """The order's txdtm is November's last hour; QFPay dated the payment (sysdtm) in December: its
+    row is in December's answer only, and the order reads it as from one query."""
+    order = Order(txamt=1250, txdtm="2026-11-30 23:30:00", out_trade_no=OUT_TRADE_NO)
+    november = answer(data=[])
+    december = answer(data=[payment_row(out_trade_no=OUT_TRADE_NO)])
+    asked: list[Mapping[str, str | None]] = []
+
+    def ask(query: Mapping[str, str | None]) -> dict[str, Any]:
+        asked.append(query)
+        return november if str(query["start_time"]).startswith("2026-11") else december
+
+    finding = read_enquiry(enquire(ask, enquiry_queries(order)), order)
+    assert len(asked) == 2
+    assert finding.found
+    assert finding.payment is not None
+    assert finding.payment["syssn"] == SYSSN
+
+
+def test_an_enquiry_of_two_months_whose_first_query_fails_asks_no_more_and_decides_nothing():
+    order = Order(txamt=1250, txdtm="2026-11-30 23:30:00", out_trade_no=OUT_TRADE_NO)
+    asked: list[Mapping[str, str | None]] = []
+
+    def ask(query: Mapping[str, str | None]) -> dict[str, Any]:
+        asked.append(query)
+        return answer(respcd="1100", data=None)
+
+    with pytest.raises(ValueError, match="enquiry failed: respcd 1100"):
+        read_enquiry(enquire(ask, enquiry_queries(order)), order)
+    assert len(asked) == 1
+
+
+def test_an_enquiry_of_two_months_one_without_rows_shows_nothing_as_all_qfpay_knows():
+    """One month's answer has no data list: the other month's empty list is not read as QFPay
+    knowing nothing of the payment."""
+    order = Order(txamt=1250, txdtm="2026-11-30 23:30:00", syssn=None, out_trade_no=OUT_TRADE_NO)
+    answers = iter([answer(data=[]), answer(data=None)])
+    finding = read_enquiry(enquire(lambda _: next(answers), enquiry_queries(order)), order)
+    assert (finding.status, finding.found, finding.unknown_to_qfpay) == (None, False, False)
+    assert merged([answer(data=[]), answer(data=None)])["data"] == [None]

@@ -88,14 +88,23 @@ def test_intake_reads_only_first_unknown_or_refund_required_outcome_events() -> 
 
 def test_the_enquiry_asks_by_syssn_when_known_else_by_out_trade_no_in_a_window() -> None:
     by_syssn = reconciliation_enquiry({**unknown(syssn="2026120600001"), "reversal_syssn": "2026120600002"})
-    assert by_syssn == {"mchid": "m1", "syssn": "2026120600001,2026120600002"}
+    assert by_syssn == [{"mchid": "m1", "syssn": "2026120600001,2026120600002"}]
     by_number = reconciliation_enquiry(unknown())  # decided 2026-12-06 00:00:00 UTC
-    assert by_number == {
-        "mchid": "m1",
-        "out_trade_no": "A-1",
-        "start_time": "2026-11-29 00:00:00",
-        "end_time": "2026-12-07 00:00:00",
-    }
+    # A week before to a day after, asked once per calendar month (QFPay searches one at most).
+    assert by_number == [
+        {
+            "mchid": "m1",
+            "out_trade_no": "A-1",
+            "start_time": "2026-11-29 00:00:00",
+            "end_time": "2026-11-30 23:59:59",
+        },
+        {
+            "mchid": "m1",
+            "out_trade_no": "A-1",
+            "start_time": "2026-12-01 00:00:00",
+            "end_time": "2026-12-07 00:00:00",
+        },
+    ]
 
 
 def test_a_cancel_may_still_take_effect_unless_none_was_sent_or_qfpay_refused_it_for_good() -> None:

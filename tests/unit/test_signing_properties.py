@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 import urllib3
-from cancellation.enquiry import enquiry_params
+from cancellation.enquiry import enquiry_queries
 from cancellation.orders import InvalidOrder, validate_order
 from cancellation.qfpay import CLOSE_PATH, ENQUIRY_PATH, REVERSAL_PATH, Credentials, QFPayClient, new_pool
 from cancellation.qfpay_steps import cancel_params
@@ -179,7 +179,7 @@ def test_every_accepted_order_signs_unambiguously(data, reversal_syssn):
         event("rejected")
         return
     event("accepted")
-    for params in (cancel_params(order), enquiry_params(order, reversal_syssn)):
+    for params in (cancel_params(order), *enquiry_queries(order, reversal_syssn)):
         sent = signed_parameters(params)
         for name, value in sent.items():
             assert "&" not in value, (name, value)

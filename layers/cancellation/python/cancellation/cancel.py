@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
-from cancellation.enquiry import ENQUIRY_WINDOW, Finding, enquiry_params, read_enquiry
+from cancellation.enquiry import (
+    ENQUIRY_WINDOW,
+    Finding,
+    enquire,
+    enquiry_queries,
+    merged,
+    month_windows,
+    read_enquiry,
+)
 from cancellation.orders import TXDTM_FORMAT, Order, valid_syssn
 from cancellation.outcomes import QFPayAmount, Status, build_outcome, outcome_id
 from cancellation.qfpay import CredentialsRejected, QFPayAmbiguous, QFPayClient, QFPayUnavailable
@@ -63,7 +71,7 @@ def first_look(qfpay: QFPayClient, order: Order) -> FirstLook:
     the payment (its ``syssn``: one payment, one identity, however a message names it). Raises
     RetryLater if QFPay cannot be asked."""
     try:
-        answer = qfpay.enquiry(enquiry_params(order))
+        answer = enquire(qfpay.enquiry, enquiry_queries(order))
         return _looked(order, answer)
     except (QFPayUnavailable, ValueError) as exc:
         raise _look_failed(exc) from None
@@ -86,55 +94,80 @@ def _look_failed(exc: Exception) -> RetryLater:
 
 
 # One look-up for several orders (QFPay's Enquiry takes comma-separated out_trade_no lists and up to
-# 100 rows a page, over at most one calendar month; docs/qfpay.md).
+# 100 rows a page, within one calendar month; docs/qfpay.md).
 LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_ORDERS = 20  # a page holds every row of each (the payment, its refunds) with room
-LOOKUP_MAX_SPAN = timedelta(days=28)  # the search window, inside any calendar month's length
+
+
+class LookupQuery(NamedTuple):
+    """One Enquiry of a look-up: the indexes of the orders it asks for, and its window, inside one
+    calendar month."""
+
+    members: list[int]
+    start: datetime
+    end: datetime
 
 
 def batch_look(qfpay: QFPayClient, orders: Sequence[Order]) -> list[FirstLook | RetryLater | None]:
     """:func:`first_look` for several orders of one merchant (one ``mchid``, or none) named only by
-    out_trade_no, with as few Enquiries as QFPay's limits allow: per order, its look, the
-    RetryLater its look would have raised, or None where one query cannot be trusted to hold its
-    rows (a full page may have more): that order looks for itself."""
-    looks: list[FirstLook | RetryLater | None] = [None] * len(orders)
-    for chunk in _lookup_chunks(orders):
-        chosen = [orders[i] for i in chunk]
-        placed = [datetime.strptime(o.txdtm, TXDTM_FORMAT) for o in chosen]
+    out_trade_no, with as few Enquiries as QFPay's limits allow (:func:`lookup_queries`): per
+    order, its look from the rows of every query it was asked in, the RetryLater its look would
+    have raised, or None where a query cannot be trusted to hold its rows (a full page may have
+    more): that order looks for itself."""
+    answers: list[list[Mapping[str, Any]]] = [[] for _ in orders]
+    failed: dict[int, QFPayUnavailable] = {}
+    unsure: set[int] = set()
+    for query in lookup_queries(orders):
+        chosen = [orders[i] for i in query.members]
         params = {
             "mchid": chosen[0].mchid,
             "out_trade_no": ",".join(sorted({str(o.out_trade_no) for o in chosen})),
-            "start_time": (min(placed) - ENQUIRY_WINDOW).strftime(TXDTM_FORMAT),
-            "end_time": (max(placed) + ENQUIRY_WINDOW).strftime(TXDTM_FORMAT),
+            "start_time": query.start.strftime(TXDTM_FORMAT),
+            "end_time": query.end.strftime(TXDTM_FORMAT),
             "page_size": str(LOOKUP_PAGE_SIZE),
         }
         try:
             answer = qfpay.enquiry(params)
-            rows = answer.get("data")
-            if isinstance(rows, list) and len(rows) >= LOOKUP_PAGE_SIZE:
-                continue  # perhaps more on a next page: each order asks for itself
-            for i in chunk:
-                looks[i] = _looked(orders[i], answer)
-        except (QFPayUnavailable, ValueError) as exc:
-            for i in chunk:
-                looks[i] = _look_failed(exc)
+        except QFPayUnavailable as exc:
+            failed.update({i: failed.get(i, exc) for i in query.members})
+            continue
+        rows = answer.get("data")
+        if isinstance(rows, list) and len(rows) >= LOOKUP_PAGE_SIZE:
+            unsure.update(query.members)  # perhaps more on a next page
+        for i in query.members:
+            answers[i].append(answer)
+    looks: list[FirstLook | RetryLater | None] = []
+    for i, order in enumerate(orders):
+        if i in failed:
+            looks.append(_look_failed(failed[i]))
+        elif i in unsure:
+            looks.append(None)
+        else:
+            try:
+                looks.append(_looked(order, merged(answers[i])))
+            except ValueError as exc:
+                looks.append(_look_failed(exc))
     return looks
 
 
-def _lookup_chunks(orders: Sequence[Order]) -> list[list[int]]:
-    """Indexes of ``orders`` in groups one Enquiry can ask for: by time, each group's window
-    within LOOKUP_MAX_SPAN and at most LOOKUP_MAX_ORDERS orders."""
-    by_time = sorted(range(len(orders)), key=lambda i: orders[i].txdtm)
-    chunks: list[list[int]] = []
-    for i in by_time:
+def lookup_queries(orders: Sequence[Order]) -> list[LookupQuery]:
+    """The Enquiries that look ``orders`` up: per calendar month their windows (ENQUIRY_WINDOW
+    either side of each txdtm) touch, the orders whose window touches it, at most LOOKUP_MAX_ORDERS
+    to a query, in a window around them cut to that month. Orders of one month cost one query;
+    an order whose window crosses a month's end is asked in both months' queries."""
+    by_month: dict[tuple[int, int], list[tuple[int, datetime, datetime]]] = {}
+    for i in sorted(range(len(orders)), key=lambda i: orders[i].txdtm):
         placed = datetime.strptime(orders[i].txdtm, TXDTM_FORMAT)
-        if chunks:
-            first = datetime.strptime(orders[chunks[-1][0]].txdtm, TXDTM_FORMAT)
-            if len(chunks[-1]) < LOOKUP_MAX_ORDERS and placed - first + 2 * ENQUIRY_WINDOW <= LOOKUP_MAX_SPAN:
-                chunks[-1].append(i)
-                continue
-        chunks.append([i])
-    return chunks
+        for start, end in month_windows(placed - ENQUIRY_WINDOW, placed + ENQUIRY_WINDOW):
+            by_month.setdefault((start.year, start.month), []).append((i, start, end))
+    queries: list[LookupQuery] = []
+    for month in sorted(by_month):
+        asked = by_month[month]
+        for first in range(0, len(asked), LOOKUP_MAX_ORDERS):
+            chunk = asked[first : first + LOOKUP_MAX_ORDERS]
+            start, end = min(s for _, s, _ in chunk), max(e for _, _, e in chunk)
+            queries.append(LookupQuery([i for i, _, _ in chunk], start, end))
+    return queries
 
 
 def disagreement(order: Order, finding: Finding) -> str | None:

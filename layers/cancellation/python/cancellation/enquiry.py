@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -29,6 +29,10 @@ CANCEL_FLAGS = {
 }
 # QFPay's search by out_trade_no needs a time window (sysdtm, at most one month).
 ENQUIRY_WINDOW = timedelta(days=1)
+# QFPay searches one calendar month at most, and does not say what it does with a window crossing
+# into the next: an Enquiry by out_trade_no is asked once per calendar month its window touches.
+# Our windows (ENQUIRY_WINDOW either side, reconciliation's 8 days) touch two months at most.
+ENQUIRY_MAX_REQUESTS = 2
 # A partial refund leaves part of the payment with the customer charged: not "not charged".
 _STILL_CHARGED_FLAGS = frozenset({"4", "5"})
 # A refund is not our cancellation: the customer is not charged, but nothing was cancelled.
@@ -70,29 +74,81 @@ class Finding(NamedTuple):
         )
 
 
-def enquiry_params(
+def enquiry_queries(
     order: Order,
     reversal_syssn: str | None = None,
     payment_syssn: str | None = None,
     *,
     window_before: timedelta = ENQUIRY_WINDOW,
     window_after: timedelta = ENQUIRY_WINDOW,
-) -> dict[str, str | None]:
-    """One query for the original and the reversal's own number together. QFPay filters rows on
-    every list given, so the order is named by syssn when known (from the order, or learnt from an
-    earlier Enquiry), else by out_trade_no alone; then a time window around the order is given,
-    because QFPay otherwise searches the current month only."""
+) -> list[dict[str, str | None]]:
+    """The queries of one Enquiry (ask them with :func:`enquire`). The original and the reversal's
+    own number are asked together; QFPay filters rows on every list given, so the order is named by
+    syssn when known (from the order, or learnt from an earlier Enquiry): one query, which QFPay
+    answers whatever the dates. Else by out_trade_no alone, in a time window around the order
+    (QFPay otherwise searches the current month only): one query per calendar month it touches."""
     syssn = order.syssn or payment_syssn
     if syssn:
         numbers = [n for n in (syssn, reversal_syssn) if n]
-        return {"mchid": order.mchid, "syssn": ",".join(numbers)}
+        return [{"mchid": order.mchid, "syssn": ",".join(numbers)}]
     placed = datetime.strptime(order.txdtm, TXDTM_FORMAT)
-    return {
-        "mchid": order.mchid,
-        "out_trade_no": order.out_trade_no,
-        "start_time": (placed - window_before).strftime(TXDTM_FORMAT),
-        "end_time": (placed + window_after).strftime(TXDTM_FORMAT),
-    }
+    return [
+        {
+            "mchid": order.mchid,
+            "out_trade_no": order.out_trade_no,
+            "start_time": start.strftime(TXDTM_FORMAT),
+            "end_time": end.strftime(TXDTM_FORMAT),
+        }
+        for start, end in month_windows(placed - window_before, placed + window_after)
+    ]
+
+
+def month_windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """``start``..``end`` cut at each calendar month's end, so that no piece crosses one (QFPay may
+    search a window crossing into the next month only within its first). A window inside one month
+    is one piece."""
+    pieces: list[tuple[datetime, datetime]] = []
+    while True:
+        following = datetime(start.year + start.month // 12, start.month % 12 + 1, 1)
+        if end < following:
+            pieces.append((start, end))
+            return pieces
+        pieces.append((start, following - timedelta(seconds=1)))
+        start = following
+
+
+def enquire(
+    ask: Callable[[Mapping[str, str | None]], Mapping[str, Any]], queries: Sequence[Mapping[str, str | None]]
+) -> Mapping[str, Any]:
+    """Ask an Enquiry's queries (:func:`enquiry_queries`) in turn, as one answer (:func:`merged`);
+    after a query that failed nothing more is asked."""
+    answers: list[Mapping[str, Any]] = []
+    for query in queries:
+        answers.append(ask(query))
+        if _failed(answers[-1]):
+            break
+    return merged(answers)
+
+
+def merged(answers: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The answers to an Enquiry's queries as one, holding the rows of all. One that failed, or whose
+    ``data`` is neither a list nor absent, is the answer: :func:`read_enquiry` says why. One without
+    ``data`` leaves a mark in the rows (a row that is not an object), so that the others' rows are
+    never read as all that QFPay knows."""
+    failed = next((answer for answer in answers if _failed(answer)), None)
+    if failed is not None:
+        return failed
+    if len(answers) == 1:
+        return answers[0]
+    rows: list[Any] = []
+    for answer in answers:
+        data = answer.get("data")
+        rows += [None] if data is None else data
+    return {**answers[0], "data": rows}
+
+
+def _failed(answer: Mapping[str, Any]) -> bool:
+    return answer.get("respcd") != "0000" or not isinstance(answer.get("data"), list | None)
 
 
 def read_enquiry(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
-from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.enquiry import Finding, enquire, enquiry_queries, read_enquiry
 from cancellation.orders import Order
 from cancellation.qfpay import EnquiryUnreadable, QFPayClient, QFPayUnavailable
 from cancellation.routing import Routing
@@ -61,7 +61,7 @@ def ask_enquiry(
     """Ask the Enquiry and read the order's row. :class:`BudgetExhausted` passes: the caller
     decides when to ask again."""
     try:
-        answer = qfpay.enquiry(enquiry_params(order, reversal_syssn, payment_syssn))
+        answer = enquire(qfpay.enquiry, enquiry_queries(order, reversal_syssn, payment_syssn))
     except BudgetExhausted:
         raise
     except EnquiryUnreadable as exc:

@@ -29,7 +29,7 @@ from cancellation.aws import (
     ReconciliationRecord,
     ReconciliationStage,
 )
-from cancellation.enquiry import Finding, enquiry_params, read_enquiry
+from cancellation.enquiry import Finding, enquire, enquiry_queries, read_enquiry
 from cancellation.models import OutcomeDetail
 from cancellation.observability import count, count_kind, logger
 from cancellation.orders import TXDTM_FORMAT, Order
@@ -78,10 +78,10 @@ def order_of(outcome: Mapping[str, Any]) -> Order:
     )
 
 
-def reconciliation_enquiry(outcome: Mapping[str, Any]) -> dict[str, str | None]:
-    """The Enquiry's parameters: by syssn (the payment's and the reversal's) when known, otherwise
-    by out_trade_no in a window around the decision."""
-    return enquiry_params(
+def reconciliation_enquiry(outcome: Mapping[str, Any]) -> list[dict[str, str | None]]:
+    """The Enquiry's queries: by syssn (the payment's and the reversal's) when known, otherwise
+    by out_trade_no in a window around the decision (one query per calendar month it touches)."""
+    return enquiry_queries(
         order_of(outcome),
         outcome.get("reversal_syssn"),
         window_before=WINDOW_BEFORE,
@@ -102,10 +102,10 @@ def cancel_may_take_effect(outcome: Mapping[str, Any]) -> bool:
 def qfpay_enquirer(qfpay: QFPayClient) -> Callable[[Mapping[str, Any]], Finding]:
     """What QFPay's Enquiry shows for an outcome's order; an answer we cannot read is "not decided"."""
 
-    def enquire(outcome: Mapping[str, Any]) -> Finding:
+    def finding_of(outcome: Mapping[str, Any]) -> Finding:
         try:
             return read_enquiry(
-                qfpay.enquiry(reconciliation_enquiry(outcome)),
+                enquire(qfpay.enquiry, reconciliation_enquiry(outcome)),
                 order_of(outcome),
                 reversal_syssn=outcome.get("reversal_syssn"),
                 cancel_pending=cancel_may_take_effect(outcome),
@@ -113,7 +113,7 @@ def qfpay_enquirer(qfpay: QFPayClient) -> Callable[[Mapping[str, Any]], Finding]
         except (QFPayError, ValueError) as exc:
             return Finding(None, f"Enquiry unavailable ({exc})", found=False)
 
-    return enquire
+    return finding_of
 
 
 def outcome_in(body: str) -> OutcomeDetail:
