@@ -568,8 +568,8 @@ def check_batch(pipeline: Pipeline, hostile: list[Expected], neighbours: list[Ne
 
 # The local rate limit (a container's share of QFPay's) would throttle this many orders a minute,
 # and the local runs' short QFPay timeouts would let a loaded machine turn a neighbour's slow answer
-# into a retry or a hand-off: neither is what these tests are about. The timeouts are the longest
-# the cancel function accepts at start: every QFPay request of one order must fit its 90 s.
+# into a retry or a hand-off: neither is what these tests are about. The timeouts are long ones
+# the cancel function accepts at start: every QFPay request of one order must fit its 150 s.
 ENV = {
     "QFPAY_MAX_REQUESTS_PER_SECOND": "100",
     "QFPAY_MAX_REQUESTS_PER_MINUTE": "400",

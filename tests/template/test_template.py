@@ -264,7 +264,7 @@ def test_queue_visibility_covers_six_cancel_timeouts_and_the_batching_window(
     timeout = cfn["Resources"]["CancelFunction"]["Properties"]["Timeout"]
     visibility = cfn["Resources"]["OrderTimeoutQueue"]["Properties"]["VisibilityTimeout"]
     longest_window = sam["Parameters"]["CancelBatchingWindowSeconds"]["MaxValue"]
-    assert timeout == 90
+    assert timeout == 150
     assert visibility >= 6 * timeout
     assert visibility >= 6 * timeout + longest_window
 
@@ -291,15 +291,15 @@ def test_the_functions_know_their_timeouts_and_the_defaults_pass_their_start_che
     queue = resources["OrderTimeoutQueue"]["Properties"]
     assert cancel["ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS"] == str(queue["VisibilityTimeout"])
     settings = cancel_settings(cancel)
-    assert settings.function_timeout == 90
-    assert settings.visibility_timeout == 570
+    assert settings.function_timeout == 150
+    assert settings.visibility_timeout == 930
     assert settings.loop.deadline_seconds == int(cfn["Parameters"]["PollDeadlineSeconds"]["Default"])
     assert poll_settings(environments["PollFunction"]).timeouts.read == 10
     # The checks bite on the template's values: the old timeout of each is refused.
     with pytest.raises(ValueError, match="FUNCTION_TIMEOUT_SECONDS"):
-        cancel_settings({**cancel, "FUNCTION_TIMEOUT_SECONDS": "30"})
+        cancel_settings({**cancel, "FUNCTION_TIMEOUT_SECONDS": "90"})
     with pytest.raises(ValueError, match="FUNCTION_TIMEOUT_SECONDS"):
-        poll_settings({**environments["PollFunction"], "FUNCTION_TIMEOUT_SECONDS": "15"})
+        poll_settings({**environments["PollFunction"], "FUNCTION_TIMEOUT_SECONDS": "60"})
 
 
 def test_queue_redrives_to_the_dead_letter_queue(cfn: dict[str, Any]) -> None:
@@ -552,10 +552,11 @@ def test_functions_and_state_machine_log_to_their_own_groups_and_trace(cfn: dict
         assert properties["Architectures"] == ["arm64"]
         assert properties["MemorySize"] == {"CancelFunction": 1024, "PollFunction": 256}[name]
         assert properties["Handler"] == "app.lambda_handler"
-    # One turn always fits: the Enquiry and a resend, each with its 1108 re-read, at the functions'
-    # QFPay timeouts (none is set in the template: the defaults), plus the secret's read.
+    # One turn always fits: the Enquiry (two requests where its window touches two calendar months)
+    # and a resend, each with its 1108 re-read, at the functions' QFPay timeouts (none is set in
+    # the template: the defaults), plus the secret's read.
     assert "QFPAY_READ_TIMEOUT_SECONDS" not in json.dumps(cfn["Resources"]["PollFunction"])
-    turn = QFPaySettings(base_url="", secret_id="").request_budget(requests=4)
+    turn = QFPaySettings(base_url="", secret_id="").request_budget(requests=6)
     assert turn + 3 <= cfn["Resources"]["PollFunction"]["Properties"]["Timeout"] <= 90
     machine = cfn["Resources"]["CancellationStateMachine"]["Properties"]
     assert machine["StateMachineType"] == "STANDARD"

@@ -209,7 +209,7 @@ def test_settings_read_every_variable():
         "QFPAY_PAUSE_AFTER_429_SECONDS": "3",
         "QFPAY_LIMIT_WINDOW_SCALE": "0.1",
         "RETRY_HORIZON_SECONDS": "3600",
-        "FUNCTION_TIMEOUT_SECONDS": "120",  # six requests at these QFPay timeouts need 111 s
+        "FUNCTION_TIMEOUT_SECONDS": "190",  # ten requests at these QFPay timeouts need 183 s
     }
     settings = cancel_settings(env)
     assert settings.qfpay.budget == BudgetPolicy(50, 300, 0.1, 3.0, 0.1)

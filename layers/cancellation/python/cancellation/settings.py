@@ -12,6 +12,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from cancellation.budget import BudgetPolicy
+from cancellation.enquiry import ENQUIRY_MAX_REQUESTS
 from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
 from cancellation.schedule import (
@@ -49,23 +50,24 @@ class QFPaySettings(NamedTuple):
 
 
 # What one invocation may ask of QFPay, at most: each request may be sent again once, after QFPay's
-# 1108 (the secret read afresh). The cancel function, for one order: the Enquiry a redelivered
-# order asks first, the cancel, and the Enquiry that confirms it. The poll function, for one turn:
-# the Enquiry and the loop's one resend.
-CANCEL_REQUESTS_PER_ORDER = 3 * 2
-POLL_REQUESTS_PER_TURN = 2 * 2
+# 1108 (the secret read afresh); an Enquiry by out_trade_no is one request per calendar month its
+# window touches (ENQUIRY_MAX_REQUESTS). The cancel function, for one order: the Enquiry asked
+# first (a look-up, or a redelivered order's), the cancel, and the Enquiry that confirms it. The
+# poll function, for one turn: the Enquiry and the loop's one resend.
+CANCEL_REQUESTS_PER_ORDER = (ENQUIRY_MAX_REQUESTS + 1 + ENQUIRY_MAX_REQUESTS) * 2
+POLL_REQUESTS_PER_TURN = (ENQUIRY_MAX_REQUESTS + 1) * 2
 # The dead-letter function, for one message: the Enquiry that looks up a payment named only by
 # out_trade_no.
-DEAD_LETTER_REQUESTS_PER_MESSAGE = 1 * 2
+DEAD_LETTER_REQUESTS_PER_MESSAGE = ENQUIRY_MAX_REQUESTS * 2
 # Around its QFPay requests an invocation reads the secret and writes the ledger, publishes or
 # starts the loop: time allowed for those AWS calls.
 AWS_CALLS_SECONDS = 3.0
 # The template's Timeout of each function (FUNCTION_TIMEOUT_SECONDS, set from the same value).
-CANCEL_FUNCTION_TIMEOUT = 90
-POLL_FUNCTION_TIMEOUT = 60
+CANCEL_FUNCTION_TIMEOUT = 150
+POLL_FUNCTION_TIMEOUT = 90
 DEAD_LETTER_FUNCTION_TIMEOUT = 60
 # The order queue's VisibilityTimeout (ORDER_QUEUE_VISIBILITY_TIMEOUT_SECONDS).
-ORDER_QUEUE_VISIBILITY_TIMEOUT = 570
+ORDER_QUEUE_VISIBILITY_TIMEOUT = 930
 # How long the decision ledger may remember an order (LEDGER_EXPIRY_SECONDS), at most: ten years.
 MAX_LEDGER_EXPIRY_SECONDS = 3650 * 86400
 
