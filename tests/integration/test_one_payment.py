@@ -10,6 +10,7 @@ decision ledger and state machine) and the QFPay stand-in over real HTTP.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import boto3
@@ -59,6 +60,16 @@ def callers_heard(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
 
     monkeypatch.setattr(CallerNotifier, "notify", spy)
     return heard
+
+
+def queue_empty(pipeline: Pipeline) -> bool:
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    queue = boto3.client("sqs").get_queue_attributes(QueueUrl=pipeline.source.queue_url, AttributeNames=names)
+    return all(int(queue["Attributes"].get(name, 0)) == 0 for name in names)
 
 
 def order_records(pipeline: Pipeline) -> list[str]:
@@ -276,3 +287,29 @@ def test_orders_named_by_out_trade_no_in_one_batch_are_looked_up_with_one_enquir
     endpoint, params = calls[0]
     assert (endpoint, params["out_trade_no"]) == ("/trade/v1/query", "BATCH-0,BATCH-1,BATCH-2")
     assert [e for e, _ in calls].count("/trade/v1/reversal") == 3
+
+
+def test_a_message_naming_out_trade_no_that_ends_past_the_horizon_keeps_the_payment_s_identity(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """A first message named the payment by out_trade_no alone; its look-up learnt the syssn and
+    its reversal is in progress (the loop runs). Then QFPay goes down, and a second message naming
+    the payment the same way is retried until the retry horizon passes and ends. Its look-up
+    failed every time, yet it must end under the payment's identity, not an out_trade_no one of
+    its own: one outcome_id for the payment, and no second cancel."""
+    env = {**FAST_RETRIES, "RETRY_HORIZON_SECONDS": "5"}
+    with pipeline_factory([transaction(in_progress_enquiries=2)], env_overrides=env) as pipeline:
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO))
+        assert wait_for(lambda: len(pipeline.executions()) == 1, timeout=20)
+        pipeline.qfpay.outage.active = True
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO))
+        sent = time.monotonic()  # a retried message goes back as a new one: wait out the horizon
+        assert wait_for(lambda: time.monotonic() - sent > 5 + 4 and queue_empty(pipeline), timeout=60)
+        pipeline.qfpay.outage.active = False
+        outcomes = pipeline.collect_outcomes(1, timeout=60)
+        outcomes += pipeline.stack.read_outcomes(wait_seconds=2)
+        reversals = pipeline.qfpay.count("reversal", SYSSN)
+        records = order_records(pipeline)
+    assert len({o["outcome_id"] for o in outcomes}) == 1, outcomes
+    assert records == [f"cancel#syssn={SYSSN}"]
+    assert reversals == 1

@@ -19,6 +19,7 @@ from cancellation.cancel import (
     execution_name,
     first_look,
 )
+from cancellation.naming import adopt
 from cancellation.orders import Order
 from cancellation.outcomes import outcome_id
 from cancellation.poll import EnquiryStep
@@ -348,3 +349,22 @@ def test_a_look_up_that_fails_is_each_order_s_retry_later_and_sends_nothing(fail
     looks = batch_look(FakeQFPay(enquiry=[failure]).as_client(), [by_number(1), by_number(2)])
     assert all(isinstance(look, RetryLater) and look.throttled is throttled for look in looks)
     assert looks[0] is not looks[1]  # raised from two threads: one exception each
+
+
+# --- the ledger's binding of an out_trade_no (cancellation.naming) ---------------------------------
+
+
+def test_an_out_trade_no_bound_to_a_syssn_names_the_payment_by_it():
+    assert adopt(BY_OUT_TRADE_NO, f"syssn={SYSSN}") == BY_OUT_TRADE_NO._replace(syssn=SYSSN)
+
+
+def test_an_out_trade_no_bound_to_itself_keeps_that_identity_even_with_a_syssn():
+    both = BY_OUT_TRADE_NO._replace(syssn=SYSSN)
+    assert adopt(BY_OUT_TRADE_NO, BY_OUT_TRADE_NO.identity).identity == BY_OUT_TRADE_NO.identity
+    assert adopt(both, BY_OUT_TRADE_NO.identity).identity == BY_OUT_TRADE_NO.identity
+
+
+def test_a_message_naming_another_syssn_than_the_bound_one_keeps_its_own():
+    """QFPay's record refuses it before any cancel (disagreement); never another payment's key."""
+    other = BY_OUT_TRADE_NO._replace(syssn="20261126000101000999")
+    assert adopt(other, f"syssn={SYSSN}") == other

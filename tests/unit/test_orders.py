@@ -13,6 +13,7 @@ from cancellation.orders import (
     Order,
     parse_order_message,
     unwrap,
+    validate_loop_order,
     validate_order,
 )
 from hypothesis import HealthCheck, given, settings
@@ -531,7 +532,24 @@ def test_from_dict_of_to_dict_round_trips(data):
         "udid",
         "txcurrcd",
         "task_token",
+        "by_out_trade_no",
     }
+
+
+def test_a_message_cannot_choose_its_identity():
+    """``by_out_trade_no`` is the ledger's binding (cancellation.naming), never a message's word."""
+    order = validate_order({**VALID, "syssn": "S1", "by_out_trade_no": True})
+    assert order.by_out_trade_no is False
+    assert order.identity == "syssn=S1"
+
+
+def test_the_loop_keeps_the_identity_the_cancel_function_decided_under():
+    order = validate_order({**VALID, "syssn": "S1"})._replace(by_out_trade_no=True)
+    assert order.identity == order.out_trade_no_naming
+    assert validate_loop_order(order.to_dict()) == order
+    # Only an order that names its out_trade_no can be keyed by it.
+    without = {**order.to_dict(), "out_trade_no": None}
+    assert validate_loop_order(without).identity == "syssn=S1"
 
 
 # --- properties --------------------------------------------------------------------------------

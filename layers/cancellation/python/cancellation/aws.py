@@ -333,6 +333,7 @@ class DecisionLedger:
         self._expiry = expiry_seconds
         self._table = LedgerTable(table_name, dynamodb or LazyClient("dynamodb"))
         self.sends = CancelCount(self._table)
+        self.names = PaymentNames(self._table, expiry_seconds)
 
     def claim(
         self, key: str, holder: str, now: float, lease_until: float, decision: Decision | None = None
@@ -461,6 +462,39 @@ class CancelCount:
             {"#holder": "holder", "#lease_until": "lease_until", "#sends": "sends"},
             {":holder": {"S": holder}, ":zero": {"N": "0"}, ":one": {"N": "1"}},
         )
+
+
+class PaymentNames:
+    """Which order identity a merchant's ``out_trade_no`` stands for (``name#<mchid>|out_trade_no=<n>``):
+    the payment's syssn, once QFPay's row showed it, or the ``out_trade_no`` naming itself, when an
+    order was decided under it (QFPay showed no row, or could not be asked). The first binding
+    stands, so every later message naming the payment by ``out_trade_no`` decides under the same
+    identity, whatever QFPay's look-up answers then. Kept an hour longer than order records, so a
+    binding never expires before the record it names."""
+
+    PREFIX = "name#"
+    _KEPT_LONGER = 3600
+
+    def __init__(self, table: LedgerTable, expiry_seconds: int) -> None:
+        self._table = table
+        self._expiry = expiry_seconds
+
+    def bound(self, naming: str, now: float) -> str | None:
+        """The identity ``naming`` is bound to, if any (a strongly consistent read)."""
+        item = self._table.get(self.PREFIX + naming, "identity", "expiration")
+        if item is None or float(item["expiration"]["N"]) < now:
+            return None  # none, or past its expiry and not yet swept
+        return str(item["identity"]["S"])
+
+    def bind(self, naming: str, identity: str, now: float) -> str:
+        """Bind ``naming`` to ``identity`` unless it is bound already; the identity it stands for."""
+        item = {
+            "id": {"S": self.PREFIX + naming},
+            "identity": {"S": identity},
+            "expiration": {"N": str(int(now) + self._expiry + self._KEPT_LONGER)},
+        }
+        written, old = self._table.put_new(item, now)
+        return identity if written else str(old["identity"]["S"])
 
 
 _NUMBERS = frozenset({"lease_until", "sends"})

@@ -21,12 +21,14 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from cancellation.aws import (
+    DecisionLedger,
     LedgerStage,
     ReconciliationLedger,
     ReconciliationRecord,
     ReconciliationStage,
 )
 from cancellation.cancel import execution_name
+from cancellation.naming import adopt
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import outcome_id
 from cancellation.reconciliation import OPERATOR_STATUSES, summarise_revisions
@@ -235,8 +237,14 @@ def show(tool: Tool, stack: Stack, args: argparse.Namespace) -> int:
 
 
 def _with_syssn(tool: Tool, stack: Stack, order: Order) -> Order:
-    """An order named by out_trade_no alone, with the payment's syssn (its identity, under which
-    the ledger and the loop keep it) when an outcome awaiting reconciliation names exactly one."""
+    """The order under the identity the ledger bound its out_trade_no to (cancellation.naming);
+    else, named by out_trade_no alone, with the payment's syssn (its identity, under which the
+    ledger and the loop keep it) when an outcome awaiting reconciliation names exactly one."""
+    if order.out_trade_no:
+        names = DecisionLedger(stack.table, 0, lambda: tool.client("dynamodb")).names
+        bound = names.bound(order.out_trade_no_naming, time.time())
+        if bound is not None:
+            return adopt(order, bound)
     if order.syssn is not None or not order.out_trade_no:
         return order
     ledger = ReconciliationLedger(stack.table, lambda: tool.client("dynamodb"))

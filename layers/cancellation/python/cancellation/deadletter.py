@@ -2,12 +2,12 @@
 every receive the order queue allows) still ends in an explained outcome, and its task-token
 caller is answered.
 
-It never sends a cancel. A message naming the payment only by ``out_trade_no`` is first looked
-up as the cancel function does (:func:`~cancellation.cancel.first_look`, one Transaction Enquiry,
-read-only), so that the order is named by its payment's ``syssn``, as its other messages are (one
-payment, one outcome identity); if QFPay cannot be asked, or its record disagrees with the
-message, the order keeps the name the message gives (``mchid`` + ``out_trade_no``), and the reason
-says why.
+It never sends a cancel. A message naming the payment only by ``out_trade_no`` is named as the
+cancel function names it (:mod:`cancellation.naming`: the identity the ledger bound its
+out_trade_no to, else one Transaction Enquiry, read-only, for the payment's ``syssn``), so that
+its outcome has the identity its other messages have; if QFPay cannot be asked, or its record
+disagrees with the message, the order keeps the name the message gives (``mchid`` +
+``out_trade_no``), and the reason says why.
 
 It then reads what the decision ledger knows of the order. A decision recorded for the order is
 the order's one outcome: delivered here if its delivery was abandoned (published, or its loop
@@ -37,10 +37,11 @@ from cancellation.aws import (
 from cancellation.batch import QueueMessage, process_batch, queue_messages
 from cancellation.budget import spend_until
 from cancellation.callers import CallerAnswers
-from cancellation.cancel import RetryLater, disagreement, first_look, started_now
+from cancellation.cancel import RetryLater, disagreement, started_now
 from cancellation.enquiry import read_enquiry
 from cancellation.exactly_once import ExactlyOnce
 from cancellation.models import Decision, OutcomeDecision
+from cancellation.naming import PaymentNaming
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, Order, parse_order_message
 from cancellation.outcomes import Status, build_outcome, outcome_id, rejection_of
@@ -71,6 +72,7 @@ class DeadLetterService:
         self.settings = settings
         self.deps = deps
         self.qfpay = qfpay  # the look-up's Enquiry only
+        self.naming = PaymentNaming(qfpay, deps.ledger.names, deps.clock)
         self._orders = DeadOrders(settings, deps)
         self._pool = ThreadPoolExecutor(max_workers=DEAD_LETTER_CONCURRENCY, thread_name_prefix="dead-letter")
 
@@ -107,15 +109,18 @@ class DeadLetterService:
             logger.thread_safe_remove_keys(["message_id", "order", "correlation_id", "caller"])
 
     def _named(self, order: Order) -> tuple[Order, str | None]:
-        """The order named by its payment (QFPay's syssn), as the cancel function names it; or, if
-        the message names only out_trade_no and that look-up fails, as the message names it, with
-        why (for the outcome's reason)."""
-        if order.syssn is not None:
-            return order, None
+        """The order named as the cancel function names it (:mod:`cancellation.naming`); if the
+        message names only out_trade_no and that look-up fails, as the message names it (and the
+        out_trade_no bound so), with why (for the outcome's reason)."""
+        failed: list[RetryLater] = []
+
+        def give_up(exc: RetryLater) -> bool:
+            failed.append(exc)
+            return True  # a dead letter is settled now, named or not
+
         try:
-            look = first_look(self.qfpay, order)
-            disagrees = disagreement(order, read_enquiry(look.answer, order))
-        except (RetryLater, QFPayError, ValueError) as exc:
+            named, answer = self.naming.name(order, None, give_up)
+        except QFPayError as exc:
             return order, f"QFPay's Enquiry could not be asked ({exc})"
         except Exception as exc:  # the look-up only names the order
             # The merchant's secret unreadable (missing, not JSON, its key refusing us) is a common
@@ -124,9 +129,13 @@ class DeadLetterService:
             # credentials' path).
             logger.warning("dead letter's look-up failed", extra={"error": type(exc).__name__})
             return order, f"QFPay's Enquiry could not be asked ({type(exc).__name__})"
-        if disagrees is not None:
-            return order, f"the message disagrees with QFPay's record ({disagrees})"
-        return look.order, None
+        if failed:
+            return named, f"QFPay's Enquiry could not be asked ({failed[0]})"
+        if answer is not None:
+            disagrees = disagreement(order, read_enquiry(answer, order))
+            if disagrees is not None:
+                return order, f"the message disagrees with QFPay's record ({disagrees})"
+        return named, None
 
     def _invalid(self, message: QueueMessage, invalid: InvalidOrder) -> str:
         """Not an order: its rejection (keyed by the message) is published again, and a caller

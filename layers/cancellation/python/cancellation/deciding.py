@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from cancellation.aws import Claim, DecisionLedger
 from cancellation.batch import QueueMessage
-from cancellation.cancel import CancelAttempt, FirstLook, RetryLater, batch_look, first_look, request_id
+from cancellation.cancel import CancelAttempt, FirstLook, RetryLater, batch_look, request_id
+from cancellation.naming import PaymentNaming
 from cancellation.observability import count_kind, logger
 from cancellation.orders import Order, parse_order_message
 from cancellation.qfpay import QFPayClient
@@ -59,26 +60,16 @@ class OrderDecider:
         self.qfpay = qfpay
         self.ledger = ledger
         self.clock = clock
+        self.naming = PaymentNaming(qfpay, ledger.names, clock)
 
     def named_by_qfpay(
         self, order: Order, message: QueueMessage, looked: FirstLook | RetryLater | None
     ) -> tuple[Order, Mapping[str, Any] | None]:
-        """An order named by out_trade_no alone, named by QFPay's record of the payment (its syssn),
-        so that every naming of one payment is one order; with the Enquiry's answer that named it.
-        Read-only, before anything is held. ``looked``: the batch's look-up (or why it failed)."""
-        if order.syssn is not None:
-            return order, None
-        try:
-            if isinstance(looked, RetryLater):
-                raise looked
-            look = looked if looked is not None else first_look(self.qfpay, order)
-        except RetryLater as exc:
-            if not self.past_horizon(message, exc):
-                raise
-            # QFPay unreachable for the whole horizon: the attempt asks once more and ends the
-            # order, explained (CancelAttempt.give_up).
-            return order, None
-        return look.order, look.answer
+        """The order named as its payment's identity names it (:mod:`cancellation.naming`), with the
+        Enquiry's answer when one was asked. Read-only towards QFPay, before anything is held.
+        ``looked``: the batch's look-up (or why it failed). QFPay unreachable for the whole horizon:
+        the attempt asks once more and ends the order, explained (CancelAttempt.give_up)."""
+        return self.naming.name(order, looked, lambda exc: self.past_horizon(message, exc))
 
     def past_horizon(self, message: QueueMessage, exc: RetryLater) -> bool:
         """QFPay has been unreachable since the message's first attempt for longer than the retry

@@ -57,15 +57,24 @@ class Order(NamedTuple):
     udid: str | None = None
     txcurrcd: str | None = None
     task_token: str | None = None
+    # Never from a message: the ledger bound this payment's out_trade_no to its own naming before
+    # QFPay showed its syssn (cancellation.naming), so the order keeps that identity.
+    by_out_trade_no: bool = False
 
     @property
     def identity(self) -> str:
         """The payment this order names, so that two messages naming it two ways are one order:
         its QFPay ``syssn`` when known (QFPay's serial names one payment, whoever sends it, with or
-        without ``mchid``), else ``mchid`` + ``out_trade_no`` (the merchant's own number)."""
-        # '=' never passes validation in any field, and '|' never in mchid: the forms cannot collide.
-        if self.syssn:
+        without ``mchid``), else ``mchid`` + ``out_trade_no`` (the merchant's own number); that
+        naming too when the ledger bound the out_trade_no to it (``by_out_trade_no``)."""
+        if self.syssn and not (self.by_out_trade_no and self.out_trade_no):
             return f"syssn={self.syssn}"
+        return self.out_trade_no_naming
+
+    @property
+    def out_trade_no_naming(self) -> str:
+        """``mchid`` + ``out_trade_no``: the merchant's own name for the payment."""
+        # '=' never passes validation in any field, and '|' never in mchid: the forms cannot collide.
         return f"{self.mchid or ''}|out_trade_no={self.out_trade_no}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +84,7 @@ class Order(NamedTuple):
     def from_dict(cls, data: dict[str, Any]) -> Order:
         """Rebuild an order this service validated earlier (the loop's state)."""
         fields: dict[str, Any] = {name: data.get(name) for name in cls._fields}
+        fields["by_out_trade_no"] = data.get("by_out_trade_no") is True
         return cls(**fields)
 
 
@@ -143,7 +153,26 @@ def validate_order(data: Any) -> Order:
         identifiers["task_token"] = task_token  # so even a rejected order answers its caller
     if problems or txamt is None or txdtm is None:
         raise InvalidOrder("; ".join(problems), identifiers)
-    return Order(txamt=txamt, txdtm=txdtm, txcurrcd=txcurrcd, task_token=task_token, **texts)
+    return Order(
+        txamt=txamt,
+        txdtm=txdtm,
+        out_trade_no=texts["out_trade_no"],
+        syssn=texts["syssn"],
+        pay_type=texts["pay_type"],
+        mchid=texts["mchid"],
+        udid=texts["udid"],
+        txcurrcd=txcurrcd,
+        task_token=task_token,
+    )
+
+
+def validate_loop_order(data: Any) -> Order:
+    """An order from the loop's state, validated as a message is, under the identity the cancel
+    function decided it (``by_out_trade_no``, which no message can set)."""
+    order = validate_order(data)
+    if order.out_trade_no and data.get("by_out_trade_no") is True:
+        return order._replace(by_out_trade_no=True)
+    return order
 
 
 def _txamt(value: Any, problems: list[str]) -> int | None:

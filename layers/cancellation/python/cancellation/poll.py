@@ -13,7 +13,7 @@ from typing import Any
 from cancellation.budget import BudgetExhausted, spend_until
 from cancellation.enquiry import Finding
 from cancellation.observability import count_kind
-from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_order
+from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_loop_order
 from cancellation.outcomes import QFPayAmount, Status, build_outcome
 from cancellation.qfpay import (
     QFPayAmbiguous,
@@ -297,7 +297,7 @@ def read_loop_state(state: dict[str, Any], now: float) -> tuple[Order, PollSched
     problems: list[str] = []
     order: Order | None = None
     try:
-        order = validate_order(state.get("order"))
+        order = validate_loop_order(state.get("order"))
     except InvalidOrder as invalid:
         problems.append(f"order: {invalid.reason}")
     schedule: PollSchedule | None = None
