@@ -143,15 +143,6 @@ def test_out_trade_no_then_syssn_while_the_cancel_is_in_progress_is_one_outcome_
     assert outcomes[0]["syssn"] == SYSSN  # QFPay's number, learnt for the message that lacked it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a message naming only out_trade_no whose look-up window (its txdtm +- 1 day) "
-        "misses QFPay's sysdtm is keyed by mchid + out_trade_no and sends its cancel; a message "
-        "naming the syssn is another ledger record and sends a second cancel while the first "
-        "is in progress"
-    ),
-)
 def test_out_trade_no_whose_look_up_window_misses_the_payment_then_syssn_is_still_one_cancel(
     pipeline_factory: PipelineFactory,
 ) -> None:
@@ -167,8 +158,14 @@ def test_out_trade_no_whose_look_up_window_misses_the_payment_then_syssn_is_stil
         assert wait_for(lambda: pipeline.qfpay.count("reversal", SYSSN) == 1, timeout=20)
         pipeline.send(message(syssn=SYSSN))  # the same payment, by QFPay's number
         assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=30)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        outcomes += pipeline.stack.read_outcomes(wait_seconds=1)
         reversals = pipeline.qfpay.count("reversal", SYSSN)
+        records = order_records(pipeline)
     assert reversals == 1
+    assert records == [f"cancel#|out_trade_no={OUT_TRADE_NO}"]  # the identity the first one decided under
+    assert {(o["outcome_id"], o["status"]) for o in outcomes} == {(outcomes[0]["outcome_id"], "CANCELLED")}
+    assert {(o["out_trade_no"], o["syssn"]) for o in outcomes} == {(OUT_TRADE_NO, SYSSN)}
 
 
 def test_an_agent_s_syssn_first_then_both_numbers_is_one_outcome(pipeline_factory: PipelineFactory) -> None:

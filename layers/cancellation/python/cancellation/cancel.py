@@ -305,6 +305,9 @@ class CancelAttempt:
         respcd = str(answer.get("respcd") or "")
         resperr = answer_text(answer)
         own_syssn = text_of(answer.get("syssn"))
+        payment_syssn = text_of(answer.get("orig_syssn"))
+        if self.order.syssn is None and valid_syssn(payment_syssn):
+            self.record.payment_syssn = payment_syssn
         meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
         facts = {"respcd": respcd, "resperr": resperr, "reversal_syssn": own_syssn}
         if meaning.disposition is Disposition.DONE:
@@ -469,13 +472,20 @@ class OrderRecord:
         self.qfpay = qfpay
         self.order = order
         self.amount: QFPayAmount | None = None
+        # The payment's syssn as the cancel's answer named it (orig_syssn), for an order named by
+        # out_trade_no alone: asked by syssn, QFPay searches every date, not a window.
+        self.payment_syssn: str | None = None
 
     def enquire(self, reversal_syssn: str | None, *, cancel_pending: bool) -> Finding | None:
         """None: no answer we can read. :class:`BudgetExhausted` passes: the caller decides when
         to ask again."""
         try:
             asked = ask_enquiry(
-                self.qfpay, self.order, reversal_syssn=reversal_syssn, cancel_pending=cancel_pending
+                self.qfpay,
+                self.order,
+                reversal_syssn=reversal_syssn,
+                cancel_pending=cancel_pending,
+                payment_syssn=self.payment_syssn,
             )
         except ValueError:  # a request that could not be made is no answer either
             return None
@@ -574,6 +584,8 @@ class OrderDecisions:
             "schedule": schedule.to_dict(),
             "status": "IN_PROGRESS",
         }
+        if self.record.payment_syssn is not None:
+            state["payment_syssn"] = self.record.payment_syssn
         return {"handoff": {"name": execution_name(self.order), "input": state}}
 
     def _unreachable_allowance(self, now: float) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from cancellation.orders import CURRENCIES, TXDTM_FORMAT, Order, valid_out_trade_no
+from cancellation.orders import CURRENCIES, TXDTM_FORMAT, Order, valid_out_trade_no, valid_syssn
 from cancellation.outcomes import QFPayAmount, Status
 from cancellation.respcd import RESPCD_MEANINGS, Disposition, meaning_of
 
@@ -66,11 +66,12 @@ class Finding(NamedTuple):
         """QFPay's figures for the payment (read only from a row that passed ``_unreadable``)."""
         if self.payment is None or _unreadable_amount(self.payment) is not None:
             return None
-        number = self.payment.get("out_trade_no")
+        number, syssn = self.payment.get("out_trade_no"), self.payment.get("syssn")
         return QFPayAmount(
             int(str(self.payment["txamt"])),
             str(self.payment["txcurrcd"]),
             number if valid_out_trade_no(number) else None,
+            syssn if valid_syssn(syssn) else None,
         )
 
 

@@ -5,8 +5,10 @@ up first (one Transaction Enquiry) to learn the syssn; that look-up can fail (QF
 the whole retry horizon) or miss (QFPay searches out_trade_no within a time window). So the answer
 is written down once: the ledger binds the merchant's out_trade_no to the identity its first
 decided message used (:class:`~cancellation.aws.PaymentNames`), and every later message naming it
-so decides under that identity instead of looking again. Only what QFPay showed (its row's syssn),
-or the out_trade_no naming itself, is ever bound: a message's own claim that a syssn belongs to an
+so decides under that identity instead of looking again. A message naming only the syssn is
+looked up too (by syssn, which QFPay searches at every date), for the out_trade_no QFPay has for
+it and that out_trade_no's binding. Only what QFPay showed (its row's syssn or out_trade_no), or
+the out_trade_no naming itself, is ever bound: a message's own claim that a syssn belongs to an
 out_trade_no is checked against QFPay's record before anything is sent, never bound.
 """
 
@@ -17,7 +19,8 @@ from typing import Any
 
 from cancellation.aws import PaymentNames
 from cancellation.cancel import FirstLook, RetryLater, first_look
-from cancellation.orders import Order
+from cancellation.enquiry import read_enquiry
+from cancellation.orders import Order, valid_out_trade_no
 from cancellation.qfpay import QFPayClient
 
 
@@ -38,7 +41,7 @@ class PaymentNaming:
         look-up that failed ends here (the order is then named, and bound, by its out_trade_no)
         rather than raising RetryLater."""
         if order.out_trade_no is None:
-            return order, None  # the syssn names the payment
+            return self._by_syssn(order, may_give_up)
         naming = order.out_trade_no_naming
         bound = self.names.bound(naming, self.clock())
         if bound is not None:
@@ -54,6 +57,24 @@ class PaymentNaming:
                 raise
             return self._bind(order), None
         return self._bind(look.order), look.answer
+
+    def _by_syssn(
+        self, order: Order, may_give_up: Callable[[RetryLater], bool]
+    ) -> tuple[Order, Mapping[str, Any] | None]:
+        """A message naming only the syssn: QFPay's row (an Enquiry by syssn searches every date)
+        gives the payment's out_trade_no, which an earlier message may have bound to its own naming
+        (its look-up showed no row): this one then decides under that identity, not a second one.
+        Costs one Enquiry, which also serves as the Enquiry read before the cancel."""
+        try:
+            look = first_look(self.qfpay, order)
+        except RetryLater as exc:
+            if not may_give_up(exc):
+                raise
+            return order, None
+        out_trade_no = (read_enquiry(look.answer, order).payment or {}).get("out_trade_no")
+        if not valid_out_trade_no(out_trade_no):
+            return order, look.answer  # QFPay shows no row of it (or none we can read)
+        return self._bind(order._replace(out_trade_no=out_trade_no)), look.answer
 
     def _bind(self, order: Order) -> Order:
         """Bind the out_trade_no to the syssn QFPay showed for it, else to itself; the first binding

@@ -43,12 +43,13 @@ def utc_now_iso(now: float) -> str:
 
 class QFPayAmount(NamedTuple):
     """What QFPay's record of the payment says was charged (from a Transaction Enquiry row), and
-    the merchant's number it records for it (so that an outcome of a message that named only the
-    syssn still names the order for a caller that sent only out_trade_no)."""
+    the numbers it records for it (so that an outcome of a message that named the payment one way
+    still names it for a caller that sent the other)."""
 
     txamt: int
     txcurrcd: str
     out_trade_no: str | None = None
+    syssn: str | None = None
 
 
 def build_outcome(
@@ -75,7 +76,7 @@ def build_outcome(
     return {
         "outcome_id": outcome_id(identity),
         "out_trade_no": subject.get("out_trade_no") or (amount.out_trade_no if amount else None),
-        "syssn": subject.get("syssn"),
+        "syssn": subject.get("syssn") or (amount.syssn if amount else None),
         "mchid": subject.get("mchid"),
         "pay_type": subject.get("pay_type"),
         "txamt": amount.txamt if amount else None,
