@@ -54,11 +54,13 @@ class ExactlyOnce:
             if decision is None:
                 decision = decide(claim, sends)
                 if message_key is not None and decision.get("request"):
-                    own = decision
-                    answered = self.run_once(message_key, lease_until, deliver, lambda *_: own, known=True)
                     # QFPay refused the request itself: this attempt's cancel, if any, did nothing.
-                    self._release(ledger_key, holder, sent_nothing=sends.counted)
-                    return answered
+                    # The order is handed back before the refusal is published: an attempt dying
+                    # in between then leaves an order whose next attempt asks QFPay again, never
+                    # a published refusal beside a cancel the next attempt must treat as pending.
+                    self._hand_back(ledger_key, holder, sent_nothing=sends.counted)
+                    own = decision
+                    return self.run_once(message_key, lease_until, deliver, lambda *_: own, known=True)
                 self.ledger.record_decision(ledger_key, holder, decision)
             result = deliver(decision)
         except (RetryLater, CredentialsRejected):
@@ -73,12 +75,15 @@ class ExactlyOnce:
 
     def _release(self, key: str, holder: str, *, sent_nothing: bool = False) -> None:
         try:
-            if sent_nothing:
-                self.ledger.sends.release_unsent(key, holder)
-            else:
-                self.ledger.release(key, holder)
+            self._hand_back(key, holder, sent_nothing=sent_nothing)
         except Exception:  # the lease then runs out with the invocation; the retry waits for it
             logger.exception("could not release the order after a failed attempt")
+
+    def _hand_back(self, key: str, holder: str, *, sent_nothing: bool) -> None:
+        if sent_nothing:
+            self.ledger.sends.release_unsent(key, holder)
+        else:
+            self.ledger.release(key, holder)
 
 
 class SendCount:
