@@ -10,9 +10,11 @@ then sent to QFPay and decided on its own.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import boto3
+from cancellation.aws import RedeliveryDelay
 
 from tests.conftest import PipelineFactory, wait_for
 from tests.e2e.test_pipeline_e2e import cancel_function_calls, not_granted_to_the_cancel_function
@@ -112,3 +114,28 @@ def test_a_redelivered_rejected_message_is_answered_from_the_ledger(
     assert calls == [("/trade/v1/reversal", "1266")]
     assert "dynamodb:GetItem" in called  # the redelivery read its own record ...
     assert not_granted_to_the_cancel_function(called) == set()  # ... as its role allows
+
+
+def test_a_message_sent_back_to_the_queue_is_still_the_message_qfpay_refused(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The service sends a message back to the queue as a new one (its order held by another
+    attempt, the merchant's budget spent) so as not to spend its receives; the copy is still that
+    message. QFPay refused its request: the copy finds that refusal delivered and asks QFPay
+    nothing, as a redelivery does (a later answer, the payment known by then, say, would give the
+    one message two outcomes)."""
+    order, txn = order_and_txn(36, close_supported=False)
+    wrong = {**order, "pay_type": "800208"}  # a close PayType: close is refused (1297), payment live
+    with pipeline_factory([txn]) as pipeline:
+        message_id = pipeline.send(wrong)
+        [refused] = pipeline.collect_outcomes(1, timeout=20)
+        assert wait_for(lambda: pipeline.source.total.deleted >= 1, timeout=20)
+        RedeliveryDelay().requeue(
+            pipeline.stack.queue_arn, json.dumps(wrong), 0, time.time(), requeues=1, message_id=message_id
+        )
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        again = pipeline.stack.read_outcomes(wait_seconds=1)
+        closes = pipeline.qfpay.count("close", txn.syssn)
+    assert refused["status"] == "REJECTED"
+    assert again == []  # delivered once, for the message and its copy
+    assert closes == 1

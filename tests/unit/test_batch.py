@@ -41,6 +41,22 @@ def test_a_message_sent_back_by_the_service_keeps_its_first_attempts_time() -> N
     }
     (message,) = queue_messages({"Records": [requeued]})
     assert (message.first_attempt_at, message.requeues) == (1_795_500_000.5, 4)
+    assert (message.key_id, message.sent_back) == ("m-1", False)
+
+
+def test_a_message_sent_back_by_the_service_is_still_the_message_it_copies() -> None:
+    copy = record("m-2")
+    copy["messageAttributes"] = {"first_message_id": {"stringValue": "m-1", "dataType": "String"}}
+    (message,) = queue_messages({"Records": [copy]})
+    assert (message.message_id, message.key_id, message.sent_back) == ("m-2", "m-1", True)
+
+
+@pytest.mark.parametrize("claimed", ["", "m-1|message=x", "x" * 101, "m 1"])
+def test_a_first_message_id_that_is_no_message_id_is_ignored(claimed: str) -> None:
+    copy = record("m-2")
+    copy["messageAttributes"] = {"first_message_id": {"stringValue": claimed, "dataType": "String"}}
+    (message,) = queue_messages({"Records": [copy]})
+    assert (message.key_id, message.sent_back) == ("m-2", False)
 
 
 @pytest.mark.parametrize("count", [None, "", "two", "-1"])

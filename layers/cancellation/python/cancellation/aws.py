@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import boto3
 
-from cancellation.batch import FIRST_ATTEMPT_AT, REQUEUES
+from cancellation.batch import FIRST_ATTEMPT_AT, FIRST_MESSAGE_ID, REQUEUES
 from cancellation.budget import SlotFull
 from cancellation.outcomes import (
     CALLER_ERRORS,
@@ -523,11 +523,18 @@ class RedeliveryDelay:
         )
 
     def requeue(
-        self, queue_arn: str, body: str, seconds: int, first_attempt_at: float, requeues: int
+        self,
+        queue_arn: str,
+        body: str,
+        seconds: int,
+        first_attempt_at: float,
+        requeues: int,
+        *,
+        message_id: str,
     ) -> None:
         """Send the message again as a new one, due in ``seconds`` (at most 900): unlike a
         redelivery, it does not count toward the queue's maxReceiveCount. The caller then lets
-        the original be deleted."""
+        the original be deleted. ``message_id``: the message's first id, which the copy keeps."""
         self._sqs().send_message(
             QueueUrl=self._url(queue_arn),
             MessageBody=body,
@@ -535,6 +542,7 @@ class RedeliveryDelay:
             MessageAttributes={
                 FIRST_ATTEMPT_AT: {"DataType": "Number", "StringValue": _number(first_attempt_at)},
                 REQUEUES: {"DataType": "Number", "StringValue": str(requeues)},
+                FIRST_MESSAGE_ID: {"DataType": "String", "StringValue": message_id},
             },
         )
 

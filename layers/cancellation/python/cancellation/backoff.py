@@ -69,7 +69,9 @@ class Backoff:
         a backoff by receive count and raise ``reason``, so the original is delivered again."""
         first = message.first_attempt_at if message.first_attempt_at is not None else self.clock()
         try:
-            self.redelivery.requeue(message.queue_arn, message.body, delay, first, requeues)
+            self.redelivery.requeue(
+                message.queue_arn, message.body, delay, first, requeues, message_id=message.key_id
+            )
         except Exception:
             logger.exception("could not send the message back; SQS delivers it again")
             self.back_off(message, message.receive_count, throttled=throttled)

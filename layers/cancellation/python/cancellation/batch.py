@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, NamedTuple
@@ -30,6 +31,18 @@ class QueueMessage(NamedTuple):
     # queue since (message attributes of a requeued message; else the message's SentTimestamp).
     first_attempt_at: float | None = None
     requeues: int = 0
+    # The id of the message this one is a copy of, when the cancel function sent it back itself.
+    first_message_id: str | None = None
+
+    @property
+    def key_id(self) -> str:
+        """The message's id for what belongs to it alone (QFPay refusing its request): a copy
+        sent back to the queue is still the message it copies."""
+        return self.first_message_id or self.message_id
+
+    @property
+    def sent_back(self) -> bool:
+        return self.first_message_id is not None
 
     @classmethod
     def from_record(cls, record: Any) -> QueueMessage:
@@ -50,12 +63,14 @@ class QueueMessage(NamedTuple):
             receipt_handle=str(record.get("receiptHandle") or ""),
             first_attempt_at=first,
             requeues=int(requeues) if requeues is not None and 0 <= requeues < 1e6 else 0,
+            first_message_id=_id_attribute(record, FIRST_MESSAGE_ID),
         )
 
 
 # Message attributes of a message the cancel function sent back to the queue itself.
 FIRST_ATTEMPT_AT = "first_attempt_at"
 REQUEUES = "requeues"
+FIRST_MESSAGE_ID = "first_message_id"
 
 
 def _number_attribute(record: Mapping[str, Any], name: str) -> float | None:
@@ -67,6 +82,17 @@ def _number_attribute(record: Mapping[str, Any], name: str) -> float | None:
     except ValueError:
         return None
     return number if number is not None and math.isfinite(number) else None
+
+
+def _id_attribute(record: Mapping[str, Any], name: str) -> str | None:
+    attributes = record.get("messageAttributes")
+    value = attributes.get(name) if isinstance(attributes, Mapping) else None
+    text = value.get("stringValue") if isinstance(value, Mapping) else None
+    # An SQS message id is a UUID; anything else is not one of ours and is ignored.
+    return text if isinstance(text, str) and _MESSAGE_ID.fullmatch(text) else None
+
+
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 
 
 def queue_messages(event: Any) -> list[QueueMessage]:

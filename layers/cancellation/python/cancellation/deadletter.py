@@ -169,7 +169,7 @@ class DeadOrders:
             owner, decision, status = order.identity, *self._order_decision(order, lease_until)
         else:
             # Nobody decided the order: the dead message's own UNKNOWN (see module docstring).
-            owner = f"{order.identity}|message={message.message_id}"
+            owner = f"{order.identity}|message={message.key_id}"
             decision, status = self._message_unknown(order, message, owner, lease_until, unnamed)
         logger.warning("dead-lettered order settled", extra={"status": status})
         if order.task_token:

@@ -93,7 +93,7 @@ class OrderDecider:
         # delivery (a duplicate can arrive after the earlier attempt died).
         receive_count = message.receive_count
         redelivered = receive_count > 1 or (claim is not None and claim.earlier_attempt)
-        if receive_count > 1:
+        if receive_count > 1 or message.sent_back:
             # QFPay may have refused this very message already: never ask it again.
             own = self.ledger.decision_of(f"cancel#{message_key}")
             if own is not None and own.get("request"):

@@ -110,7 +110,7 @@ class CancelService:
             # Where a decision that belongs to this message alone is kept (see
             # cancel.REQUEST_STATUSES). The message, not its content: the same fields sent before
             # QFPay knew the payment (1268) and again after must not share that refusal.
-            message_key = f"{order.identity}|message={message.message_id}"
+            message_key = f"{order.identity}|message={message.key_id}"
             # The outcome_id is the order's correlation id in both functions' logs and in the event.
             logger.thread_safe_append_keys(order=order.identity, correlation_id=outcome_id(order.identity))
             decision, status = self.once.run_once(
