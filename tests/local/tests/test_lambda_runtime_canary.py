@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import pytest
@@ -25,6 +25,7 @@ from moto.awslambda_simple.models import LambdaSimpleBackend
 from tests.conftest import wait_for
 from tests.local import lambda_runtime
 from tests.local.moto_server import LocalAws
+from tests.local.tests.far_end import FarEnd
 
 HANDLER = """
 import json
@@ -328,31 +329,12 @@ def lambda_handler(event, context):
 """
 
 
-class _FarEnd(BaseHTTPRequestHandler):
-    """Records every request on arrival; ``/slow...`` answers only after ``SLOW_SECONDS``."""
-
-    seen: ClassVar[list[str]] = []
-    SLOW_SECONDS = 1.5
-
-    def do_GET(self) -> None:
-        type(self).seen.append(self.path)
-        if self.path.startswith("/slow"):
-            time.sleep(self.SLOW_SECONDS)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent."""
-
-
 @pytest.fixture
 def late(aws: LocalAws, tmp_path: Path) -> Iterator[Path]:
     """A function with a 1 s Timeout that sleeps, then sends one request; yields its marker
     file, where the handler writes what its request ended in (``answered`` or the exception)."""
-    _FarEnd.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FarEnd)
+    FarEnd.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FarEnd)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     marker = tmp_path / "marker"
@@ -378,12 +360,12 @@ def test_a_timed_out_invocation_sends_nothing_after_its_deadline(late: Path) -> 
     # never left: it died where it would have sent.
     assert wait_for(late.exists, 10)
     assert late.read_text() == "SandboxKilled"
-    assert _FarEnd.seen == []
+    assert FarEnd.seen == []
     assert lambda_runtime.invocations("late")[-1].error == "Sandbox.Timedout"
 
     # Lambda throws the timed-out sandbox away: the next invocation is a cold start, and lives.
     assert invoke("late", {"sleep": 0, "path": "/next"}) == (None, "answered")
-    assert _FarEnd.seen == ["/next"]
+    assert FarEnd.seen == ["/next"]
     assert [i.cold_start for i in lambda_runtime.invocations("late")] == [True, True]
 
 
@@ -391,7 +373,7 @@ def test_a_request_on_the_wire_at_the_deadline_is_done_but_its_answer_is_lost(la
     error, result = invoke("late", {"sleep": 0, "path": "/slow"})
 
     assert (error, result["errorType"]) == ("Unhandled", "Sandbox.Timedout")
-    assert _FarEnd.seen == ["/slow"]  # the far end got it (and did its work)
+    assert FarEnd.seen == ["/slow"]  # the far end got it (and did its work)
     assert wait_for(late.exists, 10)
     assert late.read_text() == "SandboxKilled"  # the answer never reached the handler
 

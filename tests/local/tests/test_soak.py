@@ -17,9 +17,9 @@ import re
 import textwrap
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import pytest
@@ -37,6 +37,7 @@ from tests.local.soak import (
     judge,
     undocumented_cancels,
 )
+from tests.local.tests.far_end import FarEnd
 
 SYSSN = "20261126000100020000000001"
 REVERSAL = "/trade/v1/reversal"
@@ -345,24 +346,10 @@ def lambda_handler(event, context):
 """
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    seen: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        type(self).seen.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent."""
-
-
 @pytest.fixture
 def crashing_function(local_aws: LocalAws, tmp_path: Path) -> Any:
-    _Recorder.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    FarEnd.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FarEnd)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     code = tmp_path / "crashing"
@@ -411,8 +398,8 @@ def test_a_crash_after_k_requests_stops_every_thread_and_exits(crashing_function
     assert "signal: killed" in payload["errorMessage"]
     # The first requests were on the wire together and reached the server; once the first
     # answer came back the sandbox was dead: no thread sent its second request.
-    assert 1 <= len(_Recorder.seen) <= 6
-    assert all(path.startswith("/first/") for path in _Recorder.seen), _Recorder.seen
+    assert 1 <= len(FarEnd.seen) <= 6
+    assert all(path.startswith("/first/") for path in FarEnd.seen), FarEnd.seen
     crashed = lambda_runtime.invocations("crashing")[-1]
     assert crashed.error == "Runtime.ExitError"
     # The sandbox was thrown away: the next invocation is a cold start, and lives.
@@ -427,7 +414,7 @@ def test_a_crash_after_the_handler_returned_loses_the_result_and_times_out(crash
     assert time.monotonic() - started >= 2.0  # held until the function's 2 s timeout
     assert (error, payload["errorType"]) == ("Unhandled", "Sandbox.Timedout")
     assert "Task timed out after 2.00 seconds" in payload["errorMessage"]
-    assert sorted(_Recorder.seen) == ["/first/a", "/first/b", "/second/a", "/second/b"]  # all done
+    assert sorted(FarEnd.seen) == ["/first/a", "/first/b", "/second/a", "/second/b"]  # all done
 
 
 def test_the_plan_sees_the_event_and_may_spare_an_invocation(crashing_function):
