@@ -68,6 +68,24 @@ def test_try_later_is_retried_by_time_not_by_count_then_ends_unknown_and_never_i
     assert calls[-1].timestamp - calls[0].timestamp <= 12 + 4 + 2
 
 
+def test_a_cancel_qfpay_refused_with_429_is_sent_again_without_an_enquiry_first(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """HTTP 429 shows QFPay did nothing, and the ledger's count of cancels that may have reached
+    QFPay is back at 0: the next attempt has nothing of ours to look for, so it sends its cancel
+    without an Enquiry first. Under the merchant's rate limit (or a spent budget, the same path)
+    an extra Enquiry for every order sent back would spend the very requests it is short of."""
+    order, txn = order_and_txn(19, faults=(Fault("http_429", endpoints=("reversal",)),))
+    with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=30)
+        calls = [(c.endpoint.rsplit("/", 1)[-1], c.http_status) for c in pipeline.qfpay.calls]
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert [o["status"] for o in outcomes] == ["CANCELLED"]
+    assert calls == [("reversal", 429), ("reversal", 200), ("query", 200)]
+    assert applied == 1
+
+
 def test_bank_risk_control_is_never_retried(pipeline_factory: PipelineFactory) -> None:
     order, txn = order_and_txn(2, cancel_respcd="1294")
     with pipeline_factory([txn], env_overrides=FAST_RETRIES) as pipeline:

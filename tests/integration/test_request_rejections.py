@@ -41,6 +41,16 @@ def test_a_wrong_amount_does_not_block_the_genuine_message(pipeline_factory: Pip
         again = pipeline.stack.read_outcomes(wait_seconds=1)
         genuine = decide(pipeline, order, 2)
         applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+        calls = [(c.endpoint.rsplit("/", 1)[-1], c.respcd) for c in pipeline.qfpay.calls]
+    # The refused cancel reached QFPay, so each later message reads QFPay's record before sending:
+    # the bad one's repeat disagrees with it and sends nothing; the genuine one finds it live.
+    assert calls == [
+        ("reversal", "1266"),
+        ("query", "0000"),
+        ("query", "0000"),
+        ("reversal", "0000"),
+        ("query", "0000"),
+    ]
     # One bad request, one outcome identity: consumers drop the repeat.
     assert [(o["status"], o["outcome_id"]) for o in again] == [("REJECTED", wrong["outcome_id"])]
     # The message names the syssn: no look-up before the cancel; QFPay checked the amount (1266).

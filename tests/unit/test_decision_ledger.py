@@ -162,6 +162,32 @@ def test_a_record_from_before_the_count_counts_one_possible_cancel(ledger: Decis
     )
     claim = ledger.claim(KEY, "b", NOW, NOW + 30)
     assert (claim.earlier_attempt, claim.earlier_sends) == (True, 1)
+    assert stored()["sends"]["N"] == "1"  # kept from here on
+
+
+def test_a_cancel_counted_while_the_order_is_taken_over_is_never_overwritten(
+    ledger: DecisionLedger, ledger_table: Any
+) -> None:
+    """The first attempt's lease ran out (its clock behind the next one's, say), and it counts its
+    cancel between the next attempt's read of the record and its take-over. The take-over must
+    fail rather than write back the count it read: the attempt after it then knows of the cancel."""
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    late = DecisionLedger("ledger", EXPIRY, lambda: boto3.client("dynamodb"))
+    events = ledger_table.meta.events
+
+    def count_first(**_: Any) -> None:
+        events.unregister("before-call.dynamodb.UpdateItem", count_first)
+        late.sends.count(KEY, "a")
+
+    events.register("before-call.dynamodb.UpdateItem", count_first)
+    try:
+        with pytest.raises(OrderBusy):
+            ledger.claim(KEY, "b", NOW + 31, NOW + 61)
+    finally:
+        events.unregister("before-call.dynamodb.UpdateItem", count_first)
+    assert stored()["sends"]["N"] == "1"
+    claim = ledger.claim(KEY, "c", NOW + 32, NOW + 62)
+    assert (claim.earlier_attempt, claim.earlier_sends) == (True, 1)
 
 
 def test_a_decision_known_in_advance_counts_no_cancel(ledger: DecisionLedger) -> None:
@@ -178,6 +204,7 @@ def test_an_attempt_qfpay_showed_did_nothing_is_not_counted(ledger: DecisionLedg
     assert stored()["sends"]["N"] == "0"
     claim = ledger.claim(KEY, "b", NOW + 1, NOW + 31)
     assert (claim.earlier_attempt, claim.earlier_sends, stored()["sends"]["N"]) == (True, 0, "0")
+    assert claim.earlier_refusals == 0  # nor as a refusal: it did nothing, QFPay said so
 
 
 def test_the_stage_of_a_record_and_whether_it_is_held_are_read_without_claiming(

@@ -97,7 +97,8 @@ def test_a_refusal_hands_the_order_back_uncounted_and_is_published_once(ledger: 
     )
     assert (decision, status, delivered) == (REFUSED, "REJECTED", [REFUSED])
     later = ledger.claim(f"cancel#{ORDER}", "next", NOW + 1, NOW + 151)  # not held: handed back
-    assert (later.earlier_attempt, later.earlier_sends) == (True, 0)
+    # Uncounted, yet known to have reached QFPay: the next attempt reads QFPay's record first.
+    assert (later.earlier_attempt, later.earlier_sends, later.earlier_refusals) == (True, 0, 1)
     # The message's own record answers its redelivery without deciding again.
     again = once.run_once(MESSAGE, NOW + 2, lambda d: "again", lambda *_: pytest.fail("decided twice"))
     assert again == (REFUSED, "REJECTED")

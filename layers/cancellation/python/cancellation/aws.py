@@ -237,6 +237,10 @@ class Claim(NamedTuple):
     result: str | None  # the delivered decision's status, once DELIVERED
     earlier_attempt: bool  # an attempt before this one started deciding and may have reached QFPay
     earlier_sends: int = 0  # cancels that attempts before this one may have sent (0 if none known)
+    # Requests of earlier attempts refused as the message's own (QFPay's 1266, figures that
+    # disagree with its record, ...): handed back, as they did nothing, but the next attempt reads
+    # QFPay's record before sending a cancel.
+    earlier_refusals: int = 0
     # The order's record had expired (not yet swept by DynamoDB's TTL): attempts came before, all
     # longer ago than the ledger remembers, so nothing of theirs can still be pending.
     forgotten: bool = False
@@ -371,8 +375,16 @@ class DecisionLedger:
             raise OrderBusy("another attempt holds the order (DECIDING)", held_until)
         # A record without the count comes from before it was kept: one cancel may have been sent.
         earlier = int(old.get("sends", {}).get("N", "1"))
-        self._take_over(key, LedgerStage.DECIDING, holder, now, lease_until, sends=str(earlier))
-        return Claim(LedgerStage.DECIDING, None, None, earlier_attempt=True, earlier_sends=earlier)
+        refusals = int(old.get("refusals", {}).get("N", "0"))
+        self._take_over(key, LedgerStage.DECIDING, holder, now, lease_until, sends=old.get("sends"))
+        return Claim(
+            LedgerStage.DECIDING,
+            None,
+            None,
+            earlier_attempt=True,
+            earlier_sends=earlier,
+            earlier_refusals=refusals,
+        )
 
     def _claim_delivery(
         self, key: str, holder: str, now: float, lease_until: float, old: dict[str, Any]
@@ -391,18 +403,33 @@ class DecisionLedger:
         return Claim(LedgerStage.DECIDED, decision, None, earlier_attempt=True)
 
     def _take_over(
-        self, key: str, stage: LedgerStage, holder: str, now: float, lease_until: float, **attributes: str
+        self,
+        key: str,
+        stage: LedgerStage,
+        holder: str,
+        now: float,
+        lease_until: float,
+        *,
+        sends: Mapping[str, str] | None = None,
     ) -> None:
         """Take the lease of a record still at ``stage`` whose lease ran out (or was released);
-        :class:`OrderBusy` if another attempt took it first."""
+        :class:`OrderBusy` if another attempt took it first. ``sends``: the count as read (DECIDING
+        only; None: the record has none). The count taken over is the count read: an attempt that
+        counts a cancel in between makes the take-over fail instead of being overwritten."""
+        condition = "#stage = :stage AND #lease_until < :now"
+        names = {"#stage": "stage", "#lease_until": "lease_until"}
+        values: dict[str, Any] = {":stage": {"S": stage}, ":now": {"N": _number(now)}}
+        counted: dict[str, str] = {}
+        if stage == LedgerStage.DECIDING:
+            names["#sends"] = "sends"
+            if sends is None:
+                condition += " AND attribute_not_exists(#sends)"
+                counted["sends"] = "1"  # kept from here on (see _take_over_decision)
+            else:
+                condition += " AND #sends = :read"
+                values[":read"] = dict(sends)
         self._table.set(
-            key,
-            "#stage = :stage AND #lease_until < :now",
-            {"#stage": "stage", "#lease_until": "lease_until"},
-            {":stage": {"S": stage}, ":now": {"N": _number(now)}},
-            holder=holder,
-            lease_until=_number(lease_until),
-            **attributes,
+            key, condition, names, values, holder=holder, lease_until=_number(lease_until), **counted
         )
 
     def stage_of(self, key: str, now: float) -> tuple[LedgerStage, bool] | None:
@@ -450,6 +477,21 @@ class CancelCount:
             {"#holder": "holder", "#sends": "sends"},
             {":holder": {"S": holder}, ":one": {"N": "1"}},
         )
+
+    def hand_back_refused(self, key: str, holder: str, *, counted: bool) -> None:
+        """Hand the order back after QFPay refused this attempt's request (the message's own
+        refusal: its cancel, if ``counted``, did nothing and is taken off the count), noting the
+        refusal (``refusals``), so the next attempt reads QFPay's record before sending a cancel:
+        one refused cancel reached QFPay, and the next message may make the same bad request."""
+        names = {"#holder": "holder", "#lease_until": "lease_until", "#refusals": "refusals"}
+        values = {":holder": {"S": holder}, ":zero": {"N": "0"}, ":one": {"N": "1"}}
+        if counted:
+            names["#sends"] = "sends"
+            expression = "SET #lease_until = :zero, #sends = #sends - :one ADD #refusals :one"
+            condition = "#holder = :holder AND #sends >= :one"
+        else:
+            expression, condition = "SET #lease_until = :zero ADD #refusals :one", "#holder = :holder"
+        self._table.update(key, expression, condition, names, values)
 
     def release_unsent(self, key: str, holder: str) -> None:
         """:meth:`DecisionLedger.release`, for an attempt whose counted cancel QFPay showed did

@@ -90,9 +90,18 @@ class OrderDecider:
         sends: SendCount | None,
     ) -> Decision:
         # An attempt before this one may have reached QFPay, even when this message is a first
-        # delivery (a duplicate can arrive after the earlier attempt died).
+        # delivery (a duplicate can arrive after the earlier attempt died): SQS delivered this
+        # message before (an attempt of it may have died under another identity), or the order's
+        # record counts a cancel that may have reached QFPay, or one QFPay refused. A record taken
+        # over with nothing counted has nothing of ours to look for: its earlier attempts sent
+        # nothing, or QFPay showed it did nothing (a spent budget, 429, "try later"), and an
+        # Enquiry first would only spend the merchant's budget again on every requeued attempt.
         receive_count = message.receive_count
-        redelivered = receive_count > 1 or (claim is not None and claim.earlier_attempt)
+        redelivered = receive_count > 1 or (
+            claim is not None
+            and claim.earlier_attempt
+            and (claim.earlier_sends > 0 or claim.earlier_refusals > 0)
+        )
         if receive_count > 1 or message.sent_back:
             # QFPay may have refused this very message already: never ask it again.
             own = self.ledger.decision_of(f"cancel#{message_key}")

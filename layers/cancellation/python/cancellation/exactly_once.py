@@ -58,7 +58,7 @@ class ExactlyOnce:
                     # The order is handed back before the refusal is published: an attempt dying
                     # in between then leaves an order whose next attempt asks QFPay again, never
                     # a published refusal beside a cancel the next attempt must treat as pending.
-                    self._hand_back(ledger_key, holder, sent_nothing=sends.counted)
+                    self.ledger.sends.hand_back_refused(ledger_key, holder, counted=sends.counted)
                     own = decision
                     return self.run_once(message_key, lease_until, deliver, lambda *_: own, known=True)
                 self.ledger.record_decision(ledger_key, holder, decision)
