@@ -1478,6 +1478,19 @@ def report(run: _Run, verdict: Verdict, evidence: Sequence[OrderEvidence], out: 
         f"p95 {_percentile(per_order, 0.95)} / max {max(per_order)} (total {len(run.calls)})",
         file=out,
     )
+    # Where the merchant's budget went: cancels and Enquiries per order, by category.
+    spent: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    for e in evidence:
+        cancels = sum(1 for c in e.calls if c.endpoint in CANCEL_ENDPOINTS)
+        spent[e.category].append((cancels, len(e.calls) - cancels))
+    means = {
+        k: (statistics.fmean(c for c, _ in v), statistics.fmean(q for _, q in v)) for k, v in spent.items()
+    }
+    print(
+        "QFPay calls per order by category (cancels + Enquiries): "
+        + ", ".join(f"{k} {c:.1f}+{q:.1f}" for k, (c, q) in sorted(means.items())),
+        file=out,
+    )
     if run.reconciled:
         statuses = Counter(str(d["status"]) for d in run.corrections)
         print(
