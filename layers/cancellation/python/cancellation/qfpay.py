@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError, SSLError
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
 
@@ -234,9 +236,15 @@ class QFPayClient:
             response = self._http.request(
                 method, url, body=body, headers=headers, timeout=timeout, retries=False, redirect=False
             )
-        except (ConnectTimeoutError, SSLError):
+        except ConnectTimeoutError:
             # Includes refused connections and unknown hosts: no byte of the request was sent.
             raise QFPayUnavailable(f"{path}: could not connect") from None
+        except SSLError as exc:
+            if _refused_in_handshake(exc):
+                raise QFPayUnavailable(f"{path}: could not connect (TLS certificate refused)") from None
+            # Any other TLS failure may come after the request went out (a broken record, an
+            # alert in place of the answer): QFPay may have acted on it.
+            raise QFPayAmbiguous(f"{path}: TLS failed, possibly after sending") from None
         except ReadTimeoutError:
             raise QFPayAmbiguous(f"{path}: no answer within {self._timeouts.read}s") from None
         except HTTPError as exc:
@@ -250,6 +258,13 @@ class QFPayClient:
         return read_answer(
             path, response, credentials.client_key, verify_signature=self._verify_response_signature
         )
+
+
+def _refused_in_handshake(exc: SSLError) -> bool:
+    """A certificate check failed: that happens only in the handshake, before any byte of the
+    request is sent. Nothing else about a TLS error says when it happened."""
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, ssl.SSLCertVerificationError | CertificateError)
 
 
 def read_answer(
