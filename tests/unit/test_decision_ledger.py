@@ -190,6 +190,31 @@ def test_a_cancel_counted_while_the_order_is_taken_over_is_never_overwritten(
     assert (claim.earlier_attempt, claim.earlier_sends) == (True, 1)
 
 
+def test_a_refusal_noted_while_the_order_is_taken_over_is_never_lost(
+    ledger: DecisionLedger, ledger_table: Any
+) -> None:
+    """As above, but the first attempt's cancel is refused and handed back (its count back to 0,
+    the refusal noted) between the read and the take-over: the count matches what was read, and
+    still the take-over must fail, or the next attempt would send without reading QFPay first."""
+    ledger.claim(KEY, "a", NOW, NOW + 30)
+    late = DecisionLedger("ledger", EXPIRY, lambda: boto3.client("dynamodb"))
+    events = ledger_table.meta.events
+
+    def sent_and_refused(**_: Any) -> None:
+        events.unregister("before-call.dynamodb.UpdateItem", sent_and_refused)
+        late.sends.count(KEY, "a")
+        late.sends.hand_back_refused(KEY, "a", counted=True)
+
+    events.register("before-call.dynamodb.UpdateItem", sent_and_refused)
+    try:
+        with pytest.raises(OrderBusy):
+            ledger.claim(KEY, "b", NOW + 31, NOW + 61)
+    finally:
+        events.unregister("before-call.dynamodb.UpdateItem", sent_and_refused)
+    claim = ledger.claim(KEY, "c", NOW + 32, NOW + 62)
+    assert (claim.earlier_attempt, claim.earlier_sends, claim.earlier_refusals) == (True, 0, 1)
+
+
 def test_a_decision_known_in_advance_counts_no_cancel(ledger: DecisionLedger) -> None:
     ledger.claim(KEY, "a", NOW, NOW + 30, decision=DECISION)
     assert "sends" not in stored()

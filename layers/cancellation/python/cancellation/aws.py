@@ -376,7 +376,15 @@ class DecisionLedger:
         # A record without the count comes from before it was kept: one cancel may have been sent.
         earlier = int(old.get("sends", {}).get("N", "1"))
         refusals = int(old.get("refusals", {}).get("N", "0"))
-        self._take_over(key, LedgerStage.DECIDING, holder, now, lease_until, sends=old.get("sends"))
+        self._take_over(
+            key,
+            LedgerStage.DECIDING,
+            holder,
+            now,
+            lease_until,
+            sends=old.get("sends"),
+            refusals=old.get("refusals"),
+        )
         return Claim(
             LedgerStage.DECIDING,
             None,
@@ -411,23 +419,26 @@ class DecisionLedger:
         lease_until: float,
         *,
         sends: Mapping[str, str] | None = None,
+        refusals: Mapping[str, str] | None = None,
     ) -> None:
         """Take the lease of a record still at ``stage`` whose lease ran out (or was released);
-        :class:`OrderBusy` if another attempt took it first. ``sends``: the count as read (DECIDING
-        only; None: the record has none). The count taken over is the count read: an attempt that
-        counts a cancel in between makes the take-over fail instead of being overwritten."""
+        :class:`OrderBusy` if another attempt took it first. ``sends``, ``refusals``: as read
+        (DECIDING only; None: the record has none). What is taken over is what was read: an
+        attempt that counts a cancel or notes a refusal in between makes the take-over fail."""
         condition = "#stage = :stage AND #lease_until < :now"
         names = {"#stage": "stage", "#lease_until": "lease_until"}
         values: dict[str, Any] = {":stage": {"S": stage}, ":now": {"N": _number(now)}}
         counted: dict[str, str] = {}
         if stage == LedgerStage.DECIDING:
-            names["#sends"] = "sends"
+            for name, read in (("sends", sends), ("refusals", refusals)):
+                names[f"#{name}"] = name
+                if read is None:
+                    condition += f" AND attribute_not_exists(#{name})"
+                else:
+                    condition += f" AND #{name} = :{name}_read"
+                    values[f":{name}_read"] = dict(read)
             if sends is None:
-                condition += " AND attribute_not_exists(#sends)"
                 counted["sends"] = "1"  # kept from here on (see _take_over_decision)
-            else:
-                condition += " AND #sends = :read"
-                values[":read"] = dict(sends)
         self._table.set(
             key, condition, names, values, holder=holder, lease_until=_number(lease_until), **counted
         )
