@@ -257,8 +257,6 @@ def test_bank_risk_control_is_unknown_never_retried():
         ("1268", "REJECTED"),
         ("1104", "REJECTED"),
         ("1241", "REJECTED"),
-        ("8888", "UNKNOWN"),
-        ("", "UNKNOWN"),
     ],
 )
 def test_final_answers_become_outcomes(respcd, status):
@@ -313,11 +311,21 @@ def test_not_charged_answer_and_the_payment_paid_meanwhile_needs_refund():
     assert outcome_of(decide(fake))["status"] == "REFUND_REQUIRED"
 
 
-def test_answer_without_respcd_is_unknown():
+@pytest.mark.parametrize("respcd", ["8888", "", None], ids=["undocumented", "empty", "missing"])
+def test_a_cancel_answer_we_cannot_read_is_not_decided_and_may_have_taken_effect(respcd):
+    """No refusal we can read: the cancel may have taken effect (its count is kept), so the
+    loop's Enquiry decides the order and never resends; not an UNKNOWN of the message's own that
+    would let a later message send another cancel."""
     answer = cancel_answer("0000")
-    del answer["respcd"]
+    if respcd is None:
+        del answer["respcd"]
+    else:
+        answer["respcd"] = respcd
     fake = FakeQFPay(reversal=[answer])
-    assert outcome_of(decide(fake))["status"] == "UNKNOWN"
+    state = handoff_of(decide(fake))
+    assert (state["reversal_pending"], state["cancel_may_take_effect"]) == (False, True)
+    assert state["respcd"] == (respcd or None)
+    assert fake.names == ["reversal"]
 
 
 # --- CancelAttempt.decide: close ---------------------------------------------------------------
@@ -817,7 +825,6 @@ def test_long_loop_keeps_waiting_at_max_wait():
         ("1136", "REJECTED", True),
         ("1104", "REJECTED", True),
         ("1294", "UNKNOWN", True),  # bank risk control refused this request
-        ("9876", "UNKNOWN", True),  # undocumented: nothing is known about the payment
         ("1260", "REFUND_REQUIRED", False),  # already paid: a fact about the payment
     ],
 )

@@ -25,7 +25,7 @@ from cancellation.orders import TXDTM_FORMAT, Order, valid_syssn
 from cancellation.outcomes import QFPayAmount, Status, build_outcome, outcome_id
 from cancellation.qfpay import CredentialsRejected, QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_params, send_cancel, text_of
-from cancellation.respcd import Disposition, meaning_of_cancel_answer
+from cancellation.respcd import Disposition, documented, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy
 from cancellation.signing import signing_string
@@ -53,7 +53,7 @@ class RetryLater(Exception):
 
 
 # QFPay refusing one request (REJECTED: the wrong amount, close not supported, a payment it does
-# not know yet; UNKNOWN: risk control, an undocumented code) says nothing certain about the
+# not know yet; UNKNOWN: bank risk control) says nothing certain about the
 # payment: such a decision belongs to the message that made the request, never to the order.
 REQUEST_STATUSES = frozenset({Status.REJECTED, Status.UNKNOWN})
 
@@ -320,6 +320,12 @@ class CancelAttempt:
             # QFPay's view at that instant, not proof: the customer may still pay. Our cancel was
             # refused, so nothing of ours is pending; the Enquiry decides.
             return self._confirm(endpoint, facts, pending=False, answered=meaning.text)
+        if not documented(respcd):
+            # No refusal we can read: the cancel may have taken effect, so its count stands and
+            # no message may send another. The loop's Enquiry decides; it never resends.
+            return self.decisions.handoff(
+                endpoint, own_syssn, respcd=respcd or None, resperr=resperr, pending=False
+            )
         status = meaning.status or Status.UNKNOWN
         decision = self.decisions.outcome(
             status, f"{endpoint} answered {respcd}: {meaning.text}", endpoint, attempts=1, **facts

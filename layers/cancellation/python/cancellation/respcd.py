@@ -104,6 +104,11 @@ def meaning_of(respcd: str) -> Meaning:
     return RESPCD_MEANINGS.get(respcd, UNLISTED)
 
 
+def documented(respcd: str) -> bool:
+    """Whether QFPay's table has ``respcd`` (an answer we can read at all)."""
+    return respcd in RESPCD_MEANINGS
+
+
 def meaning_of_cancel_answer(endpoint: Endpoint, respcd: str, own_syssn: str | None) -> Meaning:
     """A reversal or close answer. Close answering 1297, or succeeding without its own syssn,
     means cancel is not supported for that transaction."""
