@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import PipelineFactory, wait_for
 from tests.local.pipeline import Pipeline
-from tests.local.qfpay_standin import Merchant, Transaction
+from tests.local.qfpay_standin import Fault, Merchant, Transaction
 from tests.local.sqs_delivery import build_record
 
 SYSSN = "20261126000101000777"
@@ -225,6 +225,31 @@ def test_a_message_whose_figures_disagree_with_qfpay_is_rejected_and_does_not_bl
     assert cancelled["status"] == "CANCELLED"
     assert cancelled["outcome_id"] != refusal["outcome_id"]
     assert reversals == 1
+
+
+def test_a_message_whose_figures_disagree_is_rejected_when_it_takes_over_an_order_sent_back(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """The genuine message's cancel is answered 429 and the order handed back (nothing counted);
+    before its copy returns, a message naming the payment by out_trade_no with another currency
+    takes the order over. Its look-up is still good (no cancel of ours since): it is read, and
+    the message is rejected without a cancel, as it would have been as the order's first."""
+    slow = {"RETRY_BASE_DELAY_SECONDS": "5", "RETRY_MAX_DELAY_SECONDS": "20"}  # the copy: 10-20 s
+    with pipeline_factory(
+        [transaction(faults=(Fault("http_429", endpoints=("reversal",)),))], env_overrides=slow
+    ) as pipeline:
+        pipeline.send(message(syssn=SYSSN, out_trade_no=OUT_TRADE_NO))
+        assert wait_for(lambda: pipeline.qfpay.count("reversal", SYSSN) == 1, timeout=20)
+        pipeline.send(message(out_trade_no=OUT_TRADE_NO, txcurrcd="USD"))
+        outcomes = pipeline.collect_outcomes(2, timeout=60)
+        calls = [(c.endpoint.rsplit("/", 1)[-1], c.http_status) for c in pipeline.qfpay.calls]
+        applied = pipeline.qfpay.cancellations_applied(SYSSN)
+    [refused] = [o for o in outcomes if o["status"] == "REJECTED"]
+    assert "txcurrcd USD disagrees with QFPay's record (HKD)" in refused["reason"]
+    assert [o["status"] for o in outcomes if o is not refused] == ["CANCELLED"]
+    # The look-up, then (the refusal noted) the copy's Enquiry before its cancel.
+    assert calls == [("reversal", 429), ("query", 200), ("query", 200), ("reversal", 200), ("query", 200)]
+    assert applied == 1
 
 
 def test_a_refund_case_publishes_qfpays_amount_beside_the_message_s(

@@ -117,15 +117,16 @@ class CancelService:
                 order.identity,
                 lease_until,
                 self.delivery.deliver,
-                # An attempt recorded before this one may have sent a cancel after that look: then
-                # it is stale, and the attempt looks again.
+                # An attempt recorded before this one may have sent a cancel (or been refused)
+                # after that look: then it is stale, and the attempt looks again. One whose record
+                # counts neither sent nothing since: the look still holds, figures and all.
                 lambda claim, sends: self.decider.decide(
                     order,
                     message_key,
                     claim,
                     message,
                     seen=None
-                    if claim is not None and (claim.earlier_attempt or claim.earlier_sends)
+                    if claim is not None and (claim.earlier_sends or claim.earlier_refusals)
                     else seen,
                     sends=sends,
                 ),
