@@ -16,15 +16,15 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlencode
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError, SSLError
-from urllib3.util.ssl_match_hostname import CertificateError
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError, SSLError
 
 from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
 
@@ -135,14 +135,35 @@ class Timeouts(NamedTuple):
 RATE_LIMIT_MAX_WAIT_SECONDS = 1.0
 
 
+class _MarkedConnection(HTTPSConnection):
+    """Any failure while connecting (TCP or the TLS handshake) comes before a byte of the request
+    is sent: raised as NewConnectionError ("could not connect"). urllib3 raises SSLError alike for
+    a failed handshake and for a TLS stream that breaks while the answer is read, after sending."""
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except NewConnectionError:
+            raise
+        except Exception as exc:
+            raise NewConnectionError(self, f"could not connect ({type(exc).__name__})") from exc
+
+
+class _MarkedPool(HTTPSConnectionPool):
+    ConnectionCls = _MarkedConnection
+
+
 def new_pool(size: int = 10) -> urllib3.PoolManager:
     """One connection pool per container: connections are reused across orders and invocations.
     urllib3 directly, because botocore already loads it (requests would add its own import to
     every cold start; docs/decisions.md). No automatic retries or redirects: a resent POST could
-    cancel twice, so retrying is our decision. TLS certificates are always verified."""
-    return urllib3.PoolManager(
+    cancel twice, so retrying is our decision. TLS certificates are always verified, and a failed
+    handshake is told from a failure after sending (:class:`_MarkedConnection`)."""
+    pool = urllib3.PoolManager(
         num_pools=2, maxsize=size, block=False, retries=False, cert_reqs="CERT_REQUIRED"
     )
+    pool.pool_classes_by_scheme = {**pool.pool_classes_by_scheme, "https": _MarkedPool}
+    return pool
 
 
 class QFPayClient:
@@ -237,11 +258,10 @@ class QFPayClient:
                 method, url, body=body, headers=headers, timeout=timeout, retries=False, redirect=False
             )
         except ConnectTimeoutError:
-            # Includes refused connections and unknown hosts: no byte of the request was sent.
+            # Includes refused connections, unknown hosts and, through new_pool, failed TLS
+            # handshakes: no byte of the request was sent.
             raise QFPayUnavailable(f"{path}: could not connect") from None
-        except SSLError as exc:
-            if _refused_in_handshake(exc):
-                raise QFPayUnavailable(f"{path}: could not connect (TLS certificate refused)") from None
+        except SSLError:
             # Any other TLS failure may come after the request went out (a broken record, an
             # alert in place of the answer): QFPay may have acted on it.
             raise QFPayAmbiguous(f"{path}: TLS failed, possibly after sending") from None
@@ -258,13 +278,6 @@ class QFPayClient:
         return read_answer(
             path, response, credentials.client_key, verify_signature=self._verify_response_signature
         )
-
-
-def _refused_in_handshake(exc: SSLError) -> bool:
-    """A certificate check failed: that happens only in the handshake, before any byte of the
-    request is sent. Nothing else about a TLS error says when it happened."""
-    cause = exc.args[0] if exc.args else None
-    return isinstance(cause, ssl.SSLCertVerificationError | CertificateError)
 
 
 def read_answer(
