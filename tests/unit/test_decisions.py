@@ -693,6 +693,31 @@ def test_resend_answered_with_a_final_code_is_the_outcome():
     assert (detail["resent"], detail["attempts"], detail["respcd"]) == (True, 2, "1260")
 
 
+@pytest.mark.parametrize("respcd", ["8888", ""], ids=["undocumented", "empty"])
+def test_resend_answered_with_a_code_we_cannot_read_is_never_resent_and_the_enquiry_decides(respcd):
+    """No refusal we can read: the resend may have taken effect. Not an UNKNOWN at once (the
+    payment may well end cancelled): the loop keeps asking, as after a lost answer."""
+    fake = FakeQFPay(
+        enquiry=[enquiry_shows(respcd="1143"), enquiry_shows(respcd="0000", cancel="1")],
+        reversal=[cancel_answer(respcd)],
+    )
+    state = run(refused_state(), fake)
+    assert state["status"] == "IN_PROGRESS"
+    assert (state["resent"], state["cancel_may_take_effect"]) == (True, True)
+    detail = loop_outcome(run(state, fake, now=NOW + 10))
+    assert detail["status"] == "CANCELLED"
+    assert fake.names == ["enquiry", "reversal", "enquiry"]
+
+
+@pytest.mark.parametrize("answer", ["1143", "0000"])
+def test_a_cancel_answer_whose_syssn_is_not_one_keeps_none(answer):
+    """QFPay's answer names the reversal's own syssn; one that is not a syssn (a gateway's page,
+    say) is not carried into the loop, whose every turn would refuse the state."""
+    fake = FakeQFPay(reversal=[cancel_answer(answer, syssn="<html>")], enquiry=[enquiry_shows(respcd="1143")])
+    state = handoff_of(decide(fake))
+    assert state["reversal_syssn"] is None
+
+
 def test_resend_of_a_close_uses_close_and_its_method():
     routing = Routing.parse("800008,800208,801008", "POST")
     state = refused_state(order=CLOSE_ORDER, routing=routing)

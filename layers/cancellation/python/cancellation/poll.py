@@ -20,8 +20,8 @@ from cancellation.qfpay import (
     QFPayClient,
     QFPayUnavailable,
 )
-from cancellation.qfpay_steps import answer_text, ask_enquiry, send_cancel
-from cancellation.respcd import Disposition, meaning_of_cancel_answer
+from cancellation.qfpay_steps import answer_text, ask_enquiry, reversal_syssn_of, send_cancel
+from cancellation.respcd import Disposition, documented, meaning_of_cancel_answer
 from cancellation.routing import Routing
 from cancellation.schedule import MAX_DEADLINE_SECONDS, MAX_RETRY_HORIZON_SECONDS, PollSchedule
 
@@ -180,8 +180,7 @@ class LoopResend:
             state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1, cancel_may_take_effect=True)
             return None
         respcd = str(answer.get("respcd") or "")
-        own_syssn = str(answer.get("syssn") or "") or None
-        meaning = meaning_of_cancel_answer(endpoint, respcd, own_syssn)
+        meaning = meaning_of_cancel_answer(endpoint, respcd, str(answer.get("syssn") or "") or None)
         if meaning.disposition is Disposition.RETRY_LATER:
             return None  # nothing happened at QFPay: the next turn may try again
         state.update(
@@ -189,8 +188,12 @@ class LoopResend:
             attempts=int(state.get("attempts", 1)) + 1,
             respcd=respcd,
             resperr=answer_text(answer),
-            reversal_syssn=own_syssn or state.get("reversal_syssn"),
+            reversal_syssn=reversal_syssn_of(answer) or state.get("reversal_syssn"),
         )
+        if not documented(respcd):
+            # No refusal we can read: the resend may have taken effect; the next Enquiry decides.
+            state.update(cancel_may_take_effect=True)
+            return None
         if meaning.disposition is Disposition.FINAL and meaning.status not in (None, Status.NOT_CHARGED):
             reason = f"resent {endpoint} answered {respcd}: {meaning.text}"
             status = meaning.status or Status.UNKNOWN

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquire, enquiry_queries, read_enquiry
-from cancellation.orders import Order
+from cancellation.orders import Order, valid_syssn
 from cancellation.qfpay import EnquiryUnreadable, QFPayClient, QFPayUnavailable
 from cancellation.routing import Routing
 
@@ -36,6 +37,13 @@ def send_cancel(qfpay: QFPayClient, routing: Routing, endpoint: Endpoint, order:
 def answer_text(answer: dict[str, Any]) -> str | None:
     """QFPay's words for an answer: ``resperr``, else ``respmsg``."""
     return text_of(answer.get("resperr")) or text_of(answer.get("respmsg"))
+
+
+def reversal_syssn_of(answer: Mapping[str, Any]) -> str | None:
+    """The cancel's own syssn in QFPay's answer, if it is one: anything else (a gateway's page
+    in the field, say) is not carried into the loop, whose every turn would refuse it."""
+    syssn = text_of(answer.get("syssn"))
+    return syssn if valid_syssn(syssn) else None
 
 
 def text_of(value: Any) -> str | None:
