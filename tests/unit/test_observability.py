@@ -360,3 +360,20 @@ def test_traces_never_capture_the_handlers_response(tmp_path: Path) -> None:
     daemon.close()
     assert any("## handler" in segment for segment in segments), segments  # it was traced
     assert not [segment for segment in segments if "TOKEN-IN-THE-RESPONSE" in segment]
+
+
+@pytest.mark.parametrize(
+    ("respcd", "metric"), [("8888", "QFPayAnswerUndocumented"), ("1294", "QFPayAnswerFinal")]
+)
+def test_an_answer_qfpay_does_not_document_is_counted_apart(respcd: str, metric: str) -> None:
+    """An operator sees QFPay answering codes it does not document, not hidden among final ones."""
+    from tests.unit.fakes import FakeQFPay, cancel_answer  # noqa: PLC0415
+    from tests.unit.test_ledger_memory import TXDTM_AS_UTC, decide  # noqa: PLC0415
+
+    def counted() -> int:
+        recorded = metrics.metric_set.get(metric)
+        return len(recorded.values) if recorded else 0
+
+    before = counted()
+    decide(FakeQFPay(reversal=[cancel_answer(respcd)]), now=TXDTM_AS_UTC + 15 * 60)
+    assert counted() == before + 1

@@ -13,7 +13,7 @@ from cancellation.naming import PaymentNaming
 from cancellation.observability import count_kind, logger
 from cancellation.orders import Order, parse_order_message
 from cancellation.qfpay import QFPayClient
-from cancellation.respcd import meaning_of
+from cancellation.respcd import documented, meaning_of
 from cancellation.settings import CancelSettings
 
 if TYPE_CHECKING:
@@ -143,6 +143,11 @@ class OrderDecider:
             respcd = decision["handoff"]["input"]["respcd"]
         else:
             respcd = decision["outcome"]["respcd"]
-        answer = meaning_of(respcd).disposition.value if respcd else "no_answer"
+        if not respcd:
+            answer = "no_answer"
+        elif not documented(respcd):
+            answer = "undocumented"  # an operator's cue: QFPay answered a code it does not document
+        else:
+            answer = meaning_of(respcd).disposition.value
         count_kind("QFPayAnswer", answer)
         return decision
