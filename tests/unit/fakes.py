@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from cancellation.budget import BudgetExhausted
 from cancellation.models import Decision
 from cancellation.orders import Order
 from cancellation.qfpay import QFPayClient
@@ -67,21 +68,38 @@ class FakeQFPay:
     def params(self, name: str) -> list[dict[str, str | None]]:
         return [params for called, params, _ in self.calls if called == name]
 
-    def reversal(self, params: Mapping[str, str | None]) -> dict[str, Any]:
-        return self._answer("reversal", params, None)
+    def reversal(
+        self, params: Mapping[str, str | None], *, before_send: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        return self._answer("reversal", params, None, before_send)
 
-    def close(self, params: Mapping[str, str | None], method: str = "GET") -> dict[str, Any]:
-        return self._answer("close", params, method)
+    def close(
+        self,
+        params: Mapping[str, str | None],
+        method: str = "GET",
+        *,
+        before_send: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        return self._answer("close", params, method, before_send)
 
     def enquiry(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         return self._answer("enquiry", params, None)
 
-    def _answer(self, name: str, params: Mapping[str, str | None], method: str | None) -> dict[str, Any]:
+    def _answer(
+        self,
+        name: str,
+        params: Mapping[str, str | None],
+        method: str | None,
+        before_send: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
         self.calls.append((name, dict(params), method))
         script = self.scripts[name]
         if not script:
             raise AssertionError(f"unexpected {name} call: {dict(params)}")
         answer = script.pop(0)
+        # As the client does: a spent budget refuses before anything leaves; else the request goes.
+        if before_send is not None and not isinstance(answer, BudgetExhausted):
+            before_send()
         if isinstance(answer, BaseException):
             raise answer
         return dict(answer)

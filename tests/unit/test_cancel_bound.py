@@ -11,15 +11,18 @@ says UNKNOWN. The one further cancel per order is for a cancel QFPay answered wi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from cancellation.cancel import CancelAttempt
+import urllib3
+from cancellation.budget import BudgetExhausted
+from cancellation.cancel import CancelAttempt, RetryLater
 from cancellation.poll import EnquiryStep
-from cancellation.qfpay import QFPayAmbiguous
+from cancellation.qfpay import Credentials, QFPayAmbiguous, QFPayClient
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy, PollSchedule
 
+from tests.canned_http import CannedPool
 from tests.unit.fakes import (
     NOW,
     ORDER,
@@ -201,3 +204,60 @@ def test_a_cancel_that_left_and_whose_confirming_enquiry_has_no_credentials_goes
     state = decide(fake, earlier_sends=0)["handoff"]["input"]
     assert fake.names == ["reversal", "enquiry"]
     assert (state["reversal_pending"], state["cancel_may_take_effect"]) == (True, True)
+
+
+class SpentBudget:
+    """The merchant's budget has no slot for this invocation (cancellation.budget)."""
+
+    def acquire(self, mchid: str | None, app_code: str) -> None:
+        raise BudgetExhausted("mchid:M", NOW + 60)
+
+    def throttled(self, mchid: str | None, app_code: str) -> None:
+        raise AssertionError("nothing was sent, so nothing was throttled")
+
+
+def real_client(pool: CannedPool, budget: Any = None) -> QFPayClient:
+    credentials = Credentials(app_code="APP", client_key="KEY")
+    return QFPayClient(
+        "https://qfpay.invalid",
+        lambda _force: credentials,
+        http=cast(urllib3.PoolManager, pool),
+        budget=budget,
+    )
+
+
+def test_a_cancel_is_counted_only_once_the_merchants_budget_let_it_go() -> None:
+    """Counted after the wait for a budget slot, just before the bytes leave: an attempt refused a
+    slot (or stopped while it waited) sent nothing and leaves the order no count, or every later
+    attempt would treat a cancel that never left as one QFPay may be processing and end the order
+    in the loop, UNKNOWN, with no cancel at all."""
+    counted: list[int] = []
+    pool = CannedPool()
+    attempt = CancelAttempt(
+        ORDER,
+        real_client(pool, SpentBudget()),
+        Routing(),
+        LOOP,
+        Clock(NOW),
+        count_send=lambda: counted.append(1),
+    )
+    with pytest.raises(RetryLater):
+        attempt.decide()
+    assert (counted, pool.sent) == ([], [])
+
+
+def test_a_cancel_is_counted_before_it_leaves() -> None:
+    seen_when_sent: list[int] = []
+    counted: list[int] = []
+
+    class Watching(CannedPool):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            seen_when_sent.append(len(counted))
+            return super().request(*args, **kwargs)
+
+    pool = Watching(body=b'{"respcd": "1143", "resperr": "processing", "syssn": "20261126000101999999"}')
+    attempt = CancelAttempt(
+        ORDER, real_client(pool), Routing(), LOOP, Clock(NOW), count_send=lambda: counted.append(1)
+    )
+    attempt.decide()
+    assert (seen_when_sent, counted) == ([1], [1])

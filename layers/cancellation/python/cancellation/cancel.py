@@ -299,10 +299,10 @@ class CancelAttempt:
         decided = self.first.decide(endpoint, earlier, now=self.decisions.clock())
         if decided is not None:
             return decided
-        if self.count_send is not None:
-            self.count_send()  # from here on, a later attempt knows this cancel may have reached QFPay
         try:
-            answer = send_cancel(self.qfpay, self.routing, endpoint, self.order)
+            # Counted once the merchant's budget let it go, just before it leaves: from then on a
+            # later attempt knows this cancel may have reached QFPay.
+            answer = send_cancel(self.qfpay, self.routing, endpoint, self.order, before_send=self.count_send)
         except BudgetExhausted as spent:
             raise _budget_spent(spent) from None
         except QFPayUnavailable as exc:

@@ -186,11 +186,19 @@ class QFPayClient:
         self._budget = budget
         self._observe_latency = observe_latency
 
-    def reversal(self, params: Mapping[str, str | None]) -> dict[str, Any]:
-        return self.call("POST", REVERSAL_PATH, params)
+    def reversal(
+        self, params: Mapping[str, str | None], *, before_send: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        return self.call("POST", REVERSAL_PATH, params, before_send=before_send)
 
-    def close(self, params: Mapping[str, str | None], method: str = "GET") -> dict[str, Any]:
-        return self.call(method, CLOSE_PATH, params)
+    def close(
+        self,
+        params: Mapping[str, str | None],
+        method: str = "GET",
+        *,
+        before_send: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        return self.call(method, CLOSE_PATH, params, before_send=before_send)
 
     def enquiry(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         """Read-only: an ambiguous failure is as good as no answer, so it is reported as unavailable."""
@@ -211,8 +219,17 @@ class QFPayClient:
         except QFPayAmbiguous as exc:
             raise QFPayUnavailable(f"enquiry: {exc}") from None
 
-    def call(self, method: str, path: str, params: Mapping[str, str | None]) -> dict[str, Any]:
-        answer = self._send(method, path, params, self._read_credentials(False))
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | None],
+        *,
+        before_send: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """``before_send``: called once, once the merchant's budget let the request go and just
+        before its first byte leaves (a cancel is counted there, never while it waits for a slot)."""
+        answer = self._send(method, path, params, self._read_credentials(False), before_send)
         if answer.get("respcd") == "1108":
             # The key may have been rotated since we cached it: re-read once, then fail loudly.
             answer = self._send(method, path, params, self._read_credentials(True))
@@ -232,7 +249,12 @@ class QFPayClient:
             ) from None
 
     def _send(
-        self, method: str, path: str, params: Mapping[str, str | None], credentials: Credentials
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | None],
+        credentials: Credentials,
+        before_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         mchid = params.get("mchid") or None
         if self._budget is not None:
@@ -253,6 +275,8 @@ class QFPayClient:
         else:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             body = form
+        if before_send is not None:
+            before_send()
         try:
             response = self._http.request(
                 method, url, body=body, headers=headers, timeout=timeout, retries=False, redirect=False

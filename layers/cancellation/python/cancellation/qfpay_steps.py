@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cancellation.budget import BudgetExhausted
@@ -27,11 +27,19 @@ def cancel_params(order: Order) -> dict[str, str | None]:
     }
 
 
-def send_cancel(qfpay: QFPayClient, routing: Routing, endpoint: Endpoint, order: Order) -> dict[str, Any]:
+def send_cancel(
+    qfpay: QFPayClient,
+    routing: Routing,
+    endpoint: Endpoint,
+    order: Order,
+    *,
+    before_send: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """``before_send``: see :meth:`QFPayClient.call` (where the cancel is counted)."""
     params = cancel_params(order)
     if endpoint == "close":
-        return qfpay.close(params, routing.close_method)
-    return qfpay.reversal(params)
+        return qfpay.close(params, routing.close_method, before_send=before_send)
+    return qfpay.reversal(params, before_send=before_send)
 
 
 def answer_text(answer: dict[str, Any]) -> str | None:
