@@ -99,6 +99,28 @@ def test_bank_risk_control_is_never_retried(pipeline_factory: PipelineFactory) -
     assert (reversals, dead) == (1, [])
 
 
+def test_a_duplicate_of_a_risk_refused_order_is_refused_again_under_the_same_identity(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """Bank risk control refused the first message's cancel: nothing of ours is pending. A later
+    duplicate reads QFPay's record first (a refused cancel reached QFPay) and, the payment still
+    open, makes the same request: the same refusal, the same outcome_id. Not a wait in the loop for
+    a cancel QFPay refused, ending in a second outcome (found by the 2,000-order soak)."""
+    order, txn = order_and_txn(20, cancel_respcd="1294")
+    with pipeline_factory([txn], env_overrides={"POLL_DEADLINE_SECONDS": "8"}) as pipeline:
+        pipeline.send(order)
+        [first] = pipeline.collect_outcomes(1, timeout=15)
+        pipeline.send(order)
+        assert wait_for(lambda: pipeline.source.total.deleted >= 2, timeout=20)
+        later = pipeline.stack.read_outcomes(wait_seconds=12)  # past a loop's deadline, if any
+        calls = [(c.endpoint.rsplit("/", 1)[-1], c.respcd) for c in pipeline.qfpay.calls]
+        executions = pipeline.executions()
+    assert (first["status"], first["respcd"]) == ("UNKNOWN", "1294")
+    assert [(o["status"], o["outcome_id"]) for o in later] == [("UNKNOWN", first["outcome_id"])]
+    assert calls == [("reversal", "1294"), ("query", "0000"), ("reversal", "1294")]
+    assert executions == []
+
+
 def test_a_signature_refused_after_the_secret_is_re_read_dead_letters_the_order(
     pipeline_factory: PipelineFactory,
 ) -> None:
