@@ -1080,7 +1080,6 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
             boto3.setup_default_session()
             calls = _ApiCalls()
             boto3.DEFAULT_SESSION.events.register("before-call", calls)
-            context = _context(stack)
             sent = 0
             for index, variant in enumerate(BATCH_VARIANTS):
                 ledger = _Ledger(standin, f"{index + 1:02d}")
@@ -1112,6 +1111,9 @@ def _batch_worker(mode: Mode) -> dict[str, Any]:
                     size: int, handler: ModuleType = handler, ledger: _Ledger = ledger
                 ) -> dict[str, float]:
                     event = sqs_event(ledger.orders(size), stack.queue_arn)
+                    # Every invocation has its own deadline, as Lambda gives it: one context for the
+                    # whole run left later invocations past theirs, refused every budget wait.
+                    context = _context(stack)
                     moto_before, cpu_before = moto_cpu.seconds, time.process_time()
                     started = time.perf_counter()
                     answer = handler.lambda_handler(event, context)
