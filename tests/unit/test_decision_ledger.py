@@ -165,26 +165,31 @@ def test_a_record_from_before_the_count_counts_one_possible_cancel(ledger: Decis
     assert stored()["sends"]["N"] == "1"  # kept from here on
 
 
-def test_a_cancel_counted_while_the_order_is_taken_over_is_never_overwritten(
-    ledger: DecisionLedger, ledger_table: Any
-) -> None:
-    """The first attempt's lease ran out (its clock behind the next one's, say), and it counts its
-    cancel between the next attempt's read of the record and its take-over. The take-over must
-    fail rather than write back the count it read: the attempt after it then knows of the cancel."""
+def taken_over_while(ledger: DecisionLedger, ledger_table: Any, first_attempt_acts: Any) -> None:
+    """Attempt "a" claims the order; its lease runs out (its clock behind the next one's, say),
+    and it acts on the record (``first_attempt_acts(late)``, through a client of its own) between
+    attempt "b"'s read of the record and b's take-over. The take-over must fail rather than write
+    back what it read: the attempt after it then knows what "a" did."""
     ledger.claim(KEY, "a", NOW, NOW + 30)
     late = DecisionLedger("ledger", EXPIRY, lambda: boto3.client("dynamodb"))
     events = ledger_table.meta.events
 
-    def count_first(**_: Any) -> None:
-        events.unregister("before-call.dynamodb.UpdateItem", count_first)
-        late.sends.count(KEY, "a")
+    def act_first(**_: Any) -> None:
+        events.unregister("before-call.dynamodb.UpdateItem", act_first)
+        first_attempt_acts(late)
 
-    events.register("before-call.dynamodb.UpdateItem", count_first)
+    events.register("before-call.dynamodb.UpdateItem", act_first)
     try:
         with pytest.raises(OrderBusy):
             ledger.claim(KEY, "b", NOW + 31, NOW + 61)
     finally:
-        events.unregister("before-call.dynamodb.UpdateItem", count_first)
+        events.unregister("before-call.dynamodb.UpdateItem", act_first)
+
+
+def test_a_cancel_counted_while_the_order_is_taken_over_is_never_overwritten(
+    ledger: DecisionLedger, ledger_table: Any
+) -> None:
+    taken_over_while(ledger, ledger_table, lambda late: late.sends.count(KEY, "a"))
     assert stored()["sends"]["N"] == "1"
     claim = ledger.claim(KEY, "c", NOW + 32, NOW + 62)
     assert (claim.earlier_attempt, claim.earlier_sends) == (True, 1)
@@ -193,24 +198,15 @@ def test_a_cancel_counted_while_the_order_is_taken_over_is_never_overwritten(
 def test_a_refusal_noted_while_the_order_is_taken_over_is_never_lost(
     ledger: DecisionLedger, ledger_table: Any
 ) -> None:
-    """As above, but the first attempt's cancel is refused and handed back (its count back to 0,
-    the refusal noted) between the read and the take-over: the count matches what was read, and
-    still the take-over must fail, or the next attempt would send without reading QFPay first."""
-    ledger.claim(KEY, "a", NOW, NOW + 30)
-    late = DecisionLedger("ledger", EXPIRY, lambda: boto3.client("dynamodb"))
-    events = ledger_table.meta.events
+    """The first attempt's cancel is refused and handed back (its count back to 0, the refusal
+    noted) in between: the count matches what was read, and still the take-over must fail, or
+    the next attempt would send without reading QFPay's record first."""
 
-    def sent_and_refused(**_: Any) -> None:
-        events.unregister("before-call.dynamodb.UpdateItem", sent_and_refused)
+    def sent_and_refused(late: DecisionLedger) -> None:
         late.sends.count(KEY, "a")
         late.sends.hand_back_refused(KEY, "a", counted=True)
 
-    events.register("before-call.dynamodb.UpdateItem", sent_and_refused)
-    try:
-        with pytest.raises(OrderBusy):
-            ledger.claim(KEY, "b", NOW + 31, NOW + 61)
-    finally:
-        events.unregister("before-call.dynamodb.UpdateItem", sent_and_refused)
+    taken_over_while(ledger, ledger_table, sent_and_refused)
     claim = ledger.claim(KEY, "c", NOW + 32, NOW + 62)
     assert (claim.earlier_attempt, claim.earlier_sends, claim.earlier_refusals) == (True, 0, 1)
 
