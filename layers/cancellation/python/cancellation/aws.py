@@ -245,6 +245,12 @@ class Claim(NamedTuple):
     # longer ago than the ledger remembers, so nothing of theirs can still be pending.
     forgotten: bool = False
 
+    @property
+    def reached_qfpay(self) -> bool:
+        """An earlier attempt's cancel may have reached QFPay (counted), or one reached it and was
+        refused: the next attempt reads QFPay's record before sending, never an older look."""
+        return self.earlier_sends > 0 or self.earlier_refusals > 0
+
 
 class LedgerTable:
     """The decision ledger's DynamoDB table: every write conditional, every read strongly

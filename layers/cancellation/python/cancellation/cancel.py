@@ -27,12 +27,13 @@ from cancellation.qfpay import CredentialsRejected, QFPayAmbiguous, QFPayClient,
 from cancellation.qfpay_steps import (
     answer_text,
     ask_enquiry,
+    cancel_meaning,
     cancel_params,
     reversal_syssn_of,
     send_cancel,
     text_of,
 )
-from cancellation.respcd import Disposition, documented, meaning_of_cancel_answer
+from cancellation.respcd import Disposition, documented
 from cancellation.routing import Routing
 from cancellation.schedule import LoopPolicy
 from cancellation.signing import signing_string
@@ -311,12 +312,11 @@ class CancelAttempt:
             return self.decisions.handoff(endpoint, None, respcd=None, resperr=str(exc), pending=False)
         respcd = str(answer.get("respcd") or "")
         resperr = answer_text(answer)
-        answered_syssn = text_of(answer.get("syssn"))
         own_syssn = reversal_syssn_of(answer)
         payment_syssn = text_of(answer.get("orig_syssn"))
         if self.order.syssn is None and valid_syssn(payment_syssn):
             self.record.payment_syssn = payment_syssn
-        meaning = meaning_of_cancel_answer(endpoint, respcd, answered_syssn)
+        meaning = cancel_meaning(endpoint, answer)
         facts = {"respcd": respcd, "resperr": resperr, "reversal_syssn": own_syssn}
         if meaning.disposition is Disposition.DONE:
             return self._confirm(endpoint, facts, pending=True)

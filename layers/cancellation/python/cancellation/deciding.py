@@ -97,11 +97,7 @@ class OrderDecider:
         # nothing, or QFPay showed it did nothing (a spent budget, 429, "try later"), and an
         # Enquiry first would only spend the merchant's budget again on every requeued attempt.
         receive_count = message.receive_count
-        redelivered = receive_count > 1 or (
-            claim is not None
-            and claim.earlier_attempt
-            and (claim.earlier_sends > 0 or claim.earlier_refusals > 0)
-        )
+        redelivered = receive_count > 1 or (claim is not None and claim.reached_qfpay)
         if receive_count > 1 or message.sent_back:
             # QFPay may have refused this very message already: never ask it again.
             own = self.ledger.decision_of(f"cancel#{message_key}")

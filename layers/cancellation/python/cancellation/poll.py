@@ -20,8 +20,8 @@ from cancellation.qfpay import (
     QFPayClient,
     QFPayUnavailable,
 )
-from cancellation.qfpay_steps import answer_text, ask_enquiry, reversal_syssn_of, send_cancel
-from cancellation.respcd import Disposition, documented, meaning_of_cancel_answer
+from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_meaning, reversal_syssn_of, send_cancel
+from cancellation.respcd import Disposition, documented
 from cancellation.routing import Routing
 from cancellation.schedule import MAX_DEADLINE_SECONDS, MAX_RETRY_HORIZON_SECONDS, PollSchedule
 
@@ -180,7 +180,7 @@ class LoopResend:
             state.update(resent=True, attempts=int(state.get("attempts", 1)) + 1, cancel_may_take_effect=True)
             return None
         respcd = str(answer.get("respcd") or "")
-        meaning = meaning_of_cancel_answer(endpoint, respcd, str(answer.get("syssn") or "") or None)
+        meaning = cancel_meaning(endpoint, answer)
         if meaning.disposition is Disposition.RETRY_LATER:
             return None  # nothing happened at QFPay: the next turn may try again
         state.update(

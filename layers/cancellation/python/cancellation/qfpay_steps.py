@@ -10,6 +10,7 @@ from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding, enquire, enquiry_queries, read_enquiry
 from cancellation.orders import Order, valid_syssn
 from cancellation.qfpay import EnquiryUnreadable, QFPayClient, QFPayUnavailable
+from cancellation.respcd import Meaning, meaning_of_cancel_answer
 from cancellation.routing import Routing
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ def send_cancel(
 def answer_text(answer: dict[str, Any]) -> str | None:
     """QFPay's words for an answer: ``resperr``, else ``respmsg``."""
     return text_of(answer.get("resperr")) or text_of(answer.get("respmsg"))
+
+
+def cancel_meaning(endpoint: Endpoint, answer: Mapping[str, Any]) -> Meaning:
+    """What QFPay's answer to our reversal or close means (close's answer needs its own syssn)."""
+    return meaning_of_cancel_answer(endpoint, str(answer.get("respcd") or ""), text_of(answer.get("syssn")))
 
 
 def reversal_syssn_of(answer: Mapping[str, Any]) -> str | None:

@@ -125,9 +125,7 @@ class CancelService:
                     message_key,
                     claim,
                     message,
-                    seen=None
-                    if claim is not None and (claim.earlier_sends or claim.earlier_refusals)
-                    else seen,
+                    seen=None if claim is not None and claim.reached_qfpay else seen,
                     sends=sends,
                 ),
                 message_key=message_key,
