@@ -554,9 +554,16 @@ def check_batch(pipeline: Pipeline, hostile: list[Expected], neighbours: list[Ne
         assert "&" not in detail["reason"]
         assert "=" not in detail["reason"]
 
-    # QFPay heard of the neighbours only: a reversal and one confirming Enquiry each.
+    # QFPay heard of the neighbours only: a reversal each, and their confirming Enquiries (asked
+    # together where they meet: at most one each).
     calls = pipeline.qfpay.calls
-    assert len(calls) == 2 * len(neighbours), [(c.endpoint, c.params) for c in calls]
+    reversals = [c for c in calls if c.endpoint == "/trade/v1/reversal"]
+    enquiries = [c for c in calls if c.endpoint == "/trade/v1/query"]
+    assert len(reversals) == len(neighbours), [(c.endpoint, c.params) for c in calls]
+    assert 1 <= len(enquiries) <= len(neighbours), [(c.endpoint, c.params) for c in calls]
+    assert len(calls) == len(reversals) + len(enquiries), [(c.endpoint, c.params) for c in calls]
+    asked = {number for c in enquiries for number in c.params["syssn"].split(",")}
+    assert {n.transaction.syssn for n in neighbours} <= asked
     hostile_tags = {tag for expected in hostile for tag in expected.tags}
     for call in calls:
         values = [part for value in call.params.values() for part in value.split(",")]

@@ -109,6 +109,7 @@ class BurstConfig:
             "POLL_MAX_WAIT_SECONDS": whole(60),
             "POLL_BACKOFF_FACTOR": "2",
             "POLL_DEADLINE_SECONDS": whole(900, low=5),
+            "ENQUIRY_ROUND_SECONDS": f"{5 * self.scale:g}",
         }
 
 

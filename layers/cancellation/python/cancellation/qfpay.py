@@ -26,6 +26,7 @@ from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError, SSLError
 
+from cancellation.enquiry_round import current_round
 from cancellation.signing import SIGN_TYPES, SignType, response_signature, sign, signed_parameters
 
 
@@ -201,7 +202,15 @@ class QFPayClient:
         return self.call(method, CLOSE_PATH, params, before_send=before_send)
 
     def enquiry(self, params: Mapping[str, str | None]) -> dict[str, Any]:
-        """Read-only: an ambiguous failure is as good as no answer, so it is reported as unavailable."""
+        """Read-only: an ambiguous failure is as good as no answer, so it is reported as unavailable.
+        Within a batch's round (:mod:`~cancellation.enquiry_round`) a query by syssn is asked
+        together with the batch's others."""
+        shared = current_round.get()
+        if shared is not None and shared.shares(params):
+            return shared.ask(params, self._enquiry)
+        return self._enquiry(params)
+
+    def _enquiry(self, params: Mapping[str, str | None]) -> dict[str, Any]:
         try:
             try:
                 return self.call("POST", ENQUIRY_PATH, params)

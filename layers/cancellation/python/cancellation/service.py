@@ -29,6 +29,7 @@ from cancellation.callers import AwaitingLoop, CallerAnswers, caller_hold_second
 from cancellation.cancel import FirstLook, RetryLater
 from cancellation.deciding import OrderDecider, look_up_together
 from cancellation.delivery import Delivery
+from cancellation.enquiry_round import EnquiryRound, current_round
 from cancellation.exactly_once import ExactlyOnce
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, parse_order_message
@@ -74,11 +75,20 @@ class CancelService:
 
         messages = queue_messages(event)
         looks = look_up_together(self.decider.qfpay, messages)
+        # The orders' confirming Enquiries, asked together where they can be (one request, not ten).
+        shared = EnquiryRound(len(messages), self.settings.batch_concurrency, self.settings.enquiry_round)
 
         def process(message: QueueMessage) -> str:
-            return self.process_record(message, lease_until, looks.get(message.message_id))
+            try:
+                return self.process_record(message, lease_until, looks.get(message.message_id))
+            finally:
+                shared.finished()
 
-        return process_batch(messages, process, self._pool)
+        asking_together = current_round.set(shared if self.settings.enquiry_round > 0 else None)
+        try:
+            return process_batch(messages, process, self._pool)
+        finally:
+            current_round.reset(asking_together)
 
     def process_record(
         self, message: QueueMessage, lease_until: float, look: FirstLook | RetryLater | None = None

@@ -82,6 +82,8 @@ class CancelSettings(NamedTuple):
     retry_base_delay: int = 10
     retry_max_delay: int = 900
     batch_concurrency: int = 10
+    # The longest a batch's order waits for others to ask QFPay's Enquiry with it (0: never shared).
+    enquiry_round: float = 5.0
     max_receive_count: int = 5  # the order queue's maxReceiveCount (its RedrivePolicy)
     retry_horizon: int = 6 * 3600  # QFPay unavailable this long after the first attempt: UNKNOWN
     function_timeout: int = CANCEL_FUNCTION_TIMEOUT  # the template's Timeout of the function
@@ -305,6 +307,7 @@ def cancel_settings(env: Mapping[str, str]) -> CancelSettings:
         retry_base_delay=read.integer("RETRY_BASE_DELAY_SECONDS", 10, 0, 900),
         retry_max_delay=read.integer("RETRY_MAX_DELAY_SECONDS", 900, 0, 900),
         batch_concurrency=read.integer("BATCH_CONCURRENCY", 10, 1, 10),
+        enquiry_round=read.number("ENQUIRY_ROUND_SECONDS", 5.0, 0, 30),
         max_receive_count=read.integer("ORDER_QUEUE_MAX_RECEIVE_COUNT", 5, 1, 1000),
         retry_horizon=horizon,
         function_timeout=read.integer("FUNCTION_TIMEOUT_SECONDS", CANCEL_FUNCTION_TIMEOUT, 1, 900),
