@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from cancellation.aws import BudgetSlots
-from cancellation.budget import BudgetExhausted, BudgetPolicy, MerchantBudget, spend_until
+from cancellation.budget import BudgetExhausted, BudgetPolicy, MerchantBudget
+from cancellation.invocation import spend_until
 
 APP = "APPCODE-1"
 DEFAULT_POLICY = BudgetPolicy()

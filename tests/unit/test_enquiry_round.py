@@ -3,12 +3,18 @@ answered it alone (cancellation.enquiry_round)."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from cancellation.enquiry import read_enquiry
 from cancellation.enquiry_round import ROUND_PAGE_SIZE, EnquiryRound
+from cancellation.invocation import spend_until
+from cancellation.orders import Order
+from cancellation.outcomes import Status
 from cancellation.qfpay import QFPayUnavailable
 
 A, B, C = "20260000000000000001", "20260000000000000002", "20260000000000000003"
@@ -49,7 +55,10 @@ def ask_together(shared: EnquiryRound, qfpay: QFPay, queries: list[dict[str, str
         finally:
             shared.finished()
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(queries))]
+    # Each thread in a copy of the caller's context, as the batch's pool runs its orders.
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(one, i)) for i in range(len(queries))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -80,16 +89,35 @@ def test_the_orders_of_a_batch_share_one_request_and_each_reads_only_its_own_row
     assert [r["syssn"] for r in answers[2]["data"]] == [C]
 
 
-def test_a_refund_row_naming_the_payment_goes_to_that_order_only() -> None:
-    refund_of_b = row("20260000000000000022", order_type="refund", origssn=B)
-    qfpay = QFPay([], answer={"respcd": "0000", "data": [row(A), refund_of_b, row(B)]})
+def test_a_reversal_of_my_payment_listed_for_another_order_is_never_read_as_mine() -> None:
+    """Order A's payment was reversed earlier (a row of its own, sharing the payment's
+    out_trade_no). Alone, QFPay lists the payment (cancelled). A batch-mate's message names the
+    earlier reversal: the shared answer lists both, and the reversal read as A's payment would say
+    "paid, not cancelled". A asks alone instead."""
+    payment = {
+        "syssn": A,
+        "out_trade_no": "ORDER-A",
+        "respcd": "0000",
+        "cancel": "1",
+        "txamt": "100",
+        "txcurrcd": "HKD",
+    }
+    earlier_reversal = {**payment, "syssn": REVERSAL_OF_A, "orig_syssn": A, "cancel": "0"}
+    qfpay = QFPay([earlier_reversal, payment])
+    order = Order(txamt=100, txdtm="2026-11-26 10:00:00", out_trade_no="ORDER-A", syssn=A, mchid="M1")
+    alone = read_enquiry(qfpay.send({"mchid": "M1", "syssn": A}), order)
+    qfpay.asked.clear()
 
     answers = ask_together(
-        EnquiryRound(2, 10, linger=30), qfpay, [{"mchid": None, "syssn": A}, {"mchid": None, "syssn": B}]
+        EnquiryRound(2, 10, linger=30),
+        qfpay,
+        [{"mchid": "M1", "syssn": A}, {"mchid": "M1", "syssn": REVERSAL_OF_A}],
     )
 
+    assert alone.status is Status.CANCELLED
+    assert read_enquiry(answers[0], order).status is Status.CANCELLED
     assert [r["syssn"] for r in answers[0]["data"]] == [A]
-    assert [r["syssn"] for r in answers[1]["data"]] == ["20260000000000000022", B]
+    assert {"mchid": "M1", "syssn": A} in qfpay.asked[1:]  # A asked alone after the shared answer
 
 
 def test_an_order_alone_asks_exactly_its_own_query() -> None:
@@ -102,26 +130,42 @@ def test_an_order_alone_asks_exactly_its_own_query() -> None:
     assert answer == {"respcd": "0000", "data": [row(A)]}
 
 
-def test_a_failed_answer_is_every_order_s_answer() -> None:
-    failed = {"respcd": "1100", "resperr": "system maintenance"}
-    qfpay = QFPay([], answer=failed)
+def test_a_failed_shared_answer_sends_each_order_to_ask_alone() -> None:
+    """Another order's number may be what QFPay refused (a parameter error): only each order's own
+    query says whether its own would have been answered."""
+    rows = [row(A)]
+
+    def strict(params: Mapping[str, str | None]) -> dict[str, Any]:
+        wanted = str(params["syssn"]).split(",")
+        if any(not (n.isdigit() and len(n) == 20) for n in wanted):
+            return {"respcd": "1104", "resperr": "parameter error: syssn"}
+        return {"respcd": "0000", "data": [r for r in rows if r["syssn"] in wanted]}
+
+    qfpay = QFPay([])
+    qfpay.send = strict  # type: ignore[method-assign]
+
+    answers = ask_together(
+        EnquiryRound(2, 10, linger=30), qfpay, [{"mchid": "M1", "syssn": A}, {"mchid": "M1", "syssn": "X1"}]
+    )
+
+    assert answers[0] == {"respcd": "0000", "data": [row(A)]}
+    assert answers[1]["respcd"] == "1104"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"respcd": "1100", "resperr": "system maintenance"}, {"respcd": "0000"}],
+    ids=["failed", "no rows"],
+)
+def test_an_answer_no_order_can_read_is_asked_again_by_each_alone(answer: dict[str, str]) -> None:
+    qfpay = QFPay([], answer=answer)
 
     answers = ask_together(
         EnquiryRound(2, 10, linger=30), qfpay, [{"mchid": "M1", "syssn": A}, {"mchid": "M1", "syssn": B}]
     )
 
-    assert len(qfpay.asked) == 1
-    assert answers == [failed, failed]
-
-
-def test_an_answer_without_rows_decides_nothing_for_any_order() -> None:
-    qfpay = QFPay([], answer={"respcd": "0000"})
-
-    answers = ask_together(
-        EnquiryRound(2, 10, linger=30), qfpay, [{"mchid": "M1", "syssn": A}, {"mchid": "M1", "syssn": B}]
-    )
-
-    assert answers == [{"respcd": "0000"}, {"respcd": "0000"}]
+    assert len(qfpay.asked) == 3
+    assert answers == [answer, answer]
 
 
 def test_qfpay_unreachable_is_what_every_order_meets() -> None:
@@ -178,6 +222,22 @@ def test_an_order_busy_elsewhere_holds_the_others_no_longer_than_the_linger() ->
     [answer] = ask_together(shared, qfpay, [{"mchid": "M1", "syssn": A}])
 
     assert qfpay.asked == [{"mchid": "M1", "syssn": A}]
+    assert [r["syssn"] for r in answer["data"]] == [A]
+
+
+def test_the_round_never_holds_an_order_past_the_invocation_s_last_moment_for_a_request() -> None:
+    """The other order is busy elsewhere; the invocation's requests must start within 0.3 s
+    (``spend_until``): the order asks at once, not after the 30 s linger."""
+    qfpay = QFPay([row(A)])
+
+    def near_the_end() -> list[Any]:
+        spend_until.set(time.time() + 0.3)
+        return ask_together(EnquiryRound(2, 10, linger=30), qfpay, [{"mchid": "M1", "syssn": A}])
+
+    started = time.time()
+    [answer] = contextvars.copy_context().run(near_the_end)
+
+    assert time.time() - started < 10
     assert [r["syssn"] for r in answer["data"]] == [A]
 
 

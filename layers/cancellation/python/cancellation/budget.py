@@ -18,14 +18,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import NamedTuple, Protocol
 
+from cancellation.invocation import spend_until
 from cancellation.qfpay import QFPayUnavailable
-
-# The latest time (epoch seconds) a request of the running invocation may start: set once per
-# invocation by the function, read by the budget in whichever thread sends the request.
-spend_until: ContextVar[float | None] = ContextVar("spend_until", default=None)
 
 
 class BudgetExhausted(QFPayUnavailable):

@@ -35,11 +35,11 @@ from cancellation.aws import (
     OutcomePublisher,
 )
 from cancellation.batch import QueueMessage, process_batch, queue_messages
-from cancellation.budget import spend_until
 from cancellation.callers import CallerAnswers
 from cancellation.cancel import RetryLater, disagreement, started_now
 from cancellation.enquiry import read_enquiry
 from cancellation.exactly_once import ExactlyOnce
+from cancellation.invocation import spend_until
 from cancellation.models import Decision, OutcomeDecision
 from cancellation.naming import PaymentNaming
 from cancellation.observability import count, logger

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from cancellation.invocation import spend_until
+
 ROUND_PAGE_SIZE = 100  # QFPay's most rows a page (docs/qfpay.md)
 
 Send = Callable[[Mapping[str, str | None]], dict[str, Any]]
@@ -33,8 +35,8 @@ Send = Callable[[Mapping[str, str | None]], dict[str, Any]]
 class _Group:
     """The orders of one merchant waiting for the same request."""
 
-    def __init__(self, opened: float) -> None:
-        self.opened = opened
+    def __init__(self, close_at: float) -> None:
+        self.close_at = close_at  # asked by then, whoever has not joined
         self.numbers: set[str] = set()
         self.callers = 0
         self.taken = False  # a caller is asking for the group
@@ -48,7 +50,7 @@ class EnquiryRound:
     ``running``: how many orders of the batch may run at once (the batch's pool)."""
 
     def __init__(
-        self, orders: int, running: int, linger: float, clock: Callable[[], float] = time.monotonic
+        self, orders: int, running: int, linger: float, clock: Callable[[], float] = time.time
     ) -> None:
         self._unfinished = orders
         self._running = running
@@ -84,23 +86,34 @@ class EnquiryRound:
             return answer
         rows = answer.get("data")
         if answer.get("respcd") != "0000" or not isinstance(rows, list):
-            return dict(answer)  # a failed answer, or one without rows: the same for each alone
+            # Another order's number may be what QFPay refused: only its own query says.
+            return send(params)
         if len(rows) >= ROUND_PAGE_SIZE:
             return send(params)  # a next page may hold rows of this order: ask alone
-        return {**answer, "data": [row for row in rows if _names_one_of(row, numbers)]}
+        own = [row for row in rows if not isinstance(row, Mapping) or _text(row.get("syssn")) in numbers]
+        if any(_names(row, numbers) for row in rows if isinstance(row, Mapping) and row not in own):
+            # A reversal or refund of this order's payment, listed for another order's number:
+            # alone QFPay may not list it, and read alone it could be taken for the payment.
+            return send(params)
+        return {**answer, "data": own}
 
     def _join(self, mchid: str | None, numbers: set[str]) -> tuple[_Group, bool]:
         """Wait in the merchant's group; True: this caller asks for it (the group is closed)."""
         with self._lock:
             group = self._open.get(mchid)
             if group is None:
-                group = self._open[mchid] = _Group(self._clock())
+                group = self._open[mchid] = _Group(self._clock() + self._linger)
+            # Never held past the invocation's last moment for a request (the budget's, too),
+            # less a linger for the request's slot: the wait is cut short, never the invocation.
+            latest = spend_until.get()
+            if latest is not None:
+                group.close_at = min(group.close_at, latest - self._linger)
             group.numbers |= numbers
             group.callers += 1
             self._blocked += 1
             self._lock.notify_all()
             while not group.taken:
-                wait = group.opened + self._linger - self._clock()
+                wait = group.close_at - self._clock()
                 if wait <= 0 or self._blocked >= min(self._unfinished, self._running):
                     group.taken = True
                     del self._open[mchid]
@@ -125,15 +138,13 @@ class EnquiryRound:
             self._lock.notify_all()
 
 
-def _names_one_of(row: Any, numbers: set[str]) -> bool:
-    """The row is one QFPay would list for a query naming ``numbers``: its own syssn is one of them,
-    or it is a refund or reversal of one of them. Rows that are not objects are kept (they make
-    the answer unreadable for every order, as they would alone)."""
-    if not isinstance(row, Mapping):
-        return True
-    return any(
-        str(row.get(field)) in numbers for field in ("syssn", "origssn", "orig_syssn") if row.get(field)
-    )
+def _names(row: Mapping[str, Any], numbers: set[str]) -> bool:
+    """The row is a refund or reversal of one of ``numbers``."""
+    return any(_text(row.get(field)) in numbers for field in ("origssn", "orig_syssn"))
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
 
 
 current_round: ContextVar[EnquiryRound | None] = ContextVar("current_round", default=None)

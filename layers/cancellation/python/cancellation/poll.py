@@ -10,8 +10,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from cancellation.budget import BudgetExhausted, spend_until
+from cancellation.budget import BudgetExhausted
 from cancellation.enquiry import Finding
+from cancellation.invocation import spend_until
 from cancellation.observability import count_kind
 from cancellation.orders import InvalidOrder, Order, valid_syssn, validate_loop_order
 from cancellation.outcomes import QFPayAmount, Status, build_outcome

@@ -24,13 +24,13 @@ from cancellation.aws import (
 )
 from cancellation.backoff import Backoff
 from cancellation.batch import QueueMessage, process_batch, queue_messages
-from cancellation.budget import spend_until
 from cancellation.callers import AwaitingLoop, CallerAnswers, caller_hold_seconds
 from cancellation.cancel import FirstLook, RetryLater
 from cancellation.deciding import OrderDecider, look_up_together
 from cancellation.delivery import Delivery
 from cancellation.enquiry_round import EnquiryRound, current_round
 from cancellation.exactly_once import ExactlyOnce
+from cancellation.invocation import spend_until
 from cancellation.observability import count, logger
 from cancellation.orders import InvalidOrder, parse_order_message
 from cancellation.outcomes import outcome_id, rejection_of
