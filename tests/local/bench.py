@@ -1606,8 +1606,8 @@ def report_batch(result: Mapping[str, Any], mode: Mode) -> float:
         " sizes back to back); ms are medians, ratios the median of the rounds' ratios =="
     )
     print(
-        f"   QFPay stand-in (its own process) answers every call after {QFPAY_LATENCY * 1000:.0f} ms (2"
-        " calls per order: reversal, confirming Enquiry);\n   AWS is moto in-process (mock_aws)."
+        f"   QFPay stand-in (its own process) answers every call after {QFPAY_LATENCY * 1000:.0f} ms (a"
+        " reversal per order; a batch's confirming Enquiries are one);\n   AWS is moto in-process (mock_aws)."
         " 'moto CPU' is the CPU"
         " moto spends emulating AWS inside this process\n   (real AWS does that elsewhere, in parallel);"
         " the last column removes it from both sides (an estimate)."
