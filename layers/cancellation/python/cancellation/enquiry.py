@@ -181,14 +181,14 @@ def read_enquiry(
         # data (or with rows that are not objects) decides nothing, and never allows a cancel.
         readable = isinstance(listed, list) and len(rows) == len(listed)
         return Finding(None, reason, found=False, unknown_to_qfpay=readable and not known)
-    row_respcd = _text(payment.get("respcd"))
+    row_respcd = field_text(payment.get("respcd"))
     problem = _unreadable(payment) or _unreadable_refunds(rows, payment)
     if problem is not None:
         # Never guess: a row we cannot read decides nothing; the loop asks again.
         return Finding(
             None, f"QFPay's row cannot be read ({problem}): {_raw(payment)}", row_respcd, payment=payment
         )
-    cancel = _text(payment.get("cancel")) or ""  # read by _unreadable: one of CANCEL_FLAGS
+    cancel = field_text(payment.get("cancel")) or ""  # read by _unreadable: one of CANCEL_FLAGS
     row_respcd = row_respcd or ""  # likewise: a documented code
     if cancel != "0":
         what = CANCEL_FLAGS[cancel]
@@ -230,7 +230,7 @@ def _paid(
 ) -> Finding:
     """A completed payment whose cancel flag is 0."""
     refunded = sum(
-        int(str(r.get("txamt"))) for r in _refunds_of(rows, payment) if _text(r.get("respcd")) == "0000"
+        int(str(r.get("txamt"))) for r in _refunds_of(rows, payment) if field_text(r.get("respcd")) == "0000"
     )
     if refunded and refunded >= int(str(payment.get("txamt"))):
         return Finding(
@@ -244,7 +244,7 @@ def _paid(
         # Our cancel may still take effect (QFPay shows a reversal in progress on a paid row):
         # a refund case only once that cancel's own row shows it failed.
         own = _row_of(rows, reversal_syssn)
-        own_respcd = _text(own.get("respcd")) if own is not None else None
+        own_respcd = field_text(own.get("respcd")) if own is not None else None
         own_meaning = meaning_of(own_respcd or "")
         failed = own_respcd in RESPCD_MEANINGS and own_meaning.disposition is Disposition.FINAL
         if own is None or not failed:
@@ -273,7 +273,7 @@ def _paid(
 def _unreadable(row: Mapping[str, Any]) -> str | None:
     """What keeps a payment row from being read, or None. Every field we read must hold a value
     QFPay documents."""
-    respcd = _text(row.get("respcd"))
+    respcd = field_text(row.get("respcd"))
     if respcd is None:
         return "no respcd"
     meaning = meaning_of(respcd)
@@ -283,23 +283,23 @@ def _unreadable(row: Mapping[str, Any]) -> str | None:
         return f"respcd {respcd} ({meaning.text}) is not a payment state"
     if meaning.status is Status.REFUND_REQUIRED:
         return f"respcd {respcd} ({meaning.text}) is not a payment state"
-    cancel = _text(row.get("cancel"))
+    cancel = field_text(row.get("cancel"))
     if cancel not in CANCEL_FLAGS:
         return "no cancel flag" if cancel is None else f"cancel flag {cancel} is not one QFPay documents"
     return _unreadable_amount(row)
 
 
 def _unreadable_amount(row: Mapping[str, Any]) -> str | None:
-    if not _CENTS.fullmatch(_text(row.get("txamt")) or ""):
+    if not _CENTS.fullmatch(field_text(row.get("txamt")) or ""):
         return "txamt is not an amount in cents"
-    if _text(row.get("txcurrcd")) not in CURRENCIES:
+    if field_text(row.get("txcurrcd")) not in CURRENCIES:
         return "txcurrcd is not a currency QFPay documents"
     return None
 
 
 def _unreadable_refunds(rows: Sequence[Mapping[str, Any]], payment: Mapping[str, Any]) -> str | None:
     for refund in _refunds_of(rows, payment):
-        if not _CENTS.fullmatch(_text(refund.get("txamt")) or ""):
+        if not _CENTS.fullmatch(field_text(refund.get("txamt")) or ""):
             return f"a refund row's txamt is not an amount in cents: {_raw(refund)}"
     return None
 
@@ -338,7 +338,7 @@ def _is(row: Mapping[str, Any], order_type: str) -> bool:
     return str(row.get("order_type") or "payment") == order_type
 
 
-def _text(value: Any) -> str | None:
+def field_text(value: Any) -> str | None:
     """A field as QFPay's text (numbers sent as JSON numbers read the same); None if absent."""
     if value is None or value == "" or isinstance(value, bool):
         return None

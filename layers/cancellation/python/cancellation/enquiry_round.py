@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from cancellation.enquiry import field_text
 from cancellation.invocation import spend_until
 
 ROUND_PAGE_SIZE = 100  # QFPay's most rows a page (docs/qfpay.md)
@@ -85,16 +86,23 @@ class EnquiryRound:
         if group.callers == 1:
             return answer
         rows = answer.get("data")
-        if answer.get("respcd") != "0000" or not isinstance(rows, list):
+        if not isinstance(rows, list):
+            rows = []
+        own = [row for row in rows if not isinstance(row, Mapping) or field_text(row.get("syssn")) in numbers]
+        others = [
+            row for row in rows if isinstance(row, Mapping) and field_text(row.get("syssn")) not in numbers
+        ]
+        if (
             # Another order's number may be what QFPay refused: only its own query says.
-            return send(params)
-        if len(rows) >= ROUND_PAGE_SIZE:
-            return send(params)  # a next page may hold rows of this order: ask alone
-        own = [row for row in rows if not isinstance(row, Mapping) or _text(row.get("syssn")) in numbers]
-        if any(_names(row, numbers) for row in rows if isinstance(row, Mapping) and row not in own):
+            answer.get("respcd") != "0000"
+            or not isinstance(answer.get("data"), list)
+            # A next page may hold rows of this order.
+            or len(rows) >= ROUND_PAGE_SIZE
             # A reversal or refund of this order's payment, listed for another order's number:
             # alone QFPay may not list it, and read alone it could be taken for the payment.
-            return send(params)
+            or any(_names(row, numbers) for row in others)
+        ):
+            return send(params)  # ask alone
         return {**answer, "data": own}
 
     def _join(self, mchid: str | None, numbers: set[str]) -> tuple[_Group, bool]:
@@ -140,11 +148,7 @@ class EnquiryRound:
 
 def _names(row: Mapping[str, Any], numbers: set[str]) -> bool:
     """The row is a refund or reversal of one of ``numbers``."""
-    return any(_text(row.get(field)) in numbers for field in ("origssn", "orig_syssn"))
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    return any(field_text(row.get(field)) in numbers for field in ("origssn", "orig_syssn"))
 
 
 current_round: ContextVar[EnquiryRound | None] = ContextVar("current_round", default=None)
