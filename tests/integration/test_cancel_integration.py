@@ -494,10 +494,13 @@ def test_a_decision_dynamodb_refuses_to_store_never_leads_to_a_second_cancel(
     assert (reversals, applied) == (1, 1)
 
 
-def test_a_reversal_answered_502_is_never_resent(pipeline_factory: PipelineFactory) -> None:
+def test_a_reversal_answered_502_is_not_resent_within_qfpays_settle_time(
+    pipeline_factory: PipelineFactory,
+) -> None:
     """A gateway answers 502, which may come after QFPay acted (here it did not): the Enquiry shows
-    the payment live, but a reversal of ours may be processing, so the loop only asks the Enquiry
-    from then on, however many turns it takes, and ends UNKNOWN at its deadline."""
+    the payment live, but a reversal of ours may be processing, so within QFPay's settle time
+    (120 s, longer than this loop's deadline) the loop only asks the Enquiry, and ends UNKNOWN at
+    its deadline."""
     bad_gateway = Fault("http_5xx", endpoints=("reversal",), status=502)
     order, txn = order_and_txn(14, faults=(bad_gateway,) * 4)
     with pipeline_factory([txn], env_overrides={"POLL_DEADLINE_SECONDS": "8"}) as pipeline:
@@ -508,6 +511,28 @@ def test_a_reversal_answered_502_is_never_resent(pipeline_factory: PipelineFacto
     assert [(o["status"], o["resent"], o["attempts"]) for o in outcomes] == [("UNKNOWN", False, 1)]
     assert reversals == 1
     assert enquiries >= 3
+
+
+def test_a_reversal_answered_503_in_an_outage_is_sent_again_once_qfpay_shows_the_payment_live_past_settling(
+    pipeline_factory: PipelineFactory,
+) -> None:
+    """QFPay is down: our reversal is answered 503 (nothing took effect, which we cannot know), and
+    so are the loop's first Enquiries. Once QFPay answers again and has shown the payment live for
+    its settle time, the first reversal did nothing: the loop sends its one resend, and the order
+    ends CANCELLED, cancelled once."""
+    down = Fault("http_5xx", status=503)
+    order, txn = order_and_txn(19, faults=(down,) * 3)
+    env = {"QFPAY_SETTLE_SECONDS": "3", "POLL_DEADLINE_SECONDS": "20"}
+    with pipeline_factory([txn], env_overrides=env) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        pipeline.qfpay.settle()
+        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    assert [(o["status"], o["decided_by"], o["resent"], o["attempts"]) for o in outcomes] == [
+        ("CANCELLED", "poll-loop", True, 2)
+    ]
+    assert (reversals, applied) == (2, 1)
 
 
 def test_a_reversal_answered_502_after_qfpay_applied_it_is_confirmed_by_the_enquiry(

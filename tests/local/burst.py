@@ -14,7 +14,8 @@ reversals, and writes a PNG of the orders remaining over time against the floor'
 Time may be scaled: ``BURST_WINDOW_SCALE`` (default 1: QFPay's own windows) shortens QFPay's
 windows (0.2: 100 per 0.2 s and 400 per 12 s) and every time setting of ours with them: the budget's windows
 (``QFPAY_LIMIT_WINDOW_SCALE``), its pause after a 429, the retry backoff (base 10 s, most 900 s),
-the retry horizon (6 h) and the loop's waits and deadline (3 s, 60 s, 900 s), rounded to whole
+the retry horizon (6 h), the loop's waits and deadline (3 s, 60 s, 900 s) and QFPay's settle
+time (120 s, ``QFPAY_SETTLE_SECONDS``), rounded to whole
 seconds where the setting takes whole seconds. Network timeouts are not scaled. A scaled run asks
 the local pipeline (moto in-process, every function in this process) for 1/scale times the
 orders per second: at 0.2 that is more than two shared cores deliver, so its drain time measures
@@ -109,6 +110,7 @@ class BurstConfig:
             "POLL_MAX_WAIT_SECONDS": whole(60),
             "POLL_BACKOFF_FACTOR": "2",
             "POLL_DEADLINE_SECONDS": whole(900, low=5),
+            "QFPAY_SETTLE_SECONDS": whole(120),
             "ENQUIRY_ROUND_SECONDS": f"{5 * self.scale:g}",
         }
 

@@ -5,9 +5,12 @@ cancelling: while a reversal processes, the payment's row may read in progress (
 cancel ``0``) exactly like a live payment, and QFPay does not document that a second cancel sent
 meanwhile is deduplicated. So once a cancel of ours may have reached QFPay (no answer, a 5xx, a
 crashed attempt that may have sent it, an in-progress or success answer), "live" on the Enquiry
-never allows another one: the loop asks until QFPay shows the payment ended, else its deadline
-says UNKNOWN. The one further cancel per order is for a cancel QFPay answered with a refusal
-(nothing of ours pending) while the payment still reads live."""
+does not allow another one at once. The one further cancel per order goes when QFPay refused the
+first (nothing of ours pending) while the payment still reads live; or when the first's answer
+could not be read and QFPay has since shown the payment live, at every Enquiry, for longer than
+it takes to settle a cancel it received (``DEFAULT_SETTLE_SECONDS``: QFPay advises cancelling a
+payment still in progress after about two minutes). A cancel QFPay answered in progress or done,
+or one an earlier attempt may have sent, is never followed by another."""
 
 from __future__ import annotations
 
@@ -17,10 +20,10 @@ import pytest
 import urllib3
 from cancellation.budget import BudgetExhausted
 from cancellation.cancel import CancelAttempt, RetryLater
-from cancellation.poll import EnquiryStep
-from cancellation.qfpay import Credentials, QFPayAmbiguous, QFPayClient
+from cancellation.poll import EnquiryStep, InvalidLoopState
+from cancellation.qfpay import Credentials, QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.routing import Routing
-from cancellation.schedule import LoopPolicy, PollSchedule
+from cancellation.schedule import DEFAULT_SETTLE_SECONDS, LoopPolicy, PollSchedule
 
 from tests.canned_http import CannedPool
 from tests.unit.fakes import (
@@ -78,8 +81,10 @@ def test_after_an_earlier_attempt_may_have_sent_the_enquiry_still_decides():
     assert decision["outcome"]["status"] == "CANCELLED"
 
 
-def test_an_unanswered_first_cancel_is_never_resent_on_a_live_looking_row():
-    """Our reversal's answer was lost: QFPay may be processing it, and its row reads live."""
+def test_an_unanswered_first_cancel_is_not_resent_on_a_live_looking_row_before_qfpay_could_settle_it():
+    """Our reversal's answer was lost: QFPay may be processing it, and its row reads live. Within
+    QFPay's settle time (here the readings are 30 s apart, the deadline comes first) nothing is
+    sent again."""
     fake = FakeQFPay(reversal=[QFPayAmbiguous("no answer")])
     state = decide(fake, earlier_sends=0)["handoff"]["input"]
     assert fake.names == ["reversal"]
@@ -91,10 +96,97 @@ def test_an_unanswered_first_cancel_is_never_resent_on_a_live_looking_row():
     detail = turn(state, loop, state["deadline_at"])["outcome"]
     assert loop.names == ["enquiry"] * 3
     assert (detail["status"], detail["attempts"], detail["resent"]) == ("UNKNOWN", 1, False)
-    assert "may still be processing" in detail["reason"]
+    assert "not confirmed by the deadline" in detail["reason"]
+    assert "longer than it takes to settle a cancel it received" in detail["reason"]
     # ...and once QFPay shows it reversed, that is the outcome.
     shown = FakeQFPay(enquiry=[enquiry_shows(respcd="1143", cancel="1")])
     assert turn(dict(state, status="IN_PROGRESS"), shown, NOW + 90)["status"] == "CANCELLED"
+
+
+SETTLE = DEFAULT_SETTLE_SECONDS
+
+
+@pytest.mark.parametrize(
+    "first_answer",
+    [QFPayAmbiguous("reversal: HTTP 503"), cancel_answer("8888")],
+    ids=["5xx", "undocumented code"],
+)
+def test_an_unanswered_first_cancel_is_sent_again_once_qfpay_has_shown_the_payment_live_past_its_settle_time(
+    first_answer: Any,
+):
+    """QFPay answered our reversal with nothing we can read (an outage's 503, a code it does not
+    document). Every Enquiry since shows the payment live: once that has lasted longer than QFPay
+    takes to settle a cancel it received, the first one did nothing, and the loop's one resend
+    goes. Its answer is in progress, so the Enquiry after it decides."""
+    state = decide(FakeQFPay(reversal=[first_answer]), earlier_sends=0)["handoff"]["input"]
+    assert (state["reversal_pending"], state["cancel_may_take_effect"], state["resent"]) == (
+        False,
+        True,
+        False,
+    )
+    loop = FakeQFPay(
+        enquiry=[enquiry_shows(respcd="1143")] * 3 + [enquiry_shows(respcd="1143", cancel="1")],
+        reversal=[cancel_answer("1143")],
+    )
+    state = turn(state, loop, NOW + 30)  # the first reading QFPay answered: its clock starts
+    state = turn(state, loop, NOW + 30 + SETTLE - 1)
+    assert loop.names == ["enquiry", "enquiry"]
+    assert "may still be processing" in state["last_reason"]
+    state = turn(state, loop, NOW + 30 + SETTLE)
+    assert loop.names == ["enquiry", "enquiry", "enquiry", "reversal"]
+    assert (state["status"], state["resent"], state["attempts"], state["reversal_pending"]) == (
+        "IN_PROGRESS",
+        True,
+        2,
+        True,
+    )
+    detail = turn(state, loop, NOW + 40 + SETTLE)["outcome"]
+    assert (detail["status"], detail["resent"], detail["attempts"]) == ("CANCELLED", True, 2)
+    assert loop.names.count("reversal") == 1
+
+
+@pytest.mark.parametrize(
+    "between",
+    [QFPayUnavailable("query: HTTP 503", http_status=503), enquiry_shows(respcd="9999")],
+    ids=["QFPay unreachable", "a row we cannot read"],
+)
+def test_the_settle_time_counts_only_unbroken_live_readings(between: Any):
+    """An Enquiry QFPay did not answer, or whose row we cannot read, shows nothing about our
+    cancel: the payment must read live again for the whole settle time after it."""
+    state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
+        "input"
+    ]
+    live = enquiry_shows(respcd="1143")
+    loop = FakeQFPay(enquiry=[live, between, live, live], reversal=[cancel_answer("1143")])
+    state = turn(state, loop, NOW + 30)
+    state = turn(state, loop, NOW + 60)
+    state = turn(state, loop, NOW + 30 + SETTLE + 5)  # live again: the clock starts again
+    assert loop.names == ["enquiry"] * 3
+    state = turn(state, loop, NOW + 35 + 2 * SETTLE)
+    assert loop.names == ["enquiry"] * 4 + ["reversal"]
+    assert state["resent"] is True
+
+
+def test_a_cancel_qfpay_answered_in_progress_is_never_sent_again_however_long_the_row_reads_live():
+    fake = FakeQFPay(reversal=[cancel_answer("1143")])
+    state = decide(fake, earlier_sends=0)["handoff"]["input"]
+    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 4, reversal=[cancel_answer("1143")])
+    for seconds in (30, 30 + SETTLE, 30 + 3 * SETTLE, 30 + 5 * SETTLE):
+        state = turn(state, loop, NOW + seconds)
+    assert loop.names == ["enquiry"] * 4
+    assert state["status"] == "IN_PROGRESS"
+
+
+@pytest.mark.parametrize("live_since", ["0", True, float("nan"), NOW + 3600])
+def test_a_loop_state_whose_live_clock_is_not_a_past_time_is_refused_before_any_request(live_since: Any):
+    """Whoever may start the state machine writes its input: a made-up clock could force a resend."""
+    state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
+        "input"
+    ]
+    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], reversal=[cancel_answer("1143")])
+    with pytest.raises(InvalidLoopState, match="live_since"):
+        turn({**state, "live_since": live_since}, loop, NOW + 30)
+    assert loop.names == []
 
 
 def test_a_refused_first_cancel_leaves_the_loop_its_one_resend():

@@ -187,6 +187,8 @@ def test_poll_settings_defaults():
     assert settings.secret_id == "qfpay/credentials"
     assert settings.routing == Routing()
     assert settings.timeouts == Timeouts()
+    assert settings.settle_seconds == 120
+    assert poll_settings({**POLL_ENV, "QFPAY_SETTLE_SECONDS": "30"}).settle_seconds == 30
 
 
 def test_settings_read_every_variable():
@@ -342,6 +344,7 @@ def test_bad_close_method_is_reported():
             "QFPAY_CONNECT_TIMEOUT_SECONDS must be between 0.1 and 30, got -1",
         ),
         ("BATCH_CONCURRENCY", "11", "BATCH_CONCURRENCY must be between 1 and 10, got 11"),
+        ("QFPAY_SETTLE_SECONDS", "0", "QFPAY_SETTLE_SECONDS must be between 1 and 3600, got 0"),
         (
             "QFPAY_VERIFY_RESPONSE_SIGNATURE",
             "yes",

@@ -92,6 +92,7 @@ class LoopState(TypedDict):
     payment_syssn: NotRequired[str]
     last_reason: NotRequired[str]
     asked_at: NotRequired[float]
+    live_since: NotRequired[float]  # the first of the unbroken readings showing the payment live
     unreachable_seconds: NotRequired[float]
     task_error: NotRequired[dict[str, Any]]  # the state machine's Catch: the last turn failed
     outcome: NotRequired[OutcomeDetail]  # once final

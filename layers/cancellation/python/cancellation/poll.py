@@ -24,7 +24,12 @@ from cancellation.qfpay import (
 from cancellation.qfpay_steps import answer_text, ask_enquiry, cancel_meaning, reversal_syssn_of, send_cancel
 from cancellation.respcd import Disposition, documented
 from cancellation.routing import Routing
-from cancellation.schedule import MAX_DEADLINE_SECONDS, MAX_RETRY_HORIZON_SECONDS, PollSchedule
+from cancellation.schedule import (
+    DEFAULT_SETTLE_SECONDS,
+    MAX_DEADLINE_SECONDS,
+    MAX_RETRY_HORIZON_SECONDS,
+    PollSchedule,
+)
 
 IN_PROGRESS = "IN_PROGRESS"
 
@@ -43,10 +48,11 @@ class EnquiryStep:
         *,
         read_timeout: float = 10.0,
         patience: float = 1.0,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     ) -> None:
         self.qfpay = qfpay
         self.clock = clock
-        self.resend = LoopResend(qfpay, routing, clock, resend_seconds)
+        self.resend = LoopResend(qfpay, routing, clock, resend_seconds, settle_seconds)
         self.read_timeout = read_timeout
         # Cancels come before the loop's Enquiries: a turn takes a slot of the merchant's budget
         # only if one is free within this many seconds, unless the loop's deadline is near.
@@ -102,13 +108,24 @@ class EnquiryStep:
                 respcd=finding.respcd,
                 amount=finding.amount,
             )
-        if finding.live and cancel_may_take_effect(state):
-            # QFPay shows a reversal it is still processing as a live payment: never resent.
-            finding = finding._replace(
-                reason=f"{finding.reason}; a cancel of ours may still be processing at QFPay, "
-                "so none is sent again",
-                live=False,
-            )
+        settled = False
+        if not finding.live:
+            state.pop("live_since", None)  # the settle time counts unbroken live readings only
+        elif cancel_may_take_effect(state):
+            settled = self.resend.settled(state, self.clock())
+            if settled:
+                finding = finding._replace(
+                    reason=f"{finding.reason}; QFPay has shown it live for "
+                    f"{int(self.clock() - state['live_since'])} s, longer than it takes to settle a "
+                    "cancel it received, so ours did nothing"
+                )
+            else:
+                # QFPay shows a reversal it is still processing as a live payment: not resent yet.
+                finding = finding._replace(
+                    reason=f"{finding.reason}; a cancel of ours may still be processing at QFPay, "
+                    "so none is sent again",
+                    live=False,
+                )
         state["last_reason"] = finding.reason
         if finding.payment is not None and not state.get("payment_syssn") and not order.syssn:
             # Named by syssn from now on, the Enquiry also returns our cancel's own row.
@@ -126,6 +143,8 @@ class EnquiryStep:
                 )
             return conclude(state, order, Status.UNKNOWN, reason, now=self.clock(), amount=finding.amount)
         if finding.live and self.resend.allowed(state, remaining_seconds):
+            if settled:
+                state["cancel_may_take_effect"] = False  # it did nothing: no paid row is ours
             decided = self.resend.send(state, order, finding.amount)
             if decided is not None:
                 return decided
@@ -153,7 +172,12 @@ class LoopResend:
     Enquiry shows the payment still live and no cancel of ours can still take effect."""
 
     def __init__(
-        self, qfpay: QFPayClient, routing: Routing, clock: Callable[[], float], resend_seconds: float
+        self,
+        qfpay: QFPayClient,
+        routing: Routing,
+        clock: Callable[[], float],
+        resend_seconds: float,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     ) -> None:
         self.qfpay = qfpay
         self.routing = routing
@@ -161,6 +185,18 @@ class LoopResend:
         # The longest one cancel request can take (with its 1108 re-read): a resend starts only if
         # the invocation has that long left, so a turn never times out half-way through one.
         self.resend_seconds = resend_seconds
+        self.settle_seconds = settle_seconds
+
+    def settled(self, state: dict[str, Any], now: float) -> bool:
+        """On a reading that shows the payment live while a cancel of ours may take effect: whether
+        that cancel has had QFPay's settle time to show. Only one whose answer we could not read
+        (an outage's 5xx, a lost answer, a code QFPay does not document): once QFPay has shown the
+        payment live at every Enquiry for that long, it did nothing. One QFPay answered in progress
+        or done (``reversal_pending``) is QFPay's own word that it is under way: never."""
+        if state.get("reversal_pending"):
+            return False
+        since = float(state.setdefault("live_since", now))
+        return now - since >= self.settle_seconds
 
     def allowed(self, state: dict[str, Any], remaining_seconds: Callable[[], float] | None) -> bool:
         """Nothing of ours pending, the order's one resend unspent, and time for it in this turn."""
@@ -310,11 +346,7 @@ def read_loop_state(state: dict[str, Any], now: float) -> tuple[Order, PollSched
         schedule.check_bounds()
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         problems.append(f"schedule: {exc}")
-    deadline = state.get("deadline_at")
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline):
-        problems.append("deadline_at must be a number of seconds")
-    elif deadline > now + MAX_DEADLINE_SECONDS:
-        problems.append(f"deadline_at is more than {MAX_DEADLINE_SECONDS} s away")
+    problems += _clock_problems(state, now)
     if state.get("endpoint") not in ENDPOINTS:
         problems.append("endpoint must be reversal or close")
     for name in ("reversal_syssn", "payment_syssn"):
@@ -335,6 +367,19 @@ def read_loop_state(state: dict[str, Any], now: float) -> tuple[Order, PollSched
     if problems or order is None or schedule is None:
         raise InvalidLoopState("invalid enquiry loop state: " + "; ".join(problems))
     return order, schedule
+
+
+def _clock_problems(state: dict[str, Any], now: float) -> list[str]:
+    """The loop's times: a deadline not too far ahead, a live clock (``live_since``) not ahead."""
+    problems: list[str] = []
+    deadline = _seconds_or_none(state.get("deadline_at"))
+    if deadline is None:
+        problems.append("deadline_at must be a number of seconds")
+    elif deadline > now + MAX_DEADLINE_SECONDS:
+        problems.append(f"deadline_at is more than {MAX_DEADLINE_SECONDS} s away")
+    if "live_since" in state and not (_seconds_or_none(state["live_since"]) or math.inf) <= now:
+        problems.append("live_since must be a time in the past")
+    return problems
 
 
 def _syssn_or_none(value: Any) -> str | None:

@@ -47,6 +47,11 @@ MAX_WAIT_SECONDS = 3600
 MAX_FACTOR = 10.0
 MAX_DEADLINE_SECONDS = 86400
 MAX_RETRY_HORIZON_SECONDS = 4 * 86400
+# How long QFPay may take to show a cancel it received (QFPAY_SETTLE_SECONDS): it advises
+# cancelling a payment still in progress after about two minutes, so a cancel of ours that QFPay
+# received shows in its Enquiry within that long. Past it, a payment still live shows that a cancel
+# whose answer we could not read did nothing (docs/deciding.md).
+DEFAULT_SETTLE_SECONDS = 120
 
 
 class _PollScheduleFields(NamedTuple):

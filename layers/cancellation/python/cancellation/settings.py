@@ -16,6 +16,7 @@ from cancellation.enquiry import ENQUIRY_MAX_REQUESTS
 from cancellation.qfpay import RATE_LIMIT_MAX_WAIT_SECONDS, Timeouts
 from cancellation.routing import DEFAULT_CLOSE_PAY_TYPES, Routing
 from cancellation.schedule import (
+    DEFAULT_SETTLE_SECONDS,
     MAX_DEADLINE_SECONDS,
     MAX_FACTOR,
     MAX_FIRST_WAIT_SECONDS,
@@ -41,6 +42,7 @@ class QFPaySettings(NamedTuple):
     # QFPay's per-merchant limits, shared by every container (docs/rate-limits.md).
     budget: BudgetPolicy = BudgetPolicy()
     budget_table: str = ""
+    settle_seconds: int = DEFAULT_SETTLE_SECONDS
 
     def request_budget(self, requests: int) -> float:
         """The longest ``requests`` QFPay requests can take: connect and read timeouts, plus the
@@ -224,6 +226,7 @@ def _qfpay(read: _Reader) -> QFPaySettings:
             window_scale=read.number("QFPAY_LIMIT_WINDOW_SCALE", 1.0, 0.01, 1),
         ),
         budget_table=read.text("BUDGET_TABLE"),
+        settle_seconds=read.integer("QFPAY_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS, 1, 3600),
     )
 
 

@@ -87,6 +87,7 @@ def enquiry_step(settings: QFPaySettings, clock: Callable[[], float] = time.time
         settings.request_budget(requests=2),
         read_timeout=settings.timeouts.read,
         patience=RATE_LIMIT_MAX_WAIT_SECONDS * settings.budget.window_scale,
+        settle_seconds=settings.settle_seconds,
     )
 
 
