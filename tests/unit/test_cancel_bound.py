@@ -167,6 +167,22 @@ def test_the_settle_time_counts_only_unbroken_live_readings(between: Any):
     assert state["resent"] is True
 
 
+def test_after_the_settle_time_resend_whose_answer_is_lost_too_no_third_cancel_follows():
+    """The resend's own answer is lost as well: it may be processing now, so the loop only asks,
+    and says so; its settle time gives no further cancel (one resend per order)."""
+    state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
+        "input"
+    ]
+    loop = FakeQFPay(
+        enquiry=[enquiry_shows(respcd="1143")] * 4, reversal=[QFPayAmbiguous("reversal: HTTP 502")] * 2
+    )
+    for seconds in (30, 30 + SETTLE, 30 + 3 * SETTLE, 30 + 5 * SETTLE):
+        state = turn(state, loop, NOW + seconds)
+    assert loop.names == ["enquiry", "enquiry", "reversal", "enquiry", "enquiry"]
+    assert (state["resent"], state["attempts"], state["cancel_may_take_effect"]) == (True, 2, True)
+    assert "may still be processing" in state["last_reason"]
+
+
 def test_a_cancel_qfpay_answered_in_progress_is_never_sent_again_however_long_the_row_reads_live():
     fake = FakeQFPay(reversal=[cancel_answer("1143")])
     state = decide(fake, earlier_sends=0)["handoff"]["input"]

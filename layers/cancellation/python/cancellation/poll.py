@@ -192,8 +192,9 @@ class LoopResend:
         that cancel has had QFPay's settle time to show. Only one whose answer we could not read
         (an outage's 5xx, a lost answer, a code QFPay does not document): once QFPay has shown the
         payment live at every Enquiry for that long, it did nothing. One QFPay answered in progress
-        or done (``reversal_pending``) is QFPay's own word that it is under way: never."""
-        if state.get("reversal_pending"):
+        or done (``reversal_pending``) is QFPay's own word that it is under way: never. Nor once
+        the order's one resend is spent: that one may be processing now."""
+        if state.get("reversal_pending") or state.get("resent"):
             return False
         since = float(state.setdefault("live_since", now))
         return now - since >= self.settle_seconds
