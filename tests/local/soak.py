@@ -977,8 +977,13 @@ _SOAK_ENVIRONMENT = {
     # Retried by time: past this many seconds of QFPay not answering, the order ends UNKNOWN.
     "RETRY_HORIZON_SECONDS": "60",
     # Deployed, the loop's deadline (900 s) is about 4 visibility timeouts (210 s): a hand-off
-    # replayed after a crash still leaves the loop most of its time. Same ratio here (24 s).
-    "POLL_DEADLINE_SECONDS": "90",
+    # replayed after a crash still leaves the loop most of its time; here it is 8 (24 s), so that
+    # QFPay's settle time fits in it and the loop's resend after an unreadable cancel answer is
+    # judged. The settle time is longer than the stand-in's longest cancellation in progress
+    # (5 Enquiries, about 93 s of the loop's schedule), which is what the service assumes of
+    # QFPay (docs/qfpay.md); the judge counts a resend while one is in progress all the same.
+    "POLL_DEADLINE_SECONDS": "200",
+    "QFPAY_SETTLE_SECONDS": "100",
     # At the end of the run every UNKNOWN is re-checked once, at once (deployed: 5 min, 1 h, daily).
     "RECONCILE_CHECKS_AFTER_SECONDS": "0",
 }
@@ -1332,6 +1337,17 @@ def _log_text(entry: Mapping[str, Any]) -> str:
     return f"{text}: {detail}" if detail else text
 
 
+def _loop_resends(run: _Run, evidence: Sequence[OrderEvidence]) -> Counter[str]:
+    """Per category of order, how many orders' loop outcome says it sent the one further cancel."""
+    category = {order.key: order.category for order in evidence}
+    keys = {
+        str(detail.get("out_trade_no") or detail.get("syssn"))
+        for detail in run.outcomes
+        if detail.get("decided_by") == "poll-loop" and detail.get("resent") is True
+    }
+    return Counter(category.get(key, "unknown") for key in keys)
+
+
 def _attempts_mismatches(run: _Run, evidence: Sequence[OrderEvidence]) -> Counter[str]:
     """How often an outcome's ``attempts`` differs from the cancels QFPay logged for the order."""
     first: dict[str, dict[str, Any]] = {}
@@ -1393,6 +1409,12 @@ def report(run: _Run, verdict: Verdict, evidence: Sequence[OrderEvidence], out: 
     )
     print(
         f"outcome events: {len(run.outcomes)} ({verdict.repeated_outcomes} repeats of an order's outcome)",
+        file=out,
+    )
+    resent = _loop_resends(run, evidence)
+    print(
+        f"orders the loop sent a second cancel: {sum(resent.values())}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(resent.items())) + ")" if resent else ""),
         file=out,
     )
     attempts = _attempts_mismatches(run, evidence)

@@ -348,22 +348,44 @@ def _calls_lambda(state: dict[str, Any]) -> bool:
     return ":lambda:" in resource or (resource.startswith("${") and "Function" in resource)
 
 
-def test_every_lambda_task_retries_transient_errors_with_jitter(asl: dict[str, Any]) -> None:
+def _retried_with_jitter(state: dict[str, Any]) -> set[str]:
+    return {
+        error
+        for retrier in state.get("Retry", [])
+        if retrier.get("JitterStrategy") == "FULL"
+        and retrier.get("MaxAttempts", 3) > 0
+        and retrier.get("BackoffRate", 2.0) > 1
+        for error in retrier["ErrorEquals"]
+    }
+
+
+def test_every_lambda_task_that_sends_nothing_retries_transient_errors_with_jitter(
+    asl: dict[str, Any],
+) -> None:
     lambda_tasks = [
-        (name, state) for name, state in _states(asl) if state["Type"] == "Task" and _calls_lambda(state)
+        (name, state)
+        for name, state in _states(asl)
+        if state["Type"] == "Task" and _calls_lambda(state) and name != "AskEnquiry"
     ]
-    assert {name for name, _ in lambda_tasks} >= {"AskEnquiry", "ConcludeAfterTaskError"}
+    assert {name for name, _ in lambda_tasks} >= {"ConcludeAfterTaskError"}
     for name, state in lambda_tasks:
-        covered = {
-            error
-            for retrier in state.get("Retry", [])
-            if retrier.get("JitterStrategy") == "FULL"
-            and retrier.get("MaxAttempts", 3) > 0
-            and retrier.get("BackoffRate", 2.0) > 1
-            for error in retrier["ErrorEquals"]
-        }
-        missing = LAMBDA_TRANSIENT_ERRORS - covered
+        missing = LAMBDA_TRANSIENT_ERRORS - _retried_with_jitter(state)
         assert not missing, f"{name} does not retry {missing} with jitter"
+
+
+def test_a_turn_that_may_have_sent_a_cancel_is_never_retried_with_the_same_input(asl: dict[str, Any]) -> None:
+    """AskEnquiry may send the loop's one resend. Lambda's service errors may come after the poll
+    function ran (its resend sent, the state saying so lost): retried with the same input, the turn
+    would send it again. Only throttling, which refuses the invocation before it runs, is retried;
+    the rest go to ConcludeAfterTaskError, which counts the resend as spent."""
+    state = asl["States"]["AskEnquiry"]
+    assert _retried_with_jitter(state) == {"Lambda.TooManyRequestsException"}
+    assert all(
+        set(retrier["ErrorEquals"]) <= {"Lambda.TooManyRequestsException"}
+        for retrier in state.get("Retry", [])
+    )
+    [to_conclude] = [c for c in state["Catch"] if c["Next"] == "ConcludeAfterTaskError"]
+    assert to_conclude["ErrorEquals"] == ["States.ALL"]
 
 
 def test_every_task_is_retried_and_notifications_cannot_fail_the_loop(asl: dict[str, Any]) -> None:

@@ -29,6 +29,8 @@ from tests.canned_http import CannedPool
 from tests.unit.fakes import (
     NOW,
     ORDER,
+    REVERSAL_SYSSN,
+    SYSSN,
     Clock,
     FakeQFPay,
     as_dict,
@@ -83,8 +85,8 @@ def test_after_an_earlier_attempt_may_have_sent_the_enquiry_still_decides():
 
 def test_an_unanswered_first_cancel_is_not_resent_on_a_live_looking_row_before_qfpay_could_settle_it():
     """Our reversal's answer was lost: QFPay may be processing it, and its row reads live. Within
-    QFPay's settle time (here the readings are 30 s apart, the deadline comes first) nothing is
-    sent again."""
+    QFPay's settle time (the readings at 30 s and 60 s) nothing is sent again; the next reading
+    comes at the deadline, which concludes before any resend, saying why."""
     fake = FakeQFPay(reversal=[QFPayAmbiguous("no answer")])
     state = decide(fake, earlier_sends=0)["handoff"]["input"]
     assert fake.names == ["reversal"]
@@ -183,6 +185,73 @@ def test_after_the_settle_time_resend_whose_answer_is_lost_too_no_third_cancel_f
     assert "may still be processing" in state["last_reason"]
 
 
+@pytest.mark.parametrize(
+    "ours",
+    [
+        payment_row(syssn=REVERSAL_SYSSN, respcd="1143"),  # our cancel's own row, by its syssn
+        payment_row(syssn=REVERSAL_SYSSN, respcd="1143", order_type="refund", origssn=SYSSN),
+        payment_row(syssn="20261126000300020099999999", respcd="1145", order_type="refund", origssn=SYSSN),
+    ],
+    ids=["our cancel's row", "our cancel's row as a refund of the payment", "a reversal of the payment"],
+)
+def test_no_settle_resend_while_qfpay_lists_a_cancel_of_the_payment_under_way(ours: dict[str, Any]):
+    """The cancel answered a code QFPay does not document, with a syssn: QFPay numbered it, and its
+    Enquiry lists that cancel (or a reversal of the payment) in progress. However long the
+    payment's own row reads live, a cancel is under way: nothing is sent again."""
+    state = decide(FakeQFPay(reversal=[cancel_answer("8888")]), earlier_sends=0)["handoff"]["input"]
+    assert (state["reversal_syssn"], state["reversal_pending"]) == (REVERSAL_SYSSN, False)
+    under_way = enquiry_answer(payment_row(respcd="1143"), ours)
+    loop = FakeQFPay(enquiry=[under_way] * 3, reversal=[cancel_answer("1143")])
+    for seconds in (30, 30 + SETTLE, 30 + 2 * SETTLE):
+        state = turn(state, loop, NOW + seconds)
+    assert loop.names == ["enquiry"] * 3
+    assert "under way" in state["last_reason"]
+
+
+def test_a_cancel_of_the_payment_that_qfpay_lists_as_failed_does_not_stop_the_settle_clock():
+    failed = payment_row(syssn=REVERSAL_SYSSN, respcd="1261", order_type="refund", origssn=SYSSN)
+    state = decide(FakeQFPay(reversal=[cancel_answer("8888")]), earlier_sends=0)["handoff"]["input"]
+    loop = FakeQFPay(
+        enquiry=[enquiry_answer(payment_row(respcd="1143"), failed)] * 2, reversal=[cancel_answer("1143")]
+    )
+    state = turn(turn(state, loop, NOW + 30), loop, NOW + 30 + SETTLE)
+    assert loop.names == ["enquiry", "enquiry", "reversal"]
+
+
+@pytest.mark.parametrize("live_since", [1, 0, NOW - 1])
+def test_a_live_clock_from_before_the_hand_off_is_refused(live_since: float):
+    state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
+        "input"
+    ]
+    assert state["started_at"] == NOW
+    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], reversal=[cancel_answer("1143")])
+    with pytest.raises(InvalidLoopState, match="live_since must be a time between the hand-off"):
+        turn({**state, "live_since": live_since}, loop, NOW + 30)
+    assert loop.names == []
+
+
+def test_a_settle_resend_that_certainly_did_not_leave_changes_nothing_it_waits_for():
+    """QFPay refused the connection for the resend: nothing was sent and nothing learnt, so the
+    state is as before (the next turn may try again), not one that reads a paid row otherwise."""
+    state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
+        "input"
+    ]
+    loop = FakeQFPay(
+        enquiry=[enquiry_shows(respcd="1143")] * 3,
+        reversal=[QFPayUnavailable("reversal: connection refused"), cancel_answer("1143")],
+    )
+    state = turn(turn(state, loop, NOW + 30), loop, NOW + 30 + SETTLE)
+    assert loop.names == ["enquiry", "enquiry", "reversal"]
+    assert (state["resent"], state["cancel_may_take_effect"], state["reversal_pending"]) == (
+        False,
+        True,
+        False,
+    )
+    state = turn(state, loop, NOW + 40 + SETTLE)
+    assert loop.names == ["enquiry", "enquiry", "reversal", "enquiry", "reversal"]
+    assert (state["resent"], state["reversal_pending"]) == (True, True)
+
+
 def test_a_cancel_qfpay_answered_in_progress_is_never_sent_again_however_long_the_row_reads_live():
     fake = FakeQFPay(reversal=[cancel_answer("1143")])
     state = decide(fake, earlier_sends=0)["handoff"]["input"]
@@ -200,7 +269,7 @@ def test_a_loop_state_whose_live_clock_is_not_a_past_time_is_refused_before_any_
         "input"
     ]
     loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")], reversal=[cancel_answer("1143")])
-    with pytest.raises(InvalidLoopState, match="live_since"):
+    with pytest.raises(InvalidLoopState, match="live_since must be a time between the hand-off"):
         turn({**state, "live_since": live_since}, loop, NOW + 30)
     assert loop.names == []
 

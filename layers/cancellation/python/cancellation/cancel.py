@@ -238,9 +238,11 @@ def may_outlive_the_ledger(order: Order, now: float, ledger_expiry: float) -> bo
 
 
 # Cancel requests that may reach QFPay for one order, in total: the first, and at most one more,
-# only after QFPay refused the first (nothing of ours can take effect) and an Enquiry then showed
-# the payment still live. A cancel that may have reached QFPay unanswered forbids any other: QFPay
-# shows a reversal it is still processing as a live payment (docs/qfpay.md).
+# only when an Enquiry shows the payment still live and QFPay refused the first (nothing of ours
+# can take effect), or the loop could not read the first's answer and QFPay has shown the payment
+# live for its settle time since. Until then a cancel that may have reached QFPay unanswered
+# forbids any other: QFPay shows a reversal it is still processing as a live payment
+# (docs/qfpay.md).
 CANCELS_PER_ORDER = 2
 
 
@@ -330,7 +332,8 @@ class CancelAttempt:
             return self._confirm(endpoint, facts, pending=False, answered=meaning.text)
         if not documented(respcd):
             # No refusal we can read: the cancel may have taken effect, so its count stands and
-            # no message may send another. The loop's Enquiry decides; it never resends.
+            # no message may send another. The loop's Enquiry decides; it resends only once QFPay
+            # has shown the payment live for its settle time.
             return self.decisions.handoff(
                 endpoint, own_syssn, respcd=respcd or None, resperr=resperr, pending=False
             )
@@ -583,8 +586,9 @@ class OrderDecisions:
             # True when QFPay answered our cancel in progress or done; False when it did not
             # answer (it may still have received it) or refused it.
             "reversal_pending": pending,
-            # False only when QFPay refused our cancel: until then a paid row is not a refund case,
-            # and a live-looking row may be our reversal processing, so the loop never resends.
+            # False when QFPay refused our cancel: until then a paid row is not a refund case, and
+            # a live-looking row may be our reversal processing, so the loop does not resend before
+            # QFPay's settle time has passed (docs/contracts.md).
             "cancel_may_take_effect": may_take_effect,
             "attempts": attempts,
             "polls": 0,

@@ -207,6 +207,18 @@ def read_enquiry(
     if row_respcd == "0000":
         return _paid(rows, payment, reversal_syssn, cancel_pending)
     if meaning.disposition is Disposition.IN_PROGRESS:
+        under_way = _cancel_under_way(rows, payment, reversal_syssn) if cancel_pending else None
+        if under_way is not None:
+            # QFPay lists a cancel of the payment it has not failed: a live row is that cancel
+            # processing, however long it takes. Never a reason to send another.
+            shown = f"row {field_text(under_way.get('syssn'))}, respcd {field_text(under_way.get('respcd'))}"
+            return Finding(
+                None,
+                f"payment still {meaning.text} (respcd {row_respcd}); a cancel of it is under way at "
+                f"QFPay ({shown})",
+                row_respcd,
+                payment=payment,
+            )
         return Finding(
             None,
             f"payment still {meaning.text} (respcd {row_respcd})",
@@ -246,8 +258,7 @@ def _paid(
         own = _row_of(rows, reversal_syssn)
         own_respcd = field_text(own.get("respcd")) if own is not None else None
         own_meaning = meaning_of(own_respcd or "")
-        failed = own_respcd in RESPCD_MEANINGS and own_meaning.disposition is Disposition.FINAL
-        if own is None or not failed:
+        if own is None or not _failed_cancel(own):
             seen = f"its row reads respcd {own_respcd}" if own is not None else "QFPay shows no row of it"
             return Finding(
                 None,
@@ -328,6 +339,22 @@ def _names(row: Mapping[str, Any], order: Order) -> bool:
         (order.syssn and order.syssn in (row.get("syssn"), row.get("origssn"), row.get("orig_syssn")))
         or (order.out_trade_no and row.get("out_trade_no") == order.out_trade_no)
     )
+
+
+def _failed_cancel(row: Mapping[str, Any]) -> bool:
+    """A cancel's own row whose respcd is a documented final answer: it did not take effect."""
+    respcd = field_text(row.get("respcd"))
+    return respcd in RESPCD_MEANINGS and meaning_of(respcd or "").disposition is Disposition.FINAL
+
+
+def _cancel_under_way(
+    rows: Sequence[Mapping[str, Any]], payment: Mapping[str, Any], reversal_syssn: str | None
+) -> Mapping[str, Any] | None:
+    """A row of a cancel of the payment (ours, by its syssn; or a refund row naming the payment,
+    which for a payment never completed can only be a reversal) that QFPay has not failed."""
+    own = _row_of(rows, reversal_syssn)
+    cancels = ([own] if own is not None else []) + _refunds_of(rows, payment)
+    return next((row for row in cancels if not _failed_cancel(row)), None)
 
 
 def _row_of(rows: Sequence[Mapping[str, Any]], syssn: str | None) -> Mapping[str, Any] | None:

@@ -143,9 +143,7 @@ class EnquiryStep:
                 )
             return conclude(state, order, Status.UNKNOWN, reason, now=self.clock(), amount=finding.amount)
         if finding.live and self.resend.allowed(state, remaining_seconds):
-            if settled:
-                state["cancel_may_take_effect"] = False  # it did nothing: no paid row is ours
-            decided = self.resend.send(state, order, finding.amount)
+            decided = self.resend.send(state, order, finding.amount, first_did_nothing=settled)
             if decided is not None:
                 return decided
         wait = schedule.wait_after(state["polls"])
@@ -204,9 +202,17 @@ class LoopResend:
         has_time = remaining_seconds is None or remaining_seconds() >= self.resend_seconds
         return not state.get("reversal_pending") and not state.get("resent") and has_time
 
-    def send(self, state: dict[str, Any], order: Order, amount: QFPayAmount | None) -> dict[str, Any] | None:
+    def send(
+        self,
+        state: dict[str, Any],
+        order: Order,
+        amount: QFPayAmount | None,
+        *,
+        first_did_nothing: bool = False,
+    ) -> dict[str, Any] | None:
         """Send it; the final state if QFPay's answer decides the order, else None (the next
-        Enquiry decides)."""
+        Enquiry decides). ``first_did_nothing``: the settle time showed that the earlier cancel,
+        whose answer was not read, did nothing."""
         endpoint = state["endpoint"]
         try:
             answer = send_cancel(self.qfpay, self.routing, endpoint, order)
@@ -221,6 +227,8 @@ class LoopResend:
         meaning = cancel_meaning(endpoint, answer)
         if meaning.disposition is Disposition.RETRY_LATER:
             return None  # nothing happened at QFPay: the next turn may try again
+        if first_did_nothing:
+            state["cancel_may_take_effect"] = False  # until this answer says otherwise (below)
         state.update(
             resent=True,
             attempts=int(state.get("attempts", 1)) + 1,
@@ -378,8 +386,10 @@ def _clock_problems(state: dict[str, Any], now: float) -> list[str]:
         problems.append("deadline_at must be a number of seconds")
     elif deadline > now + MAX_DEADLINE_SECONDS:
         problems.append(f"deadline_at is more than {MAX_DEADLINE_SECONDS} s away")
-    if "live_since" in state and not (_seconds_or_none(state["live_since"]) or math.inf) <= now:
-        problems.append("live_since must be a time in the past")
+    if "live_since" in state:
+        live, started = _seconds_or_none(state["live_since"]), _seconds_or_none(state.get("started_at"))
+        if live is None or started is None or not started <= live <= now:
+            problems.append("live_since must be a time between the hand-off (started_at) and now")
     return problems
 
 
