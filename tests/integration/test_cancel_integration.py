@@ -275,6 +275,19 @@ def test_every_caller_of_an_order_in_the_loop_is_answered(
     assert reversals == 1
 
 
+def decide_one(
+    pipeline_factory: PipelineFactory, order: dict[str, Any], txn: Transaction, env: dict[str, str]
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Send one order; its outcomes, the reversals QFPay received and, once every cancellation in
+    progress has ended, how many QFPay applied."""
+    with pipeline_factory([txn], env_overrides=env) as pipeline:
+        pipeline.send(order)
+        outcomes = pipeline.collect_outcomes(1, timeout=40)
+        reversals = pipeline.qfpay.count("reversal", txn.syssn)
+        pipeline.qfpay.settle()
+        return outcomes, reversals, pipeline.qfpay.cancellations_applied(txn.syssn)
+
+
 @pytest.mark.parametrize(
     ("n", "script", "env"),
     [
@@ -302,13 +315,7 @@ def test_a_reversal_applied_but_unanswered_is_decided_by_the_enquiry_not_resent(
     """QFPay applied or started our reversal but its answer never arrived. A cancel sent while it
     processes would start a second one (QFPay does not document that it deduplicates): the loop
     only asks, its Enquiry finds the payment reversed, and nothing is sent a second time."""
-    order, txn = order_and_txn(n, **script)
-    with pipeline_factory([txn], env_overrides=env) as pipeline:
-        pipeline.send(order)
-        outcomes = pipeline.collect_outcomes(1, timeout=40)
-        reversals = pipeline.qfpay.count("reversal", txn.syssn)
-        pipeline.qfpay.settle()
-        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    outcomes, reversals, applied = decide_one(pipeline_factory, *order_and_txn(n, **script), env)
     assert [(o["status"], o["decided_by"], o["resent"]) for o in outcomes] == [
         ("CANCELLED", "poll-loop", False)
     ]
@@ -521,14 +528,8 @@ def test_a_reversal_answered_503_in_an_outage_is_sent_again_once_qfpay_shows_the
     its settle time, the first reversal did nothing: the loop sends its one resend, and the order
     ends CANCELLED, cancelled once."""
     down = Fault("http_5xx", status=503)
-    order, txn = order_and_txn(19, faults=(down,) * 3)
-    env = {"QFPAY_SETTLE_SECONDS": "3", "POLL_DEADLINE_SECONDS": "20"}
-    with pipeline_factory([txn], env_overrides=env) as pipeline:
-        pipeline.send(order)
-        outcomes = pipeline.collect_outcomes(1, timeout=40)
-        reversals = pipeline.qfpay.count("reversal", txn.syssn)
-        pipeline.qfpay.settle()
-        applied = pipeline.qfpay.cancellations_applied(txn.syssn)
+    env = {"QFPAY_SETTLE_SECONDS": "3", "POLL_DEADLINE_SECONDS": "30"}
+    outcomes, reversals, applied = decide_one(pipeline_factory, *order_and_txn(19, faults=(down,) * 3), env)
     assert [(o["status"], o["decided_by"], o["resent"], o["attempts"]) for o in outcomes] == [
         ("CANCELLED", "poll-loop", True, 2)
     ]

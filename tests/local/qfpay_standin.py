@@ -120,6 +120,12 @@ concerns no transaction is never faulted. Kinds:
     The call takes effect, then the client gets HTTP ``status`` (e.g. 502 or 504 from a gateway
     whose upstream did the work), plain text. Not in ``DEFAULT_FAULT_WEIGHTS``: scripted, or given
     a weight in a plan.
+``applied_then_undocumented``
+    The call takes effect (as QFPay decided it: applied, started in progress, or refused), then
+    the client reads a signed 200 answer with respcd ``8888`` (``UNDOCUMENTED_RESPCD``, in none of
+    QFPay's tables) and the rest of QFPay's answer (a reversal's ``syssn`` included). QFPay
+    documents no such code; a client must not read it as a refusal. Not in
+    ``DEFAULT_FAULT_WEIGHTS`` either.
 
 A faulted call is logged with ``Call.fault`` = the kind. For ``reset`` ``Call.http_status`` is 0
 and ``respcd`` None (nothing was decided); for the ``applied_*`` kinds ``http_status``, ``respcd``
@@ -276,7 +282,14 @@ ENDPOINTS = (REVERSAL, CLOSE, QUERY)
 CANCEL_ENDPOINTS: frozenset[str] = frozenset({REVERSAL, CLOSE})
 
 FaultKind = Literal[
-    "http_5xx", "http_429", "slow", "reset", "applied_then_timeout", "applied_then_reset", "applied_then_5xx"
+    "http_5xx",
+    "http_429",
+    "slow",
+    "reset",
+    "applied_then_timeout",
+    "applied_then_reset",
+    "applied_then_5xx",
+    "applied_then_undocumented",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "http_5xx",
@@ -286,11 +299,16 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
     "applied_then_timeout",
     "applied_then_reset",
     "applied_then_5xx",
+    "applied_then_undocumented",
 )
 #: Kinds whose answer the client never reads (no answer, or one held past its read timeout).
 UNANSWERED_FAULTS: frozenset[str] = frozenset({"reset", "applied_then_timeout", "applied_then_reset"})
 #: Kinds that let the call take effect before the answer is lost.
-APPLIED_FAULTS: frozenset[str] = frozenset({"applied_then_timeout", "applied_then_reset", "applied_then_5xx"})
+APPLIED_FAULTS: frozenset[str] = frozenset(
+    {"applied_then_timeout", "applied_then_reset", "applied_then_5xx", "applied_then_undocumented"}
+)
+#: The respcd of ``applied_then_undocumented``: in none of QFPay's tables.
+UNDOCUMENTED_RESPCD = "8888"
 DEFAULT_FAULT_WEIGHTS: Mapping[FaultKind, float] = {
     "http_5xx": 3.0,
     "http_429": 2.0,
@@ -932,6 +950,14 @@ class QFPayStandIn:
             answer.drop = fault.kind == "applied_then_reset"
             if fault.kind == "applied_then_5xx":
                 answer = _applied_then_5xx_answer(fault, answer)
+            elif fault.kind == "applied_then_undocumented":
+                answer = _json(
+                    {**(answer.payload or {}), "respcd": UNDOCUMENTED_RESPCD, "resperr": "undocumented"},
+                    merchant.client_key,
+                    answer.keys,
+                    answer.delay,
+                )
+                answer.fault = fault.kind
         return answer
 
     def _take_fault(self, path: str, concerned: tuple[str, ...]) -> Fault | None:

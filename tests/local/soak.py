@@ -157,6 +157,7 @@ CATEGORIES: dict[str, tuple[float, frozenset[str]]] = {
     "qfpay_unavailable": (0.005, frozenset({"UNKNOWN"})),
     # The strict fault kinds (STRICT_FAULT_KINDS): planned only when switched on.
     "applied_then_5xx": (0.02, frozenset({"CANCELLED"})),
+    "applied_then_undocumented": (0.02, frozenset({"CANCELLED"})),
     "repeat_applies": (0.02, frozenset({"CANCELLED"})),
     "processing_while_paid": (0.02, frozenset({"CANCELLED"})),
     "undocumented_row": (0.02, frozenset({"REFUND_REQUIRED", "UNKNOWN"})),  # UNKNOWN: ours may apply
@@ -168,6 +169,7 @@ CATEGORIES: dict[str, tuple[float, frozenset[str]]] = {
 # (above), planned only when switched on: SOAK_STRICT_FAULTS=all, or a comma-separated list.
 STRICT_FAULT_KINDS: tuple[str, ...] = (
     "applied_then_5xx",  # HTTP 502/504 after the cancel took effect (or started)
+    "applied_then_undocumented",  # a signed, undocumented respcd after the cancel took effect (or started)
     "repeat_applies",  # a cancel resent while one is processing takes effect again
     "processing_while_paid",  # our reversal processing while the row reads paid
     "undocumented_row",  # an Enquiry row with an undocumented respcd or cancel flag
@@ -184,6 +186,7 @@ STRICT_RULES: tuple[str, ...] = (
 DEFAULT_STRICT_FAULTS: frozenset[str] = frozenset(
     {
         "applied_then_5xx",
+        "applied_then_undocumented",
         "repeat_applies",
         "processing_while_paid",
         "undocumented_row",
@@ -439,6 +442,10 @@ def _plan_strict(category: str, rng: random.Random, script: dict[str, Any]) -> S
     """The transaction of a strict fault kind's order: fills ``script``, returns its state."""
     if category == "applied_then_5xx":
         script["faults"] = (Fault("applied_then_5xx", CANCEL_ENDPOINTS, status=rng.choice((502, 504))),)
+        if rng.random() < 0.5:
+            script["in_progress_range"] = (1, 4)
+    elif category == "applied_then_undocumented":
+        script["faults"] = (Fault("applied_then_undocumented", CANCEL_ENDPOINTS),)
         if rng.random() < 0.5:
             script["in_progress_range"] = (1, 4)
     elif category == "repeat_applies":

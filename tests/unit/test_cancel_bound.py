@@ -23,7 +23,7 @@ from cancellation.cancel import CancelAttempt, RetryLater
 from cancellation.poll import EnquiryStep, InvalidLoopState
 from cancellation.qfpay import Credentials, QFPayAmbiguous, QFPayClient, QFPayUnavailable
 from cancellation.routing import Routing
-from cancellation.schedule import DEFAULT_SETTLE_SECONDS, LoopPolicy, PollSchedule
+from cancellation.schedule import DEFAULT_SETTLE_SECONDS, SETTLE_ENQUIRIES, LoopPolicy, PollSchedule
 
 from tests.canned_http import CannedPool
 from tests.unit.fakes import (
@@ -99,13 +99,23 @@ def test_an_unanswered_first_cancel_is_not_resent_on_a_live_looking_row_before_q
     assert loop.names == ["enquiry"] * 3
     assert (detail["status"], detail["attempts"], detail["resent"]) == ("UNKNOWN", 1, False)
     assert "not confirmed by the deadline" in detail["reason"]
-    assert "longer than it takes to settle a cancel it received" in detail["reason"]
+    assert "may still be processing" in detail["reason"]
     # ...and once QFPay shows it reversed, that is the outcome.
     shown = FakeQFPay(enquiry=[enquiry_shows(respcd="1143", cancel="1")])
     assert turn(dict(state, status="IN_PROGRESS"), shown, NOW + 90)["status"] == "CANCELLED"
 
 
 SETTLE = DEFAULT_SETTLE_SECONDS
+BEFORE = SETTLE_ENQUIRIES - 1  # live readings short of settling
+LIVE = enquiry_shows(respcd="1143")
+
+
+def almost_settled(state: dict[str, Any], loop: FakeQFPay, first: float) -> dict[str, Any]:
+    """BEFORE live readings from ``first`` to ``first + SETTLE - 1``: one more at ``first + SETTLE``
+    settles (enough time and enough Enquiries)."""
+    for k in range(BEFORE):
+        state = turn(state, loop, first + k * (SETTLE - 1) / (BEFORE - 1))
+    return state
 
 
 @pytest.mark.parametrize(
@@ -127,15 +137,14 @@ def test_an_unanswered_first_cancel_is_sent_again_once_qfpay_has_shown_the_payme
         False,
     )
     loop = FakeQFPay(
-        enquiry=[enquiry_shows(respcd="1143")] * 3 + [enquiry_shows(respcd="1143", cancel="1")],
+        enquiry=[LIVE] * SETTLE_ENQUIRIES + [enquiry_shows(respcd="1143", cancel="1")],
         reversal=[cancel_answer("1143")],
     )
-    state = turn(state, loop, NOW + 30)  # the first reading QFPay answered: its clock starts
-    state = turn(state, loop, NOW + 30 + SETTLE - 1)
-    assert loop.names == ["enquiry", "enquiry"]
+    state = almost_settled(state, loop, NOW + 30)  # the first reading QFPay answered starts the clock
+    assert loop.names == ["enquiry"] * BEFORE
     assert "may still be processing" in state["last_reason"]
     state = turn(state, loop, NOW + 30 + SETTLE)
-    assert loop.names == ["enquiry", "enquiry", "enquiry", "reversal"]
+    assert loop.names == ["enquiry"] * SETTLE_ENQUIRIES + ["reversal"]
     assert (state["status"], state["resent"], state["attempts"], state["reversal_pending"]) == (
         "IN_PROGRESS",
         True,
@@ -145,6 +154,27 @@ def test_an_unanswered_first_cancel_is_sent_again_once_qfpay_has_shown_the_payme
     detail = turn(state, loop, NOW + 40 + SETTLE)["outcome"]
     assert (detail["status"], detail["resent"], detail["attempts"]) == ("CANCELLED", True, 2)
     assert loop.names.count("reversal") == 1
+
+
+def test_the_settle_time_needs_enough_enquiries_in_it_not_only_time():
+    """QFPay may move a payment's state along when it is asked (its Enquiry is how it tells a
+    merchant to follow an order in progress): time with few Enquiries in it proves little. Turns
+    that asked nothing (the budget spent, a failed turn) leave the payment read live only twice
+    in the settle time: no resend until it has been read live SETTLE_ENQUIRIES times."""
+    state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
+        "input"
+    ]
+    loop = FakeQFPay(
+        enquiry=[enquiry_shows(respcd="1143")] * (SETTLE_ENQUIRIES + 1), reversal=[cancel_answer("1143")]
+    )
+    state = turn(state, loop, NOW + 30)
+    state = turn(state, loop, NOW + 30 + 2 * SETTLE)
+    assert loop.names == ["enquiry", "enquiry"]
+    for n in range(3, SETTLE_ENQUIRIES):
+        state = turn(state, loop, NOW + 30 + 2 * SETTLE + n)
+    assert loop.names == ["enquiry"] * (SETTLE_ENQUIRIES - 1)
+    state = turn(state, loop, NOW + 40 + 2 * SETTLE + SETTLE_ENQUIRIES)
+    assert loop.names == ["enquiry"] * SETTLE_ENQUIRIES + ["reversal"]
 
 
 @pytest.mark.parametrize(
@@ -158,14 +188,15 @@ def test_the_settle_time_counts_only_unbroken_live_readings(between: Any):
     state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
         "input"
     ]
-    live = enquiry_shows(respcd="1143")
-    loop = FakeQFPay(enquiry=[live, between, live, live], reversal=[cancel_answer("1143")])
-    state = turn(state, loop, NOW + 30)
-    state = turn(state, loop, NOW + 60)
-    state = turn(state, loop, NOW + 30 + SETTLE + 5)  # live again: the clock starts again
-    assert loop.names == ["enquiry"] * 3
-    state = turn(state, loop, NOW + 35 + 2 * SETTLE)
-    assert loop.names == ["enquiry"] * 4 + ["reversal"]
+    loop = FakeQFPay(
+        enquiry=[LIVE] * BEFORE + [between] + [LIVE] * SETTLE_ENQUIRIES, reversal=[cancel_answer("1143")]
+    )
+    state = almost_settled(state, loop, NOW + 30)
+    state = turn(state, loop, NOW + 30 + SETTLE)  # the reading that would have settled it
+    state = almost_settled(state, loop, NOW + 31 + SETTLE)  # live again: the clock starts again
+    assert loop.names == ["enquiry"] * (2 * BEFORE + 1)
+    state = turn(state, loop, NOW + 31 + 2 * SETTLE)
+    assert loop.names == ["enquiry"] * (2 * BEFORE + 2) + ["reversal"]
     assert state["resent"] is True
 
 
@@ -175,12 +206,11 @@ def test_after_the_settle_time_resend_whose_answer_is_lost_too_no_third_cancel_f
     state = decide(FakeQFPay(reversal=[QFPayAmbiguous("reversal: HTTP 503")]), earlier_sends=0)["handoff"][
         "input"
     ]
-    loop = FakeQFPay(
-        enquiry=[enquiry_shows(respcd="1143")] * 4, reversal=[QFPayAmbiguous("reversal: HTTP 502")] * 2
-    )
-    for seconds in (30, 30 + SETTLE, 30 + 3 * SETTLE, 30 + 5 * SETTLE):
+    loop = FakeQFPay(enquiry=[LIVE] * (BEFORE + 3), reversal=[QFPayAmbiguous("reversal: HTTP 502")] * 2)
+    state = almost_settled(state, loop, NOW + 30)
+    for seconds in (30 + SETTLE, 30 + 3 * SETTLE, 30 + 5 * SETTLE):
         state = turn(state, loop, NOW + seconds)
-    assert loop.names == ["enquiry", "enquiry", "reversal", "enquiry", "enquiry"]
+    assert loop.names == ["enquiry"] * SETTLE_ENQUIRIES + ["reversal", "enquiry", "enquiry"]
     assert (state["resent"], state["attempts"], state["cancel_may_take_effect"]) == (True, 2, True)
     assert "may still be processing" in state["last_reason"]
 
@@ -201,10 +231,11 @@ def test_no_settle_resend_while_qfpay_lists_a_cancel_of_the_payment_under_way(ou
     state = decide(FakeQFPay(reversal=[cancel_answer("8888")]), earlier_sends=0)["handoff"]["input"]
     assert (state["reversal_syssn"], state["reversal_pending"]) == (REVERSAL_SYSSN, False)
     under_way = enquiry_answer(payment_row(respcd="1143"), ours)
-    loop = FakeQFPay(enquiry=[under_way] * 3, reversal=[cancel_answer("1143")])
-    for seconds in (30, 30 + SETTLE, 30 + 2 * SETTLE):
+    loop = FakeQFPay(enquiry=[under_way] * (SETTLE_ENQUIRIES + 1), reversal=[cancel_answer("1143")])
+    state = almost_settled(state, loop, NOW + 30)
+    for seconds in (30 + SETTLE, 30 + 2 * SETTLE):
         state = turn(state, loop, NOW + seconds)
-    assert loop.names == ["enquiry"] * 3
+    assert loop.names == ["enquiry"] * (SETTLE_ENQUIRIES + 1)
     assert "under way" in state["last_reason"]
 
 
@@ -212,10 +243,11 @@ def test_a_cancel_of_the_payment_that_qfpay_lists_as_failed_does_not_stop_the_se
     failed = payment_row(syssn=REVERSAL_SYSSN, respcd="1261", order_type="refund", origssn=SYSSN)
     state = decide(FakeQFPay(reversal=[cancel_answer("8888")]), earlier_sends=0)["handoff"]["input"]
     loop = FakeQFPay(
-        enquiry=[enquiry_answer(payment_row(respcd="1143"), failed)] * 2, reversal=[cancel_answer("1143")]
+        enquiry=[enquiry_answer(payment_row(respcd="1143"), failed)] * SETTLE_ENQUIRIES,
+        reversal=[cancel_answer("1143")],
     )
-    state = turn(turn(state, loop, NOW + 30), loop, NOW + 30 + SETTLE)
-    assert loop.names == ["enquiry", "enquiry", "reversal"]
+    state = turn(almost_settled(state, loop, NOW + 30), loop, NOW + 30 + SETTLE)
+    assert loop.names == ["enquiry"] * SETTLE_ENQUIRIES + ["reversal"]
 
 
 @pytest.mark.parametrize("live_since", [1, 0, NOW - 1])
@@ -237,28 +269,29 @@ def test_a_settle_resend_that_certainly_did_not_leave_changes_nothing_it_waits_f
         "input"
     ]
     loop = FakeQFPay(
-        enquiry=[enquiry_shows(respcd="1143")] * 3,
+        enquiry=[LIVE] * (SETTLE_ENQUIRIES + 1),
         reversal=[QFPayUnavailable("reversal: connection refused"), cancel_answer("1143")],
     )
-    state = turn(turn(state, loop, NOW + 30), loop, NOW + 30 + SETTLE)
-    assert loop.names == ["enquiry", "enquiry", "reversal"]
+    state = turn(almost_settled(state, loop, NOW + 30), loop, NOW + 30 + SETTLE)
+    assert loop.names == ["enquiry"] * SETTLE_ENQUIRIES + ["reversal"]
     assert (state["resent"], state["cancel_may_take_effect"], state["reversal_pending"]) == (
         False,
         True,
         False,
     )
     state = turn(state, loop, NOW + 40 + SETTLE)
-    assert loop.names == ["enquiry", "enquiry", "reversal", "enquiry", "reversal"]
+    assert loop.names == ["enquiry"] * SETTLE_ENQUIRIES + ["reversal", "enquiry", "reversal"]
     assert (state["resent"], state["reversal_pending"]) == (True, True)
 
 
 def test_a_cancel_qfpay_answered_in_progress_is_never_sent_again_however_long_the_row_reads_live():
     fake = FakeQFPay(reversal=[cancel_answer("1143")])
     state = decide(fake, earlier_sends=0)["handoff"]["input"]
-    loop = FakeQFPay(enquiry=[enquiry_shows(respcd="1143")] * 4, reversal=[cancel_answer("1143")])
-    for seconds in (30, 30 + SETTLE, 30 + 3 * SETTLE, 30 + 5 * SETTLE):
+    loop = FakeQFPay(enquiry=[LIVE] * (SETTLE_ENQUIRIES + 2), reversal=[cancel_answer("1143")])
+    state = almost_settled(state, loop, NOW + 30)
+    for seconds in (30 + SETTLE, 30 + 3 * SETTLE, 30 + 5 * SETTLE):
         state = turn(state, loop, NOW + seconds)
-    assert loop.names == ["enquiry"] * 4
+    assert loop.names == ["enquiry"] * (SETTLE_ENQUIRIES + 2)
     assert state["status"] == "IN_PROGRESS"
 
 

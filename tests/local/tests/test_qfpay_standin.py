@@ -28,6 +28,7 @@ from tests.local.qfpay_standin import (
     CANCEL_ENDPOINTS,
     DEFAULT_FAULT_WEIGHTS,
     FAULT_KINDS,
+    UNDOCUMENTED_RESPCD,
     Anomaly,
     Fault,
     FaultPlan,
@@ -946,9 +947,10 @@ def test_fault_plan_over_http_with_every_kind():
             assert standin.calls[-1].fault == fault.kind
 
 
-def test_every_fault_kind_but_applied_then_5xx_is_drawn_by_default():
-    """A 5xx that took effect is opt-in: a scenario scripts it or gives it a weight."""
-    assert set(FAULT_KINDS) - set(DEFAULT_FAULT_WEIGHTS) == {"applied_then_5xx"}
+def test_every_fault_kind_but_the_opt_in_ones_is_drawn_by_default():
+    """A 5xx or an undocumented code after the call took effect is opt-in: a scenario scripts it or
+    gives it a weight."""
+    assert set(FAULT_KINDS) - set(DEFAULT_FAULT_WEIGHTS) == {"applied_then_5xx", "applied_then_undocumented"}
     plan = FaultPlan(share=1.0, weights={"applied_then_5xx": 1.0})
     drawn = QFPayStandIn([PLAIN], seed=2, fault_plan=plan).add(make_txn()).faults
     assert drawn
@@ -984,6 +986,33 @@ def test_fault_applied_then_5xx_can_start_an_in_progress_reversal(qf):
     assert only_row(qf, txn)["cancel"] == "0"
     assert only_row(qf, txn)["cancel"] == "1"
     assert (qf.cancellations_applied(txn.syssn), qf.calls[-1].pending) == (1, ())
+
+
+@pytest.mark.parametrize(("in_progress", "cancel"), [(0, "1"), (2, "0")], ids=["applied", "started"])
+def test_fault_applied_then_undocumented_takes_effect_and_answers_a_signed_code_no_table_has(
+    qf, in_progress, cancel
+):
+    txn = qf.add(
+        make_txn(
+            in_progress_enquiries=in_progress, faults=(Fault("applied_then_undocumented", CANCEL_ENDPOINTS),)
+        )
+    )
+    response = send(qf, "reversal", cancel_params(txn))
+    assert response.status_code == 200
+    assert "X-QF-SIGN" in response.headers
+    body = response.json()
+    assert body["respcd"] == UNDOCUMENTED_RESPCD
+    assert body["syssn"]  # QFPay's number for the reversal, as its answer would carry
+    assert only_row(qf, txn)["cancel"] == cancel
+    qf.settle()
+    assert qf.cancellations_applied(txn.syssn) == 1
+    call = qf.calls[0]
+    assert (call.http_status, call.respcd, call.fault, call.delivered) == (
+        200,
+        UNDOCUMENTED_RESPCD,
+        "applied_then_undocumented",
+        True,
+    )
 
 
 def test_without_an_anomaly_a_cancel_repeated_while_in_progress_changes_nothing(qf):

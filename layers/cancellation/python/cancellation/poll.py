@@ -28,6 +28,7 @@ from cancellation.schedule import (
     DEFAULT_SETTLE_SECONDS,
     MAX_DEADLINE_SECONDS,
     MAX_RETRY_HORIZON_SECONDS,
+    SETTLE_ENQUIRIES,
     PollSchedule,
 )
 
@@ -52,7 +53,7 @@ class EnquiryStep:
     ) -> None:
         self.qfpay = qfpay
         self.clock = clock
-        self.resend = LoopResend(qfpay, routing, clock, resend_seconds, settle_seconds)
+        self.resend = LoopResend(qfpay, routing, clock, resend_seconds, settle_seconds=settle_seconds)
         self.read_timeout = read_timeout
         # Cancels come before the loop's Enquiries: a turn takes a slot of the merchant's budget
         # only if one is free within this many seconds, unless the loop's deadline is near.
@@ -110,7 +111,9 @@ class EnquiryStep:
             )
         settled = False
         if not finding.live:
-            state.pop("live_since", None)  # the settle time counts unbroken live readings only
+            # The settle time counts unbroken live readings only.
+            state.pop("live_since", None)
+            state.pop("live_readings", None)
         elif cancel_may_take_effect(state):
             settled = self.resend.settled(state, self.clock())
             if settled:
@@ -175,7 +178,9 @@ class LoopResend:
         routing: Routing,
         clock: Callable[[], float],
         resend_seconds: float,
+        *,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        settle_enquiries: int = SETTLE_ENQUIRIES,
     ) -> None:
         self.qfpay = qfpay
         self.routing = routing
@@ -184,6 +189,7 @@ class LoopResend:
         # the invocation has that long left, so a turn never times out half-way through one.
         self.resend_seconds = resend_seconds
         self.settle_seconds = settle_seconds
+        self.settle_enquiries = settle_enquiries
 
     def settled(self, state: dict[str, Any], now: float) -> bool:
         """On a reading that shows the payment live while a cancel of ours may take effect: whether
@@ -195,7 +201,8 @@ class LoopResend:
         if state.get("reversal_pending") or state.get("resent"):
             return False
         since = float(state.setdefault("live_since", now))
-        return now - since >= self.settle_seconds
+        state["live_readings"] = readings = int(state.get("live_readings", 0)) + 1
+        return now - since >= self.settle_seconds and readings >= self.settle_enquiries
 
     def allowed(self, state: dict[str, Any], remaining_seconds: Callable[[], float] | None) -> bool:
         """Nothing of ours pending, the order's one resend unspent, and time for it in this turn."""
@@ -369,7 +376,7 @@ def read_loop_state(state: dict[str, Any], now: float) -> tuple[Order, PollSched
             or not 0 <= value <= MAX_RETRY_HORIZON_SECONDS
         ):
             problems.append(f"{name} must be seconds between 0 and {MAX_RETRY_HORIZON_SECONDS}")
-    for name in ("polls", "attempts"):
+    for name in ("polls", "attempts", "live_readings"):
         value = state.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
             problems.append(f"{name} must be a small whole number")

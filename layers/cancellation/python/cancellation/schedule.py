@@ -52,6 +52,10 @@ MAX_RETRY_HORIZON_SECONDS = 4 * 86400
 # received shows in its Enquiry within that long. Past it, a payment still live shows that a cancel
 # whose answer we could not read did nothing (docs/deciding.md).
 DEFAULT_SETTLE_SECONDS = 120
+# ...and only if QFPay was asked this many times in it, every answer showing the payment live:
+# QFPay may move a payment's state along when asked (its Enquiry is how it tells a merchant to
+# follow an order in progress), so time with few Enquiries in it proves little.
+SETTLE_ENQUIRIES = 6
 
 
 class _PollScheduleFields(NamedTuple):
