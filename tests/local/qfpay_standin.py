@@ -268,7 +268,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tests.local.qfpay_limits import MerchantRateLimits, Outage
 
@@ -291,16 +291,7 @@ FaultKind = Literal[
     "applied_then_5xx",
     "applied_then_undocumented",
 ]
-FAULT_KINDS: tuple[FaultKind, ...] = (
-    "http_5xx",
-    "http_429",
-    "slow",
-    "reset",
-    "applied_then_timeout",
-    "applied_then_reset",
-    "applied_then_5xx",
-    "applied_then_undocumented",
-)
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 #: Kinds whose answer the client never reads (no answer, or one held past its read timeout).
 UNANSWERED_FAULTS: frozenset[str] = frozenset({"reset", "applied_then_timeout", "applied_then_reset"})
 #: Kinds that let the call take effect before the answer is lost.
