@@ -110,16 +110,17 @@ class EnquiryStep:
                 amount=finding.amount,
             )
         settled = False
+        read_at = self.clock()
         if not finding.live:
             # The settle time counts unbroken live readings only.
             state.pop("live_since", None)
             state.pop("live_readings", None)
         elif cancel_may_take_effect(state):
-            settled = self.resend.settled(state, self.clock())
+            settled = self.resend.settled(state, read_at)
             if settled:
                 finding = finding._replace(
                     reason=f"{finding.reason}; QFPay has shown it live for "
-                    f"{int(self.clock() - state['live_since'])} s, longer than it takes to settle a "
+                    f"{int(read_at - state['live_since'])} s, longer than it takes to settle a "
                     "cancel it received, so ours did nothing"
                 )
             else:
